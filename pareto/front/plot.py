@@ -1,0 +1,298 @@
+"""Front plots: a static PNG (matplotlib, Agg, no pyplot state) and a standalone HTML (plotly, JS embedded).
+
+matplotlib and plotly are imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import hypervolume, non_dominated_mask
+from .types import Front
+
+__all__ = ["plot_front_png", "plot_front_html"]
+
+_COLORS = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]  # fmt: skip
+_DIM_ALPHA = 0.3
+
+
+def _check(fronts: Any) -> tuple[list[Front], tuple[str, ...]]:
+    if isinstance(fronts, Front):
+        fronts = [fronts]
+    fronts = list(fronts)
+    if not fronts:
+        raise ValueError("fronts: need at least one Front to plot")
+    for i, f in enumerate(fronts):
+        if not isinstance(f, Front):
+            raise ValueError(f"fronts[{i}]: expected Front, got {type(f).__name__}")
+    objectives = fronts[0].objectives
+    for i, f in enumerate(fronts[1:], start=1):
+        if f.objectives != objectives:
+            raise ValueError(f"fronts[{i}]: objectives {f.objectives} differ from {objectives}")
+    if len(objectives) < 2:
+        raise ValueError(f"fronts: need at least 2 objectives to plot a front, got {len(objectives)}")
+    return fronts, objectives
+
+
+def _oracle_values(oracle_front: Any, k: int) -> np.ndarray | None:
+    """Accept ``(weights, values)``, a ``Front``, or an ``(M, K)`` values array."""
+    if oracle_front is None:
+        return None
+    if isinstance(oracle_front, Front):
+        vals = oracle_front.values()
+    elif isinstance(oracle_front, tuple) and len(oracle_front) == 2:
+        vals = np.asarray(oracle_front[1], dtype=float)
+    else:
+        vals = np.asarray(oracle_front, dtype=float)
+    if vals.ndim != 2 or vals.shape[1] != k:
+        raise ValueError(f"oracle_front: values must have shape (M, {k}), got {vals.shape}")
+    return vals[np.lexsort(vals.T[::-1])]
+
+
+def _hv(front: Front) -> float:
+    hv = front.metrics.get("hypervolume")
+    return float(hv) if hv is not None else hypervolume(front.values(), front.reference_point)
+
+
+def _label(front: Front) -> str:
+    return f"{front.method} (HV={_hv(front):.4g})"
+
+
+def _prepare(path: Any) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# --------------------------------------------------------------------------------------------- matplotlib
+def _draw_2d(ax: Any, fronts: list[Front], oracle: np.ndarray | None, i: int, j: int, names: tuple) -> None:
+    if oracle is not None:
+        o = oracle[np.argsort(oracle[:, i], kind="stable")]
+        if oracle.shape[1] == 2:  # a curve; for K >= 3 a projection is a cloud, so points only
+            ax.plot(o[:, i], o[:, j], "-", color="0.75", lw=1.5, zorder=1, label="oracle front")
+            ax.scatter(o[:, i], o[:, j], s=6, color="0.75", zorder=1)
+        else:
+            ax.scatter(o[:, i], o[:, j], s=6, color="0.75", zorder=1, label="oracle front")
+    for c, front in enumerate(fronts):
+        if not front.points:
+            continue
+        color = _COLORS[c % len(_COLORS)]
+        v, s = front.values(), front.stderr()
+        nd = non_dominated_mask(v)
+        for sel, alpha, lab in ((nd, 1.0, _label(front)), (~nd, _DIM_ALPHA, None)):
+            if sel.any():
+                ax.errorbar(
+                    v[sel, i],
+                    v[sel, j],
+                    xerr=s[sel, i],
+                    yerr=s[sel, j],
+                    fmt="o",
+                    ms=5,
+                    color=color,
+                    alpha=alpha,
+                    elinewidth=0.8,
+                    capsize=2,
+                    label=lab,
+                    zorder=3,
+                )
+        if front.k == 2:  # join the non-dominated points along the front
+            pts = v[nd][np.argsort(v[nd][:, i], kind="stable")]
+            ax.plot(pts[:, i], pts[:, j], "-", color=color, lw=1, alpha=0.6, zorder=2)
+    ax.set_xlabel(names[i])
+    ax.set_ylabel(names[j])
+    ax.grid(True, alpha=0.3)
+
+
+def plot_front_png(fronts: Any, path: Any, oracle_front: Any = None, *, dpi: int = 120) -> Path:
+    """Write a PNG of one or more fronts (all objectives maximised).
+
+    K = 2: one scatter. K = 3: a 3-D scatter plus the three pairwise projections (2x2). K >= 4: all pairwise
+    projections. Error bars are the per-point standard errors; dominated points are drawn faded; the oracle
+    front, ``(weights, values)`` (or a values array / ``Front``), is a light grey line/scatter. The title
+    carries each front's hypervolume. Returns the path written.
+    """
+    fronts, names = _check(fronts)
+    k = len(names)
+    oracle = _oracle_values(oracle_front, k)
+    from matplotlib.figure import Figure
+
+    title = "Pareto front — " + ", ".join(_label(f) for f in fronts)
+    if k == 2:
+        fig = Figure(figsize=(6.5, 5.5))
+        ax = fig.add_subplot(1, 1, 1)
+        _draw_2d(ax, fronts, oracle, 0, 1, names)
+        ax.legend(fontsize=8, loc="best")
+    else:
+        pairs = list(itertools.combinations(range(k), 2))
+        n_panels = len(pairs) + (1 if k == 3 else 0)
+        ncols = 2 if n_panels <= 4 else 3
+        nrows = -(-n_panels // ncols)
+        fig = Figure(figsize=(5.5 * ncols, 4.8 * nrows))
+        start = 1
+        if k == 3:
+            import mpl_toolkits.mplot3d  # noqa: F401  (registers the 3d projection)
+
+            ax3 = fig.add_subplot(nrows, ncols, 1, projection="3d")
+            if oracle is not None:
+                ax3.scatter(oracle[:, 0], oracle[:, 1], oracle[:, 2], s=4, color="0.75", label="oracle front")
+            for c, front in enumerate(fronts):
+                if not front.points:
+                    continue
+                color = _COLORS[c % len(_COLORS)]
+                v, s = front.values(), front.stderr()
+                nd = non_dominated_mask(v)
+                for sel, alpha, lab in ((nd, 1.0, _label(front)), (~nd, _DIM_ALPHA, None)):
+                    if sel.any():
+                        ax3.errorbar(
+                            v[sel, 0],
+                            v[sel, 1],
+                            v[sel, 2],
+                            xerr=s[sel, 0],
+                            yerr=s[sel, 1],
+                            zerr=s[sel, 2],
+                            fmt="o",
+                            ms=4,
+                            color=color,
+                            alpha=alpha,
+                            elinewidth=0.6,
+                            label=lab,
+                        )
+            ax3.set_xlabel(names[0])
+            ax3.set_ylabel(names[1])
+            ax3.set_zlabel(names[2])
+            ax3.legend(fontsize=7, loc="upper left")
+            start = 2
+        for n, (i, j) in enumerate(pairs):
+            ax = fig.add_subplot(nrows, ncols, start + n)
+            _draw_2d(ax, fronts, oracle, i, j, names)
+            if k != 3 and n == 0:
+                ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = _prepare(path)
+    fig.savefig(out, dpi=dpi, format="png")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- plotly
+def _hover(front: Front, idx: np.ndarray) -> list[str]:
+    texts = []
+    for n in idx:
+        p = front.points[int(n)]
+        lam = ", ".join(f"{x:.2f}" for x in p.weights)
+        vals = "<br>".join(
+            f"{name}: {v:.4g} ± {s:.2g}"
+            for name, v, s in zip(front.objectives, p.values, p.stderr, strict=True)
+        )
+        uri = f"<br>{p.model_uri}" if p.model_uri else ""
+        texts.append(f"{front.method}<br>λ=({lam})<br>{vals}{uri}")
+    return texts
+
+
+def plot_front_html(fronts: Any, path: Any, oracle_front: Any = None) -> Path:
+    """Write a standalone interactive HTML of one or more fronts (plotly.js embedded, works offline).
+
+    K = 2: ``Scatter`` with error bars; K = 3: ``Scatter3d`` with error bars; K >= 4: a scatter matrix
+    (``Splom``). Non-dominated points are opaque, dominated ones faded. Returns the path written.
+    """
+    fronts, names = _check(fronts)
+    k = len(names)
+    oracle = _oracle_values(oracle_front, k)
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if oracle is not None:
+        if k == 2:
+            fig.add_trace(
+                go.Scatter(
+                    x=oracle[:, 0],
+                    y=oracle[:, 1],
+                    mode="lines+markers",
+                    name="oracle front",
+                    line=dict(color="lightgray"),
+                    marker=dict(size=3, color="lightgray"),
+                )
+            )
+        elif k == 3:
+            fig.add_trace(
+                go.Scatter3d(
+                    x=oracle[:, 0],
+                    y=oracle[:, 1],
+                    z=oracle[:, 2],
+                    mode="markers",
+                    name="oracle front",
+                    marker=dict(size=2, color="lightgray"),
+                )
+            )
+        else:
+            fig.add_trace(
+                go.Splom(
+                    dimensions=[dict(label=n, values=oracle[:, i]) for i, n in enumerate(names)],
+                    name="oracle front",
+                    marker=dict(size=3, color="lightgray"),
+                )
+            )
+    for c, front in enumerate(fronts):
+        if not front.points:
+            continue
+        color = _COLORS[c % len(_COLORS)]
+        v, s = front.values(), front.stderr()
+        nd = non_dominated_mask(v)
+        for sel, opacity, suffix in ((nd, 1.0, ""), (~nd, _DIM_ALPHA, " (dominated)")):
+            idx = np.flatnonzero(sel)
+            if idx.size == 0:
+                continue
+            common = dict(
+                name=_label(front) + suffix,
+                legendgroup=front.method,
+                hovertext=_hover(front, idx),
+                hoverinfo="text",
+            )
+            if k == 2:
+                trace = go.Scatter(
+                    x=v[idx, 0],
+                    y=v[idx, 1],
+                    mode="markers",
+                    opacity=opacity,
+                    marker=dict(size=8, color=color),
+                    error_x=dict(type="data", array=s[idx, 0], visible=True),
+                    error_y=dict(type="data", array=s[idx, 1], visible=True),
+                    **common,
+                )
+            elif k == 3:
+                trace = go.Scatter3d(
+                    x=v[idx, 0],
+                    y=v[idx, 1],
+                    z=v[idx, 2],
+                    mode="markers",
+                    opacity=opacity,
+                    marker=dict(size=4, color=color),
+                    error_x=dict(type="data", array=s[idx, 0], visible=True),
+                    error_y=dict(type="data", array=s[idx, 1], visible=True),
+                    error_z=dict(type="data", array=s[idx, 2], visible=True),
+                    **common,
+                )
+            else:
+                trace = go.Splom(
+                    dimensions=[dict(label=n, values=v[idx, i]) for i, n in enumerate(names)],
+                    opacity=opacity,
+                    marker=dict(size=6, color=color),
+                    **common,
+                )
+            fig.add_trace(trace)
+    title = "Pareto front — " + ", ".join(_label(f) for f in fronts)
+    if k == 2:
+        fig.update_layout(xaxis_title=names[0], yaxis_title=names[1])
+    elif k == 3:
+        fig.update_layout(scene=dict(xaxis_title=names[0], yaxis_title=names[1], zaxis_title=names[2]))
+    fig.update_layout(title=title, template="plotly_white", legend=dict(font=dict(size=10)))
+    out = _prepare(path)
+    fig.write_html(str(out), include_plotlyjs=True, full_html=True)
+    return out

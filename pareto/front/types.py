@@ -1,0 +1,332 @@
+"""Front data types: ``FrontPoint`` and ``Front`` (immutable, JSON round-trippable)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .metrics import front_metrics, hypervolume, non_dominated_mask
+
+__all__ = ["FrontPoint", "Front", "SCHEMA"]
+
+SCHEMA = "pareto.front/1"
+
+_POINT_FIELDS = ("weights", "values", "stderr", "model_uri", "extra")
+_FRONT_FIELDS = ("method", "objectives", "points", "reference_point", "scorer", "metrics", "meta")
+
+
+def _float_tuple(x: Any, where: str, *, nonneg: bool = False) -> tuple[float, ...]:
+    if isinstance(x, (str, bytes, Mapping)):
+        raise ValueError(f"{where}: expected a sequence of numbers, got {type(x).__name__}")
+    try:
+        seq = list(x.tolist() if isinstance(x, np.ndarray) else x)
+    except TypeError:
+        raise ValueError(f"{where}: expected a sequence of numbers, got {type(x).__name__}") from None
+    out = []
+    for i, v in enumerate(seq):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{where}[{i}]: expected a number, got {v!r}")
+        f = float(v)
+        if not math.isfinite(f):
+            raise ValueError(f"{where}[{i}]: must be finite, got {f}")
+        if nonneg and f < 0:
+            raise ValueError(f"{where}[{i}]: must be >= 0, got {f}")
+        out.append(f)
+    return tuple(out)
+
+
+def _check_dict(x: Any, where: str) -> dict:
+    if not isinstance(x, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(x).__name__}")
+    return x
+
+
+def _check_str(x: Any, where: str) -> str:
+    if not isinstance(x, str):
+        raise ValueError(f"{where}: expected a string, got {type(x).__name__}")
+    return x
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One evaluated point: the preference it was trained/queried at and its objective values.
+
+    ``values`` are means over the evaluation prompts (maximised), ``stderr`` their standard errors.
+    """
+
+    weights: tuple[float, ...]
+    values: tuple[float, ...]
+    stderr: tuple[float, ...]
+    model_uri: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._validate("FrontPoint")
+
+    def _validate(self, where: str) -> None:
+        w = _float_tuple(self.weights, f"{where}.weights", nonneg=True)
+        v = _float_tuple(self.values, f"{where}.values")
+        s = _float_tuple(self.stderr, f"{where}.stderr", nonneg=True)
+        if len(v) == 0:
+            raise ValueError(f"{where}.values: must not be empty")
+        if len(w) != len(v):
+            raise ValueError(f"{where}.weights: has {len(w)} entries but values has {len(v)}")
+        if len(s) != len(v):
+            raise ValueError(f"{where}.stderr: has {len(s)} entries but values has {len(v)}")
+        object.__setattr__(self, "weights", w)
+        object.__setattr__(self, "values", v)
+        object.__setattr__(self, "stderr", s)
+        _check_str(self.model_uri, f"{where}.model_uri")
+        _check_dict(self.extra, f"{where}.extra")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": list(self.weights),
+            "values": list(self.values),
+            "stderr": list(self.stderr),
+            "model_uri": self.model_uri,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "FrontPoint") -> FrontPoint:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: expected a dict, got {type(d).__name__}")
+        for key in d:
+            if key not in _POINT_FIELDS:
+                raise ValueError(f"{where}: unknown field {key!r}")
+        for key in ("weights", "values", "stderr"):
+            if key not in d:
+                raise ValueError(f"{where}: missing field {key!r}")
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "weights", d["weights"])
+        object.__setattr__(obj, "values", d["values"])
+        object.__setattr__(obj, "stderr", d["stderr"])
+        object.__setattr__(obj, "model_uri", d.get("model_uri", ""))
+        object.__setattr__(obj, "extra", dict(_check_dict(d.get("extra", {}), f"{where}.extra")))
+        obj._validate(where)
+        return obj
+
+
+@dataclass(frozen=True)
+class Front:
+    """A set of evaluated points for one method, with the fixed reference point used for hypervolume.
+
+    ``metrics`` is filled by :meth:`compute_metrics`; ``meta`` holds free-form run information (run ids,
+    config hashes). Both must be JSON-serialisable for :meth:`to_json`.
+    """
+
+    method: str
+    objectives: tuple[str, ...]
+    points: tuple[FrontPoint, ...]
+    reference_point: tuple[float, ...]
+    scorer: str = "oracle"
+    metrics: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        _check_str(self.method, "Front.method")
+        _check_str(self.scorer, "Front.scorer")
+        if isinstance(self.objectives, (str, bytes)) or not hasattr(self.objectives, "__iter__"):
+            raise ValueError(
+                f"Front.objectives: expected a sequence of names, got {type(self.objectives).__name__}"
+            )
+        objectives = tuple(self.objectives)
+        if not objectives:
+            raise ValueError("Front.objectives: must not be empty")
+        for i, name in enumerate(objectives):
+            _check_str(name, f"Front.objectives[{i}]")
+        if len(set(objectives)) != len(objectives):
+            raise ValueError(f"Front.objectives: duplicate names in {objectives}")
+        k = len(objectives)
+        ref = _float_tuple(self.reference_point, "Front.reference_point")
+        if len(ref) != k:
+            raise ValueError(f"Front.reference_point: has {len(ref)} entries but there are {k} objectives")
+        if isinstance(self.points, (str, bytes, Mapping)) or not hasattr(self.points, "__iter__"):
+            raise ValueError(
+                f"Front.points: expected a sequence of FrontPoint, got {type(self.points).__name__}"
+            )
+        points = tuple(self.points)
+        for i, p in enumerate(points):
+            if not isinstance(p, FrontPoint):
+                raise ValueError(f"Front.points[{i}]: expected FrontPoint, got {type(p).__name__}")
+            if len(p.values) != k:
+                raise ValueError(f"Front.points[{i}].values: has {len(p.values)} entries, expected {k}")
+        _check_dict(self.metrics, "Front.metrics")
+        _check_dict(self.meta, "Front.meta")
+        object.__setattr__(self, "objectives", objectives)
+        object.__setattr__(self, "reference_point", ref)
+        object.__setattr__(self, "points", points)
+
+    # ------------------------------------------------------------------ arrays
+    @property
+    def k(self) -> int:
+        return len(self.objectives)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def values(self) -> np.ndarray:
+        """``(N, K)`` array of objective means."""
+        return np.array([p.values for p in self.points], dtype=float).reshape(len(self.points), self.k)
+
+    def weights(self) -> np.ndarray:
+        """``(N, K)`` array of preference vectors."""
+        return np.array([p.weights for p in self.points], dtype=float).reshape(len(self.points), self.k)
+
+    def stderr(self) -> np.ndarray:
+        """``(N, K)`` array of standard errors."""
+        return np.array([p.stderr for p in self.points], dtype=float).reshape(len(self.points), self.k)
+
+    def nondominated_mask(self) -> np.ndarray:
+        return non_dominated_mask(self.values())
+
+    def nondominated(self) -> Front:
+        """A new ``Front`` holding only the non-dominated points (order kept, metrics cleared)."""
+        mask = self.nondominated_mask()
+        pts = tuple(p for p, keep in zip(self.points, mask, strict=True) if keep)
+        return replace(self, points=pts, metrics={}, meta=dict(self.meta))
+
+    # ----------------------------------------------------------------- metrics
+    def compute_metrics(self, oracle_front: Any = None) -> dict[str, float]:
+        """Compute :func:`~pareto.front.metrics.front_metrics`, store into ``self.metrics`` and return them.
+
+        ``oracle_front`` is an ``(M, K)`` array of oracle values, or a ``Front`` (its values are used).
+        """
+        if isinstance(oracle_front, Front):
+            oracle_front = oracle_front.values()
+        m = front_metrics(self.weights(), self.values(), self.reference_point, oracle_front=oracle_front)
+        self.metrics.clear()
+        self.metrics.update(m)
+        return m
+
+    def hypervolume(self) -> float:
+        return hypervolume(self.values(), self.reference_point)
+
+    def query(
+        self,
+        weights: Any,
+        scalarize: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> FrontPoint:
+        """The non-dominated point that best serves preference ``weights``.
+
+        ``scalarize(values (N, K), weights (K,)) -> scores (N,)`` (higher is better); the default is the
+        linear scalarization ``values @ weights``. Ties go to the earliest point.
+        """
+        if not self.points:
+            raise ValueError("Front.query: the front is empty")
+        from .grid import validate_weights
+
+        w = validate_weights(weights, self.k)
+        mask = self.nondominated_mask()
+        idx = np.flatnonzero(mask)
+        vals = self.values()[idx]
+        scores = vals @ w if scalarize is None else np.asarray(scalarize(vals, w), dtype=float)
+        return self.points[int(idx[int(np.argmax(scores))])]
+
+    # ----------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "method": self.method,
+            "objectives": list(self.objectives),
+            "points": [p.to_dict() for p in self.points],
+            "reference_point": list(self.reference_point),
+            "scorer": self.scorer,
+            "metrics": dict(self.metrics),
+            "meta": dict(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Front:
+        """Build a ``Front`` from :meth:`to_dict` output; raises ``ValueError`` naming the bad field."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"Front: expected a dict, got {type(d).__name__}")
+        for key in d:
+            if key != "schema" and key not in _FRONT_FIELDS:
+                raise ValueError(f"Front: unknown field {key!r}")
+        if "schema" in d and d["schema"] != SCHEMA:
+            raise ValueError(f"Front.schema: unsupported {d['schema']!r}, expected {SCHEMA!r}")
+        for key in ("method", "objectives", "points", "reference_point"):
+            if key not in d:
+                raise ValueError(f"Front: missing field {key!r}")
+        raw_points = d["points"]
+        if isinstance(raw_points, (str, bytes, Mapping)) or not isinstance(raw_points, (list, tuple)):
+            raise ValueError(f"Front.points: expected a list, got {type(raw_points).__name__}")
+        points = tuple(FrontPoint.from_dict(p, where=f"Front.points[{i}]") for i, p in enumerate(raw_points))
+        return cls(
+            method=d["method"],
+            objectives=d["objectives"],
+            points=points,
+            reference_point=d["reference_point"],
+            scorer=d.get("scorer", "oracle"),
+            metrics=dict(_check_dict(d.get("metrics", {}), "Front.metrics")),
+            meta=dict(_check_dict(d.get("meta", {}), "Front.meta")),
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, s: str) -> Front:
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Front: invalid JSON ({exc})") from None
+        return cls.from_dict(d)
+
+    def save(self, path: Any) -> None:
+        """Write :meth:`to_json` to ``path``."""
+        from pathlib import Path
+
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Any) -> Front:
+        from pathlib import Path
+
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    # ------------------------------------------------------------------- table
+    def table(self, precision: int = 3) -> str:
+        """A fixed-width text table: one row per point, '*' marks non-dominated points, then the metrics."""
+        mask = self.nondominated_mask() if self.points else np.zeros(0, dtype=bool)
+        header = ["#", "lambda"] + list(self.objectives) + ["nd"]
+        rows = []
+        for i, (p, nd) in enumerate(zip(self.points, mask, strict=True)):
+            lam = "(" + ", ".join(f"{x:.2f}" for x in p.weights) + ")"
+            cells = [
+                f"{v:.{precision}f} ± {s:.{precision}f}" for v, s in zip(p.values, p.stderr, strict=True)
+            ]
+            rows.append([str(i), lam, *cells, "*" if nd else ""])
+        widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(header)]
+
+        def fmt(cells: list[str]) -> str:
+            out = [cells[0].rjust(widths[0]), cells[1].ljust(widths[1])]
+            out += [c.rjust(w) for c, w in zip(cells[2:-1], widths[2:-1], strict=True)]
+            out.append(cells[-1].ljust(widths[-1]))
+            return "  ".join(out).rstrip()
+
+        lines = [f"front: method={self.method} scorer={self.scorer} points={len(self.points)}"]
+        lines.append(fmt(header))
+        lines.append("  ".join("-" * w for w in widths))
+        lines += [fmt(r) for r in rows]
+        hv = self.metrics.get("hypervolume", self.hypervolume())
+        ref = "(" + ", ".join(f"{x:g}" for x in self.reference_point) + ")"
+        summary = (
+            f"hypervolume={hv:.{precision + 1}g} (ref={ref})  non-dominated={int(mask.sum())}/{len(mask)}"
+        )
+        if "igd" in self.metrics:
+            summary += f"  IGD={self.metrics['igd']:.{precision + 1}g}"
+        if "inner_product" in self.metrics:
+            summary += f"  inner_product={self.metrics['inner_product']:.{precision + 1}g}"
+        lines.append(summary)
+        return "\n".join(lines)

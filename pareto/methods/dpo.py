@@ -1,0 +1,184 @@
+"""The DPO training loop shared by Panacea and the per-weight baseline.
+
+Both minimise an aggregate of per-objective DPO losses over LoRA-style adapters; they differ only in where λ
+comes from (sampled per micro-batch and written into the SVD-LoRA layers, or fixed for the whole run).
+Regularised the way small DPO runs need: an NLL term on the λ-preferred response, and early stopping on a
+held-out front metric scored by the learned reward model, with degenerate (repetitive) checkpoints rejected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from pareto.config import DPOConfig
+from pareto.evaluation import evaluate_grid
+from pareto.front.metrics import hypervolume
+from pareto.models.policy import encode_pairs, token_logprobs
+from pareto.objectives import VectorReward, aggregate_losses
+from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses
+
+
+@dataclass
+class PairSet:
+    """Preference pairs as the trainer needs them: texts, per-objective labels, reference log-probs."""
+
+    prompts: list[str]
+    responses: list[tuple[str, str]]
+    better: torch.Tensor                 # [N, K] in {0, 1, -1}
+    ref_logp: torch.Tensor | None = None  # [N, 2], filled by `reference_logps`
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence, objective_index: Sequence[int]) -> PairSet:
+        """Keep the labels of the chosen objectives (a task may define more than the experiment uses)."""
+        better = torch.tensor([[p.better[i] for i in objective_index] for p in pairs], dtype=torch.long)
+        return cls([p.prompt for p in pairs], [(p.response_0, p.response_1) for p in pairs], better)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
+               responses: Sequence[tuple[str, str]], max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Log-probs [B, 2] and response lengths [B, 2] of both responses, in one forward pass of 2B rows."""
+    batch = encode_pairs(tokenizer, list(prompts) * 2, [r[0] for r in responses] + [r[1] for r in responses],
+                         max_length)
+    logp, n = token_logprobs(model, batch)
+    b = len(prompts)
+    return (torch.stack([logp[:b], logp[b:]], dim=1), torch.stack([n[:b], n[b:]], dim=1),
+            int(batch.attention_mask.sum()))
+
+
+@torch.no_grad()
+def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
+                    max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """π_ref log-probs of every pair, computed once: the dataset is fixed, so the reference never reruns."""
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        logp, _, _ = pair_logps(model, tokenizer, pairs.prompts[s:s + batch_size],
+                                pairs.responses[s:s + batch_size], max_length)
+        out.append(logp)
+    return torch.cat(out)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one dict per logged step (losses, λ, validation)
+    best_step: int = 0
+    best_metric: float = float("-inf")
+    steps: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+# validate(step) -> (metric, info, eligible): higher metric is better; ineligible checkpoints are never kept.
+Validator = Callable[[int], tuple[float, dict, bool]]
+
+
+def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
+              *, objectives: Sequence[str], sample_weights: Callable[[np.random.Generator], np.ndarray],
+              apply_weights: Callable[[np.ndarray], None], validate: Validator, aggregation: str = "linear",
+              max_length: int = 128, seed: int = 0, desc: str = "dpo") -> TrainResult:
+    """Minimise aggregate_λ(per-objective DPO losses) + nll_weight · NLL(λ-preferred response)."""
+    assert pairs.ref_logp is not None, "compute reference_logps first"
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result = TrainResult()
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def check(step: int) -> bool:
+        """Validate; keep the best eligible state. Returns True when patience has run out."""
+        nonlocal best_state, bad_checks
+        model.eval()
+        metric, info, eligible = validate(step)
+        model.train()
+        result.history.append({"step": step, "val_metric": metric, "val_eligible": float(eligible), **info})
+        if eligible and metric > result.best_metric:
+            result.best_metric, result.best_step, best_state, bad_checks = metric, step, snapshot(), 0
+        else:
+            bad_checks += 1
+        return bad_checks >= cfg.patience
+
+    best_state, bad_checks = snapshot(), 0
+    start = time.perf_counter()
+    check(0)  # the untouched (SFT) model is the fallback: training never returns something worse on validation
+    model.train()
+    bar = tqdm(total=cfg.max_steps, desc=desc, unit="step", mininterval=2.0)
+    for step in range(1, cfg.max_steps + 1):
+        optim.zero_grad()
+        logged: dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            idx = rng.choice(len(pairs), size=min(cfg.batch_size, len(pairs)), replace=False)
+            weights = sample_weights(rng)
+            apply_weights(weights)
+            lam = torch.tensor(weights, dtype=torch.float32)
+            logp, ntok, tokens = pair_logps(model, tokenizer, [pairs.prompts[i] for i in idx],
+                                            [pairs.responses[i] for i in idx], max_length)
+            better = pairs.better[idx]
+            losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx], better, cfg.beta)
+            per_objective = masked_objective_means(losses, mask)
+            loss = aggregate_losses(per_objective, lam, aggregation)
+            if cfg.nll_weight > 0:
+                # length-normalised NLL of each objective's chosen response, weighted by λ like the DPO terms
+                chosen = better.clamp(min=0)
+                nll = -(logp.gather(1, chosen) / ntok.gather(1, chosen).clamp(min=1))
+                loss = loss + cfg.nll_weight * (masked_objective_means(nll, mask) * lam).sum()
+            (loss / cfg.grad_accum).backward()
+            result.tokens += tokens
+            logged["loss"] = logged.get("loss", 0.0) + loss.item() / cfg.grad_accum
+            for name, value in zip(objectives, per_objective.tolist(), strict=True):
+                logged[f"dpo_loss/{name}"] = logged.get(f"dpo_loss/{name}", 0.0) + value / cfg.grad_accum
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optim.step()
+        result.steps = step
+        result.history.append({"step": step, **logged})
+        bar.update(1)
+        bar.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if check(step):
+                break
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in best_state.items():
+            params[name].copy_(value)
+    model.eval()
+    return result
+
+
+def front_validator(generate: Callable[[list[str], np.ndarray], list[str]], prompts: Sequence[str],
+                    weights: np.ndarray, reward: VectorReward, max_repetition: float,
+                    z_reference: float = -3.0) -> Validator:
+    """Held-out front metric for early stopping, scored by the learned reward model (never the oracle).
+
+    With several λ: hypervolume of the mean z-scored reward vectors against a fixed reference (z_reference
+    in every objective). With one λ (a per-weight run): the λ-scalarized mean z-score.
+    """
+    weights = np.atleast_2d(weights)
+
+    def validate(step: int) -> tuple[float, dict, bool]:
+        points = evaluate_grid(generate, prompts, weights, {"rm": reward}, n_samples=0)
+        means = np.array([p.mean["rm"] for p in points])
+        rep = float(np.mean([p.repetition_rate for p in points]))
+        if len(weights) == 1:
+            metric = float(means[0] @ weights[0])
+        else:
+            metric = hypervolume(means, [z_reference] * weights.shape[1])
+        return metric, {"val_repetition_rate": rep}, rep <= max_repetition
+
+    return validate

@@ -1,0 +1,79 @@
+"""Panacea (Zhong et al., NeurIPS 2024) trained with per-objective DPO.
+
+One SVD-LoRA model for every preference: λ is written into the singular values of each adapted layer,
+W(λ) = W0 + U·diag(σ ⊕ s·λ)·Vᵀ. Training samples λ per micro-batch (Dirichlet(1) mixed with simplex
+vertices) and minimises an aggregate (LS or Tchebycheff) of the per-objective DPO losses. Switching λ at
+inference writes K numbers per layer: no reload, no merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pareto.config import PanaceaConfig
+from pareto.front.grid import sample_preferences
+from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
+from pareto.models.policy import generate, load_policy
+from pareto.models.svd_lora import (
+    add_panacea_adapter,
+    export_lora,
+    load_panacea,
+    panacea_lora_config,
+    save_panacea,
+    set_preference,
+)
+from pareto.objectives import VectorReward
+
+
+class PanaceaPolicy:
+    """The conditioned policy: one model, λ set in place per call (per row when λ is [B, K])."""
+
+    def __init__(self, model, tokenizer, objectives: Sequence[str]) -> None:
+        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
+
+    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.ndim == 1:
+            weights = np.tile(weights, (len(prompts), 1))
+        set_preference(self.model, weights)
+        return generate(self.model, self.tokenizer, list(prompts), **gen)
+
+    def save(self, path: str | Path) -> None:
+        save_panacea(self.model, path)
+
+    def export(self, weights: Sequence[float], path: str | Path) -> None:
+        """A plain PEFT LoRA adapter at λ (loadable by PEFT and vLLM)."""
+        export_lora(self.model, weights, path)
+
+    @classmethod
+    def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> PanaceaPolicy:
+        base, tokenizer = load_policy(base_dir)
+        return cls(load_panacea(base, adapter_dir), tokenizer, objectives)
+
+
+def validation_weights(k: int) -> np.ndarray:
+    """The K vertices and the centre of the simplex: cheap, and they span the front."""
+    return np.vstack([np.eye(k), np.full((1, k), 1.0 / k)])
+
+
+def fit(base_dir: str | Path, pairs: PairSet, val_prompts: Sequence[str], reward: VectorReward,
+        cfg: PanaceaConfig, objectives: Sequence[str], *, max_length: int, seed: int,
+        gen: dict) -> tuple[PanaceaPolicy, TrainResult]:
+    k = len(objectives)
+    model, tokenizer = load_policy(base_dir)
+    model = add_panacea_adapter(model, panacea_lora_config(k, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules))
+    with model.disable_adapter():
+        pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
+    policy = PanaceaPolicy(model, tokenizer, objectives)
+    validate = front_validator(lambda p, w: policy.generate(p, w, **gen), val_prompts, validation_weights(k),
+                               reward, cfg.max_repetition)
+    result = train_dpo(
+        model, tokenizer, pairs, cfg, objectives=objectives,
+        sample_weights=lambda rng: sample_preferences(rng, k, 1, cfg.vertex_prob)[0],
+        apply_weights=lambda w: set_preference(model, w), validate=validate,
+        aggregation=cfg.aggregation, max_length=max_length, seed=seed, desc="panacea",
+    )
+    return policy, result

@@ -1,0 +1,1 @@
+"""Models: policy LMs, Panacea's SVD-LoRA, reward models."""

@@ -1,0 +1,214 @@
+"""Policy language models: the embedded tiny LM (built, SFT-trained and cached here) or a Hugging Face model.
+
+The tiny LM is a real `LlamaForCausalLM` (head_dim 64, so vLLM can serve it) with a byte-level BPE tokenizer
+trained on the task corpus. Everything is saved with `save_pretrained` (safetensors), so the same loading code
+serves a local path, the cache, or a hub id.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from pareto.config import TinyModelConfig
+
+# One template for the tiny LM; real chat models bring their own. vLLM's chat endpoint reads the same.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
+    "{% else %}Assistant: {{ m['content'] }}<eos>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerFast, prompt: str) -> str:
+    """The model-facing text of a user prompt, up to where the answer starts."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def response_text(tokenizer: PreTrainedTokenizerFast, response: str) -> str:
+    return " " + response.strip() + tokenizer.eos_token
+
+
+# ---- building the tiny LM ---------------------------------------------------------------------------------------
+def train_tokenizer(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # generation pads on the left; training builds its own right-padded batches
+    return fast
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads, max_position_embeddings=cfg.max_length * 2,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # [B, T] right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor   # [B, T] 1 on response tokens (the ones whose log-prob counts)
+
+
+def encode_pairs(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str], responses: Sequence[str],
+                 max_length: int) -> Batch:
+    """Tokenise (prompt, response) into one right-padded batch with a mask over the response tokens."""
+    rows, masks = [], []
+    for prompt, response in zip(prompts, responses, strict=True):
+        p = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        r = tokenizer(response_text(tokenizer, response), add_special_tokens=False)["input_ids"]
+        ids = (p + r)[:max_length]
+        rows.append(ids)
+        masks.append(([0] * len(p) + [1] * len(r))[:max_length])
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    response_mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
+    return Batch(input_ids, attention, response_mask)
+
+
+def token_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log p(response tokens) per row, and the number of response tokens per row."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    targets = batch.input_ids[:, 1:]
+    mask = batch.response_mask[:, 1:].to(logits.dtype)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, examples: Sequence[tuple[str, str]],
+              epochs: int, lr: float, batch_size: int, max_length: int, seed: int,
+              on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Supervised fine-tuning on responses only (prompt tokens are context, not targets)."""
+    rng = random.Random(seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    order = list(range(len(examples)))
+    steps_total = epochs * math.ceil(len(order) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=lr, total_steps=steps_total, pct_start=0.1)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=steps_total, desc="sft", unit="step", mininterval=2.0)
+    for _ in range(epochs):
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = [examples[i] for i in order[start:start + batch_size]]
+            batch = encode_pairs(tokenizer, [c[0] for c in chunk], [c[1] for c in chunk], max_length)
+            logp, n = token_logprobs(model, batch)
+            loss = -(logp.sum() / n.sum())
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            losses.append(loss.item())
+            if on_step:
+                on_step(len(losses), losses[-1])
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
+    model.eval()
+    return losses
+
+
+# ---- loading and saving -----------------------------------------------------------------------------------------
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """save_pretrained (safetensors) into a temp dir, then rename: a kill never leaves half a model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A causal LM and its tokenizer from a local directory or a Hugging Face id (offline: from the local cache)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype))
+    model.eval()
+    return model, tokenizer
+
+
+# ---- generation -------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
+             max_new_tokens: int = 48, do_sample: bool = False, temperature: float = 1.0,
+             seed: int | None = None) -> list[str]:
+    """Batched generation (left padding); returns the decoded responses only."""
+    if not prompts:
+        return []
+    if seed is not None:
+        torch.manual_seed(seed)
+    texts = [prompt_text(tokenizer, p) for p in prompts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(
+        **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+        temperature=temperature if do_sample else None, top_p=None, top_k=None,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    new_tokens = out[:, enc["input_ids"].shape[1]:]
+    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def repetition_rate(texts: Sequence[str], n: int = 3, max_count: int = 2) -> float:
+    """Share of texts in which some word n-gram occurs more than `max_count` times (degenerate loops)."""
+    if not texts:
+        return 0.0
+    bad = 0
+    for text in texts:
+        words = text.split()
+        counts: dict[tuple[str, ...], int] = {}
+        for i in range(len(words) - n + 1):
+            gram = tuple(words[i:i + n])
+            counts[gram] = counts.get(gram, 0) + 1
+        bad += any(c > max_count for c in counts.values())
+    return bad / len(texts)
