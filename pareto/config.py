@@ -53,7 +53,7 @@ class TinyModelConfig(Strict):
     num_kv_heads: int = Field(1, ge=1)
     vocab_size: int = Field(1024, ge=300)
     max_length: int = Field(128, ge=32)
-    sft_epochs: int = Field(4, ge=1)
+    sft_epochs: int = Field(8, ge=1)
     sft_lr: float = Field(3e-3, gt=0)
     sft_batch_size: int = Field(32, ge=1)
 
@@ -99,7 +99,7 @@ class DPOConfig(Strict):
     eval_every: int = Field(50, ge=1, description="steps between held-out front checks (early stopping)")
     patience: int = Field(3, ge=1, description="checks without improvement before stopping")
     val_prompts: int = Field(24, ge=2)
-    max_repetition: float = Field(0.2, ge=0, le=1, description="reject checkpoints whose samples repeat more")
+    max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
 
 
 class PanaceaConfig(DPOConfig):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import front_metrics, hypervolume, non_dominated_mask
+from .metrics import front_metrics, hypervolume, non_dominated_mask, vertex_separation
 
 __all__ = ["FrontPoint", "Front", "SCHEMA"]
 
@@ -204,6 +204,11 @@ class Front:
         if isinstance(oracle_front, Front):
             oracle_front = oracle_front.values()
         m = front_metrics(self.weights(), self.values(), self.reference_point, oracle_front=oracle_front)
+        if self.points:
+            for name, sep in zip(self.objectives, vertex_separation(self.weights(), self.values(), self.stderr()),
+                                 strict=True):
+                if np.isfinite(sep):
+                    m[f"vertex_separation/{name}"] = float(sep)
         self.metrics.clear()
         self.metrics.update(m)
         return m
