@@ -32,7 +32,8 @@ def _load(config: Path, overrides: list[str] | None) -> ExperimentConfig:
         raise  # unreachable
 
 
-def _summary(result, cfg: ExperimentConfig) -> str:
+def summary(result, cfg: ExperimentConfig) -> str:
+    """The closing report of a pipeline run: fronts, where they are tracked, how to look at them."""
     lines = [f"pareto: {cfg.name} (seed {cfg.seed}) finished in {result.seconds:.0f} s",
              "reward model held-out accuracy: "
              + ", ".join(f"{k} {v:.3f}" for k, v in result.reward_accuracy.items()), ""]
@@ -53,7 +54,7 @@ def run(config: Path, set_: SetOption = None) -> None:
     from pareto.distributed.pipeline import run_pipeline
 
     result = run_pipeline(cfg)
-    typer.echo(_summary(result, cfg))
+    typer.echo(summary(result, cfg))
 
 
 @app.command()

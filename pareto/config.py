@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -86,6 +86,8 @@ class RewardModelConfig(Strict):
 class DPOConfig(Strict):
     """What every DPO-trained method shares."""
 
+    per_weight: ClassVar[bool] = False  # True: one model per λ (the pipeline fans out one task per λ)
+
     beta: float = Field(0.5, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -108,6 +110,7 @@ class PanaceaConfig(DPOConfig):
 
 
 class PerWeightConfig(DPOConfig):
+    per_weight: ClassVar[bool] = True
     lr: float = Field(2e-4, gt=0)
     weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
 
@@ -153,7 +156,7 @@ class ExperimentConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
     resources: ResourcesConfig = ResourcesConfig()
-    state_dir: str | None = Field(None, description="where caches and local stores live; default $PARETO_HOME or .pareto")
+    state_dir: str | None = Field(None, description="caches and local stores; default $PARETO_HOME or .pareto")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -315,7 +318,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     """Read a YAML experiment (safe_load only: no Python tags) and validate it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file, e.g. configs/quickstart.yaml")
+        raise ConfigError(f"config file {str(path)!r} not found; pass a YAML file, e.g. configs/quickstart.yaml")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

@@ -36,10 +36,13 @@ def setup(uri: str, experiment: str, state_dir: Path) -> str:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = (state_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    return client.create_experiment(experiment, artifact_location=location)
+    if exp is None:
+        location = (state_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        exp_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)  # nested runs inherit the active experiment, not the parent's
+    return exp_id
 
 
 def log_history(history: Iterable[dict], prefix: str = "") -> None:

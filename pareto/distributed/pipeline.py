@@ -56,8 +56,9 @@ def init_ray(cfg: ExperimentConfig) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.resources.num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=True)
+        # "local" starts a private cluster even if another one runs on this machine: explicit beats implicit.
+        ray.init(address="local", num_cpus=cfg.resources.num_cpus, include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=True)
     needed = cfg.resources.cpus_per_task
     total = ray.cluster_resources().get("CPU", 0)
     if total < needed:
@@ -141,17 +142,20 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
         if too_low:
             raise RuntimeError(f"reward model held-out accuracy {too_low} is below reward_model.min_accuracy="
                                f"{cfg.reward_model.min_accuracy}; train longer (reward_model.epochs) or add data")
+        # The models a front is served from travel with the run, so the UI and `pareto query` work anywhere.
+        tracking.log_dir(base_dir, "base_model")
+        tracking.log_dir(rm_dir, "reward_model")
         base_ref, rm_ref = ray.put(_cached(base_dir)), ray.put(_cached(rm_dir))
 
         # ---- stage 2: methods (the per-weight baseline fans out one task per λ) ------------------------------
         pending = {}
-        if cfg.methods.panacea is not None:
-            pending["panacea"] = method.remote(cfg_ref, "panacea", base_ref, rm_ref, grid=grid.tolist())
-        if cfg.methods.per_weight_dpo is not None:
-            pw_grid = np.asarray(cfg.methods.per_weight_dpo.weights or grid)
-            for i, w in enumerate(pw_grid):
-                pending[f"per_weight_dpo/{i}"] = method.remote(cfg_ref, "per_weight_dpo", base_ref, rm_ref,
-                                                               weights=w.tolist(), seed_offset=i)
+        for name, mcfg in cfg.methods.enabled().items():
+            if mcfg.per_weight:
+                for i, w in enumerate(np.asarray(getattr(mcfg, "weights", None) or grid)):
+                    pending[f"{name}/{i}"] = method.remote(cfg_ref, name, base_ref, rm_ref, weights=w.tolist(),
+                                                           seed_offset=i)
+            else:
+                pending[name] = method.remote(cfg_ref, name, base_ref, rm_ref, grid=grid.tolist())
         outputs = _gather(pending, "methods", progress)
 
         # ---- stage 3: fronts, metrics, artifacts ---------------------------------------------------------------

@@ -17,7 +17,7 @@ from pareto.config import ExperimentConfig
 from pareto.data import load_task
 from pareto.distributed.bundle import Bundle, pack, unpack
 from pareto.evaluation import evaluate_grid
-from pareto.methods import panacea, per_weight
+from pareto.methods import FitContext, load_method
 from pareto.methods.dpo import PairSet
 from pareto.models.policy import build_tiny_model, save_model, set_seed, sft_train, train_tokenizer
 from pareto.models.reward import LearnedVectorReward, TextEncoder, pair_text, train_reward_model
@@ -116,17 +116,12 @@ def method_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle
     ev = cfg.evaluation
     gen = {"max_new_tokens": ev.max_new_tokens, "do_sample": ev.do_sample, "temperature": ev.temperature}
     with tempfile.TemporaryDirectory() as tmp:
-        base_dir = unpack(base, Path(tmp) / "base")
         reward = LearnedVectorReward.load(unpack(reward_bundle, Path(tmp) / "reward"), encoder=TextEncoder())
-        common = {"max_length": cfg.model.tiny.max_length, "seed": cfg.seed + seed_offset, "gen": gen}
-        if method == "panacea":
-            policy, result = panacea.fit(base_dir, pairs, val_prompts, reward, mcfg, names, **common)
-            eval_grid = np.asarray(grid)
-        elif method == "per_weight_dpo":
-            policy, result = per_weight.fit(base_dir, pairs, val_prompts, reward, mcfg, names, weights, **common)
-            eval_grid = np.asarray([weights])
-        else:
-            raise ValueError(f"unknown method {method!r}")
+        ctx = FitContext(base_dir=unpack(base, Path(tmp) / "base"), pairs=pairs, val_prompts=val_prompts,
+                         reward=reward, objectives=names, max_length=cfg.model.tiny.max_length,
+                         seed=cfg.seed + seed_offset, gen=gen, task=task)
+        policy, result = load_method(method).fit(ctx, mcfg, weights)
+        eval_grid = np.asarray([weights] if mcfg.per_weight else grid)
         start = time.perf_counter()
         if ev.do_sample:
             torch.manual_seed(cfg.seed)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
+
+from pareto.methods.dpo import PairSet
+from pareto.objectives import VectorReward
 
 
 class ConditionedPolicy(Protocol):
@@ -21,4 +27,26 @@ class ConditionedPolicy(Protocol):
     def save(self, path: str | Path) -> None: ...
 
 
-METHOD_NAMES = ("panacea", "per_weight_dpo")
+@dataclass
+class FitContext:
+    """Everything a method's `fit` gets besides its own config section."""
+
+    base_dir: Path               # the base policy (save_pretrained directory)
+    pairs: PairSet               # training preference pairs with per-objective labels
+    val_prompts: list[str]       # held-out prompts for early stopping
+    reward: VectorReward         # the learned vector reward (z-scored)
+    objectives: tuple[str, ...]
+    max_length: int
+    seed: int
+    gen: dict                    # generation settings used for validation and evaluation
+    task: object = None          # the task, for methods that need more than pairs (e.g. conditioning prompts)
+
+
+# name -> module; each module has `fit(ctx, cfg, weights=None) -> (ConditionedPolicy, TrainResult)`.
+METHOD_MODULES = {"panacea": "pareto.methods.panacea", "per_weight_dpo": "pareto.methods.per_weight"}
+
+
+def load_method(name: str) -> ModuleType:
+    if name not in METHOD_MODULES:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHOD_MODULES)}")
+    return importlib.import_module(METHOD_MODULES[name])

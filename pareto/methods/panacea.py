@@ -15,7 +15,8 @@ import numpy as np
 
 from pareto.config import PanaceaConfig
 from pareto.front.grid import sample_preferences
-from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods import FitContext
+from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
 from pareto.models.policy import generate, load_policy
 from pareto.models.svd_lora import (
     add_panacea_adapter,
@@ -25,7 +26,6 @@ from pareto.models.svd_lora import (
     save_panacea,
     set_preference,
 )
-from pareto.objectives import VectorReward
 
 
 class PanaceaPolicy:
@@ -59,21 +59,22 @@ def validation_weights(k: int) -> np.ndarray:
     return np.vstack([np.eye(k), np.full((1, k), 1.0 / k)])
 
 
-def fit(base_dir: str | Path, pairs: PairSet, val_prompts: Sequence[str], reward: VectorReward,
-        cfg: PanaceaConfig, objectives: Sequence[str], *, max_length: int, seed: int,
-        gen: dict) -> tuple[PanaceaPolicy, TrainResult]:
+def fit(ctx: FitContext, cfg: PanaceaConfig,
+        weights: Sequence[float] | None = None) -> tuple[PanaceaPolicy, TrainResult]:
+    """Train one model for every λ (`weights` is unused: Panacea is conditioned, not per-weight)."""
+    objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
     k = len(objectives)
-    model, tokenizer = load_policy(base_dir)
+    model, tokenizer = load_policy(ctx.base_dir)
     model = add_panacea_adapter(model, panacea_lora_config(k, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules))
     with model.disable_adapter():
         pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
     policy = PanaceaPolicy(model, tokenizer, objectives)
-    validate = front_validator(lambda p, w: policy.generate(p, w, **gen), val_prompts, validation_weights(k),
-                               reward, cfg.max_repetition)
+    validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
+                               validation_weights(k), ctx.reward, cfg.max_repetition)
     result = train_dpo(
         model, tokenizer, pairs, cfg, objectives=objectives,
         sample_weights=lambda rng: sample_preferences(rng, k, 1, cfg.vertex_prob)[0],
         apply_weights=lambda w: set_preference(model, w), validate=validate,
-        aggregation=cfg.aggregation, max_length=max_length, seed=seed, desc="panacea",
+        aggregation=cfg.aggregation, max_length=max_length, seed=ctx.seed, desc="panacea",
     )
     return policy, result

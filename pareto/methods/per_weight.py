@@ -13,9 +13,9 @@ import numpy as np
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from pareto.config import PerWeightConfig
-from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods import FitContext
+from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
 from pareto.models.policy import generate, load_policy
-from pareto.objectives import VectorReward
 
 
 def adapter_name(index: int) -> str:
@@ -63,23 +63,25 @@ class PerWeightPolicy:
         return cls(model, tokenizer, objectives, {n: np.asarray(w, dtype=np.float64) for n, (w, _) in adapters.items()})
 
 
-def fit(base_dir: str | Path, pairs: PairSet, val_prompts: Sequence[str], reward: VectorReward,
-        cfg: PerWeightConfig, objectives: Sequence[str], weights: Sequence[float], *, max_length: int, seed: int,
-        gen: dict) -> tuple[PerWeightPolicy, TrainResult]:
+def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None = None
+        ) -> tuple[PerWeightPolicy, TrainResult]:
     """Train the one model of λ = `weights`."""
+    if weights is None:
+        raise ValueError("per_weight_dpo trains one model per λ: pass weights")
+    objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
     lam = np.asarray(weights, dtype=np.float64)
-    model, tokenizer = load_policy(base_dir)
+    model, tokenizer = load_policy(ctx.base_dir)
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora, adapter_name=adapter_name(0))
     with model.disable_adapter():
         pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
     policy = PerWeightPolicy(model, tokenizer, objectives, {adapter_name(0): lam})
-    validate = front_validator(lambda p, w: policy.generate(p, w, **gen), val_prompts, lam[None, :], reward,
-                               cfg.max_repetition)
+    validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, lam[None, :],
+                               ctx.reward, cfg.max_repetition)
     result = train_dpo(
         model, tokenizer, pairs, cfg, objectives=objectives, sample_weights=lambda rng: lam,
-        apply_weights=lambda w: None, validate=validate, aggregation="linear", max_length=max_length, seed=seed,
+        apply_weights=lambda w: None, validate=validate, aggregation="linear", max_length=max_length, seed=ctx.seed,
         desc=f"per-weight λ={np.round(lam, 2).tolist()}",
     )
     return policy, result
