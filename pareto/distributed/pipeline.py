@@ -228,7 +228,7 @@ def _log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_value
                 adapter_dir = unpack(out["adapter"], tmp / f"{name}-{i}")
                 tracking.log_dir(adapter_dir, "adapter")
                 mlflow.log_dict({"method": name, "objectives": list(cfg.objectives), "weights": out["weights"],
-                                 "base_model": cfg.model.base}, "adapter/meta.json")
+                                 "base_model": cfg.model.base}, "model_meta.json")
                 for p in out["points"]:
                     point = PointEval.from_dict(p)
                     points.append(point)
@@ -238,7 +238,7 @@ def _log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_value
                                        else {})
                 mlflow.log_dict({"points": out["points"]}, "evaluation.json")
         meta = {"run_id": mrun.info.run_id, "train_seconds": train_seconds, "models_trained": len(runs),
-                "model_uris": uris}
+                "conditioned": not getattr(cfg.methods, name).per_weight, "model_uris": uris}
         fronts = {}
         for scorer in ("oracle", "reward_model"):
             front = _front(name, cfg, points, scorer, meta)

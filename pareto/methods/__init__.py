@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
-
-import numpy as np
 
 from pareto.methods.dpo import PairSet
+from pareto.models.conditioned import ConditionedPolicy
 from pareto.objectives import VectorReward
-
-
-class ConditionedPolicy(Protocol):
-    """A policy that answers for any preference λ (one model for all λ, or a set of models)."""
-
-    objectives: tuple[str, ...]
-
-    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
-        """weights: one λ [K] for all prompts, or one per prompt [B, K]."""
-        ...
-
-    def save(self, path: str | Path) -> None: ...
 
 
 @dataclass
@@ -50,3 +35,6 @@ def load_method(name: str) -> ModuleType:
     if name not in METHOD_MODULES:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHOD_MODULES)}")
     return importlib.import_module(METHOD_MODULES[name])
+
+
+__all__ = ["ConditionedPolicy", "FitContext", "METHOD_MODULES", "load_method"]

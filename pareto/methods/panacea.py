@@ -9,7 +9,6 @@ inference writes K numbers per layer: no reload, no merge.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -17,41 +16,9 @@ from pareto.config import PanaceaConfig
 from pareto.front.grid import sample_preferences
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
-from pareto.models.policy import generate, load_policy
-from pareto.models.svd_lora import (
-    add_panacea_adapter,
-    export_lora,
-    load_panacea,
-    panacea_lora_config,
-    save_panacea,
-    set_preference,
-)
-
-
-class PanaceaPolicy:
-    """The conditioned policy: one model, λ set in place per call (per row when λ is [B, K])."""
-
-    def __init__(self, model, tokenizer, objectives: Sequence[str]) -> None:
-        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
-
-    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.ndim == 1:
-            weights = np.tile(weights, (len(prompts), 1))
-        set_preference(self.model, weights)
-        return generate(self.model, self.tokenizer, list(prompts), **gen)
-
-    def save(self, path: str | Path) -> None:
-        save_panacea(self.model, path)
-
-    def export(self, weights: Sequence[float], path: str | Path) -> None:
-        """A plain PEFT LoRA adapter at λ (loadable by PEFT and vLLM)."""
-        export_lora(self.model, weights, path)
-
-    @classmethod
-    def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> PanaceaPolicy:
-        base, tokenizer = load_policy(base_dir)
-        return cls(load_panacea(base, adapter_dir), tokenizer, objectives)
+from pareto.models.conditioned import PanaceaPolicy
+from pareto.models.policy import load_policy
+from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
 
 
 def validation_weights(k: int) -> np.ndarray:

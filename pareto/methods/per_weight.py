@@ -7,60 +7,15 @@ It is the expensive reference: what the front costs without a conditioned model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 
 from pareto.config import PerWeightConfig
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
-from pareto.models.policy import generate, load_policy
-
-
-def adapter_name(index: int) -> str:
-    return f"w{index}"
-
-
-class PerWeightPolicy:
-    """A set of adapters on one base model; λ picks the trained adapter nearest to it."""
-
-    def __init__(self, model: PeftModel, tokenizer, objectives: Sequence[str], weights: dict[str, np.ndarray]):
-        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
-        self.weights = weights  # adapter name -> its λ
-
-    def nearest(self, weights: np.ndarray) -> str:
-        return min(self.weights, key=lambda name: float(np.abs(self.weights[name] - weights).sum()))
-
-    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
-        weights = np.asarray(weights, dtype=np.float64)
-        rows = np.tile(weights, (len(prompts), 1)) if weights.ndim == 1 else weights
-        names = [self.nearest(w) for w in rows]
-        out: list[str] = [""] * len(prompts)
-        for name in dict.fromkeys(names):  # one generate call per adapter, in first-seen order
-            idx = [i for i, n in enumerate(names) if n == name]
-            self.model.set_adapter(name)
-            for i, text in zip(idx, generate(self.model, self.tokenizer, [prompts[i] for i in idx], **gen),
-                               strict=True):
-                out[i] = text
-        return out
-
-    def save(self, path: str | Path) -> None:
-        for name in self.weights:
-            self.model.save_pretrained(Path(path), selected_adapters=[name])
-
-    @classmethod
-    def load(cls, base_dir: str | Path, adapters: dict[str, tuple[Sequence[float], str | Path]],
-             objectives: Sequence[str]) -> PerWeightPolicy:
-        base, tokenizer = load_policy(base_dir)
-        model = None
-        for name, (_, path) in adapters.items():
-            if model is None:
-                model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
-            else:
-                model.load_adapter(str(path), adapter_name=name)
-        model.eval()
-        return cls(model, tokenizer, objectives, {n: np.asarray(w, dtype=np.float64) for n, (w, _) in adapters.items()})
+from pareto.models.conditioned import PerWeightPolicy, adapter_name
+from pareto.models.policy import load_policy
 
 
 def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None = None

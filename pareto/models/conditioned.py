@@ -1,0 +1,100 @@
+"""Conditioned policies ready to answer `generate(prompts, λ)`: the inference side of each method.
+
+Training lives in `pareto.methods`; these classes only load, switch λ and generate, so serving (the UI,
+`pareto query`) needs no training code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from peft import PeftModel
+
+from pareto.models.policy import generate, load_policy
+from pareto.models.svd_lora import export_lora, load_panacea, save_panacea, set_preference
+
+
+class ConditionedPolicy(Protocol):
+    """A policy that answers for any preference λ (one model for all λ, or a set of models)."""
+
+    objectives: tuple[str, ...]
+
+    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
+        """weights: one λ [K] for all prompts, or one per prompt [B, K]."""
+        ...
+
+    def save(self, path: str | Path) -> None: ...
+
+
+class PanaceaPolicy:
+    """The conditioned policy: one model, λ set in place per call (per row when λ is [B, K])."""
+
+    def __init__(self, model, tokenizer, objectives: Sequence[str]) -> None:
+        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
+
+    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.ndim == 1:
+            weights = np.tile(weights, (len(prompts), 1))
+        set_preference(self.model, weights)
+        return generate(self.model, self.tokenizer, list(prompts), **gen)
+
+    def save(self, path: str | Path) -> None:
+        save_panacea(self.model, path)
+
+    def export(self, weights: Sequence[float], path: str | Path) -> None:
+        """A plain PEFT LoRA adapter at λ (loadable by PEFT and vLLM)."""
+        export_lora(self.model, weights, path)
+
+    @classmethod
+    def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> PanaceaPolicy:
+        base, tokenizer = load_policy(base_dir)
+        return cls(load_panacea(base, adapter_dir), tokenizer, objectives)
+
+
+def adapter_name(index: int) -> str:
+    return f"w{index}"
+
+
+class PerWeightPolicy:
+    """A set of adapters on one base model; λ picks the trained adapter nearest to it."""
+
+    def __init__(self, model: PeftModel, tokenizer, objectives: Sequence[str], weights: dict[str, np.ndarray]):
+        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
+        self.weights = weights  # adapter name -> its λ
+
+    def nearest(self, weights: np.ndarray) -> str:
+        return min(self.weights, key=lambda name: float(np.abs(self.weights[name] - weights).sum()))
+
+    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
+        weights = np.asarray(weights, dtype=np.float64)
+        rows = np.tile(weights, (len(prompts), 1)) if weights.ndim == 1 else weights
+        names = [self.nearest(w) for w in rows]
+        out: list[str] = [""] * len(prompts)
+        for name in dict.fromkeys(names):  # one generate call per adapter, in first-seen order
+            idx = [i for i, n in enumerate(names) if n == name]
+            self.model.set_adapter(name)
+            for i, text in zip(idx, generate(self.model, self.tokenizer, [prompts[i] for i in idx], **gen),
+                               strict=True):
+                out[i] = text
+        return out
+
+    def save(self, path: str | Path) -> None:
+        for name in self.weights:
+            self.model.save_pretrained(Path(path), selected_adapters=[name])
+
+    @classmethod
+    def load(cls, base_dir: str | Path, adapters: dict[str, tuple[Sequence[float], str | Path]],
+             objectives: Sequence[str]) -> PerWeightPolicy:
+        base, tokenizer = load_policy(base_dir)
+        model = None
+        for name, (_, path) in adapters.items():
+            if model is None:
+                model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+            else:
+                model.load_adapter(str(path), adapter_name=name)
+        model.eval()
+        return cls(model, tokenizer, objectives, {n: np.asarray(w, dtype=np.float64) for n, (w, _) in adapters.items()})

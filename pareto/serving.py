@@ -1,0 +1,143 @@
+"""Serve a tracked run's front: pick the model for a preference λ, load it once, answer, score the answer.
+
+Everything comes from MLflow (fronts, adapters, the base and reward models are artifacts of the run), so this
+works on any machine that reaches the tracking server. No training code is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from pareto import tracking
+from pareto.front.grid import validate_weights
+from pareto.front.types import Front, FrontPoint
+from pareto.models.conditioned import ConditionedPolicy, PanaceaPolicy, PerWeightPolicy
+
+
+@dataclass
+class Choice:
+    """Which model serves λ, and why."""
+
+    method: str
+    weights: tuple[float, ...]          # the λ asked for
+    served_weights: tuple[float, ...]   # the λ the model is set to (equal for conditioned models)
+    model_uri: str
+    conditioned: bool
+    reason: str
+    point: FrontPoint | None = None     # the evaluated front point behind the choice (per-weight models)
+
+
+@dataclass
+class ServedRun:
+    """A pipeline run's fronts and models, loaded lazily and kept: one load per model per process."""
+
+    run_id: str
+    tracking_uri: str
+    cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "pareto-serving")
+    fronts: dict[str, Front] = field(default_factory=dict)
+    _policies: dict[str, ConditionedPolicy] = field(default_factory=dict, repr=False)
+    _reward: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        run = tracking.find_run(self.run_id, self.tracking_uri)
+        self.run_id = run.info.run_id
+        self.tags = dict(run.data.tags)
+        self.params = dict(run.data.params)
+        self.fronts = {f.method: f for f in tracking.load_fronts(run, self.tracking_uri)}
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return next(iter(self.fronts.values())).objectives
+
+    def is_conditioned(self, method: str) -> bool:
+        return bool(self.fronts[method].meta.get("conditioned", method == "panacea"))
+
+    # ---- choosing ------------------------------------------------------------------------------------------
+    def choose(self, method: str, weights: object) -> Choice:
+        if method not in self.fronts:
+            raise KeyError(f"run {self.run_id} has no front for method {method!r}; it has {sorted(self.fronts)}")
+        front = self.fronts[method]
+        lam = tuple(float(x) for x in validate_weights(weights, front.k))
+        if self.is_conditioned(method):
+            uri = front.points[0].model_uri
+            return Choice(method, lam, lam, uri, True,
+                          f"{method} is one model for every preference: its λ is set to {_fmt(lam)} in place")
+        point = front.query(lam)
+        return Choice(method, lam, point.weights, point.model_uri, False,
+                      f"{method} has one model per trained λ; the non-dominated point maximising λ·values "
+                      f"for λ={_fmt(lam)} is the model trained at λ={_fmt(point.weights)}", point)
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def _download(self, run_id: str, artifact_path: str) -> Path:
+        target = self.cache_dir / run_id / artifact_path
+        if not (target / ".complete").is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            MlflowClient(self.tracking_uri).download_artifacts(run_id, artifact_path, str(target.parent))
+            (target / ".complete").write_text("ok")
+        return target
+
+    def base_dir(self) -> Path:
+        return self._download(self.run_id, "base_model")
+
+    def policy(self, choice: Choice) -> ConditionedPolicy:
+        key = choice.model_uri
+        if key not in self._policies:
+            run_id, artifact = _parse_runs_uri(key)
+            adapter = self._download(run_id, artifact)
+            if choice.conditioned:
+                self._policies[key] = PanaceaPolicy.load(self.base_dir(), adapter, self.objectives)
+            else:
+                sub = next(p.parent for p in adapter.rglob("adapter_config.json"))
+                self._policies[key] = PerWeightPolicy.load(self.base_dir(), {sub.name: (choice.served_weights, sub)},
+                                                           self.objectives)
+        return self._policies[key]
+
+    def answer(self, method: str, prompt: str, weights: object, max_new_tokens: int = 48) -> tuple[str, Choice]:
+        choice = self.choose(method, weights)
+        text = self.policy(choice).generate([prompt], np.asarray(choice.served_weights),
+                                            max_new_tokens=max_new_tokens)[0]
+        return text, choice
+
+    # ---- scoring -------------------------------------------------------------------------------------------
+    def score(self, prompt: str, response: str) -> dict[str, dict[str, float]]:
+        """The answer's per-objective scores: learned reward model (z-scores), and the oracle when the task has one."""
+        from pareto.models.reward import LearnedVectorReward
+
+        out: dict[str, dict[str, float]] = {}
+        if self._reward is None:
+            self._reward = LearnedVectorReward.load(self._download(self.run_id, "reward_model"))
+        rm = self._reward([prompt], [response])[0].tolist()
+        out["reward_model"] = dict(zip(self._reward.names, rm, strict=True))
+        task = self.tags.get("pareto.task")
+        if task:
+            from pareto.data import load_task
+
+            t = load_task(task, seed=int(self.params.get("seed", 0)))
+            try:
+                oracle = t.oracle_scores([prompt], [response])[0].tolist()
+                out["oracle"] = {n: oracle[t.objectives.index(n)] for n in self.objectives}
+            except ValueError:
+                pass  # a prompt the synthetic task does not know has no oracle score
+        return out
+
+
+def _parse_runs_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("runs:/"):
+        raise ValueError(f"model uri {uri!r} is not a runs:/ uri")
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    return run_id, path
+
+
+def _fmt(weights: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{w:.2f}" for w in weights) + ")"
+
+
+def describe(choice: Choice) -> str:
+    return json.dumps({"method": choice.method, "weights": choice.weights, "served_weights": choice.served_weights,
+                       "model_uri": choice.model_uri, "reason": choice.reason})
