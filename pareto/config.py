@@ -70,6 +70,12 @@ class ModelConfig(Strict):
     base: str = Field("tiny", description="'tiny' (built and SFT-trained here), a Hugging Face id or a local path")
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    sft: Literal["auto", "always", "never"] = Field(
+        "auto", description="SFT the base on the task's responses first; auto = only the embedded tiny model")
+
+    @property
+    def needs_sft(self) -> bool:
+        return self.sft == "always" or (self.sft == "auto" and self.base == "tiny")
 
 
 class RewardModelConfig(Strict):

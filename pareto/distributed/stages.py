@@ -19,7 +19,7 @@ from pareto.distributed.bundle import Bundle, pack, unpack
 from pareto.evaluation import evaluate_grid
 from pareto.methods import FitContext, load_method
 from pareto.methods.dpo import PairSet
-from pareto.models.policy import build_tiny_model, save_model, set_seed, sft_train, train_tokenizer
+from pareto.models.policy import build_tiny_model, load_policy, save_model, set_seed, sft_train, train_tokenizer
 from pareto.models.reward import LearnedVectorReward, TextEncoder, pair_text, train_reward_model
 
 
@@ -45,17 +45,22 @@ def _objective_index(cfg: ExperimentConfig, task) -> list[int]:
 
 
 def sft_stage(cfg: ExperimentConfig) -> dict:
-    """Build the tiny LM + tokenizer from the task corpus and SFT it on every response style."""
+    """The base policy: the tiny LM built from the task corpus, or a Hugging Face id / local path; then SFT on
+    every response style of the task when `model.sft` asks for it."""
     _setup(cfg)
     task = load_task(cfg.task.name, seed=cfg.seed)
     examples = task.sft_examples()
-    corpus = [f"User: {p}\nAssistant: {r}" for p, r in examples]
     tiny = cfg.model.tiny
     start = time.perf_counter()
-    tokenizer = train_tokenizer(corpus, tiny.vocab_size)
-    model = build_tiny_model(tiny, tokenizer, cfg.seed)
-    losses = sft_train(model, tokenizer, examples, tiny.sft_epochs, tiny.sft_lr, tiny.sft_batch_size,
-                       tiny.max_length, cfg.seed)
+    if cfg.model.base == "tiny":
+        tokenizer = train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in examples], tiny.vocab_size)
+        model = build_tiny_model(tiny, tokenizer, cfg.seed)
+    else:
+        model, tokenizer = load_policy(cfg.model.base, cfg.model.dtype)
+    losses: list[float] = []
+    if cfg.model.needs_sft:
+        losses = sft_train(model, tokenizer, examples, tiny.sft_epochs, tiny.sft_lr, tiny.sft_batch_size,
+                           tiny.max_length, cfg.seed)
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, tokenizer, Path(tmp) / "model")
