@@ -6,9 +6,9 @@ Workers of a real cluster share no filesystem with the driver, so a stage return
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
+
+from pareto.io import atomic_dir
 
 Bundle = dict[str, bytes]
 
@@ -20,20 +20,11 @@ def pack(path: str | Path) -> Bundle:
 
 def unpack(bundle: Bundle, path: str | Path) -> Path:
     """Write a bundle into `path` atomically (temp dir, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_dir(path) as tmp:
         for rel, data in bundle.items():
             if Path(rel).is_absolute() or ".." in Path(rel).parts:
                 raise ValueError(f"bundle entry {rel!r} escapes its directory")
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return Path(path)

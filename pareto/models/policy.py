@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from transformers import (
 )
 
 from pareto.config import TinyModelConfig
+from pareto.io import atomic_dir
 
 # One template for the tiny LM; real chat models bring their own. vLLM's chat endpoint reads the same.
 CHAT_TEMPLATE = (
@@ -150,19 +149,10 @@ def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, exampl
 
 # ---- loading and saving -----------------------------------------------------------------------------------------
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
-    """save_pretrained (safetensors) into a temp dir, then rename: a kill never leaves half a model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    """save_pretrained (safetensors) atomically: a kill never leaves half a model."""
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
