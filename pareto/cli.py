@@ -64,15 +64,29 @@ def quickstart(set_: SetOption = None) -> None:
 
 
 @app.command()
-def validate(config: Path, set_: SetOption = None) -> None:
+def validate(
+    config: Path,
+    set_: SetOption = None,
+    plan: Annotated[bool | None, typer.Option("--plan/--no-plan", help="print the resolved cluster plan (default: "
+                                                                        "for real-scale recipes)")] = None,
+) -> None:
     """Check CONFIG without any compute: schema, objectives, weights, reference point, resources."""
     cfg = _load(config, set_)
     from pareto.front.grid import preference_grid
+    from pareto.plan import PlanError, is_real_scale, resolve_plan
 
+    resolved = None
+    if plan or (plan is None and is_real_scale(cfg)):
+        try:  # models, dataset sizes, Ray placement and GPU memory, from configs on disk: nothing is downloaded
+            resolved = resolve_plan(cfg)
+        except PlanError as err:
+            _fail(f"plan: {err}")
     grid = preference_grid(cfg.k, n_points=cfg.evaluation.grid_points)
     methods = ", ".join(cfg.methods.enabled())
     typer.echo(f"ok: {cfg.name}: task {cfg.task.name}, objectives {cfg.objectives}, methods {methods}, "
                f"λ grid of {len(grid)} points, reference point {cfg.reference_point}")
+    if resolved is not None:
+        typer.echo(resolved.render())
 
 
 @app.command()
@@ -104,14 +118,152 @@ def front(
 
 
 @app.command()
-def ui(port: int = 8501, host: str = "127.0.0.1") -> None:
+def sweep(config: Path, set_: SetOption = None) -> None:
+    """Search λ and hyper-parameters (the config's `sweep:` section) on Ray; rerun the same command to resume."""
+    cfg = _load(config, set_)
+    if cfg.sweep is None:
+        _fail(f"{config}: no sweep section; add one (see configs/sweep_quickstart.yaml)")
+    from pareto.distributed.sweep import run_sweep
+    from pareto.distributed.sweep import summary as sweep_summary
+
+    typer.echo(sweep_summary(run_sweep(cfg), cfg))
+
+
+def _uri(tracking_uri: str | None) -> str:
+    from pareto import tracking
+
+    return tracking.tracking_uri(tracking_uri, Path(os.environ.get("PARETO_HOME", ".pareto")).resolve())
+
+
+@app.command()
+def query(
+    experiment: Annotated[str, typer.Option(help="the experiment whose registered models answer")],
+    weights: Annotated[str, typer.Option(help="preference λ, one weight per objective: 0.6,0.3,0.1")],
+    prompt: Annotated[str, typer.Option(help="the prompt to answer")],
+    scalarization: Annotated[str, typer.Option(help="linear or tchebycheff")] = "linear",
+    method: Annotated[str | None, typer.Option(help="only consider this method's models")] = None,
+    max_new_tokens: int = 48,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Answer PROMPT with the registered model that serves λ best; print which model version and why."""
+    from pareto import query as q
+    from pareto.front.grid import parse_weights
+    from pareto.registry import list_registered
+
+    uri = _uri(tracking_uri)
+    try:
+        models = list_registered(experiment, uri)
+        if not models:
+            raise LookupError(f"experiment {experiment!r} has no registered models yet")
+        lam = parse_weights(weights, len(models[-1].objectives))
+        out = q.answer(experiment, lam, prompt, uri, scalarization=scalarization, method=method,
+                       max_new_tokens=max_new_tokens)
+    except (LookupError, ValueError) as err:
+        _fail(str(err))
+    c = out.choice
+    if as_json:
+        typer.echo(json.dumps({**c.to_dict(), "prompt": prompt, "answer": out.text}, indent=2))
+        return
+    typer.echo(f"model:  {c.label} ({c.model.method}, {'conditioned' if c.model.conditioned else 'per-weight'}) "
+               f"— {c.model.uri}, adapter {c.model.model_uri}")
+    typer.echo(f"why:    {c.reason}")
+    typer.echo(f"answer: {out.text}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[str] | None, typer.Argument(metavar="[RUN]...",
+                                                     help="MLflow run ids; default: the experiment's latest run "
+                                                          "and latest sweep")] = None,
+    experiment: Annotated[str | None, typer.Option(help="the experiment to compare within")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Compare methods: models trained, training compute, hypervolume, IGD, inner product (one row per front)."""
+    from mlflow.tracking import MlflowClient
+
+    from pareto import tracking
+    from pareto.serving import COMPARE_COLUMNS, compare_table
+
+    uri = _uri(tracking_uri)
+    try:
+        if runs:
+            found = [tracking.find_run(r, uri) for r in runs]
+        else:
+            found = [tracking.find_run("latest", uri, experiment)]
+            exp_ids = [found[0].info.experiment_id]
+            found += MlflowClient(uri).search_runs(exp_ids, filter_string=f"tags.`{tracking.PIPELINE_TAG}` = 'sweep'",
+                                                   order_by=["attributes.start_time DESC"], max_results=1)
+        fronts = [(f"{r.info.run_name} ({r.info.run_id[:8]})", f) for r in found
+                  for f in tracking.load_fronts(r, uri)]
+    except LookupError as err:
+        _fail(str(err))
+    rows = compare_table(fronts)
+    cells = [list(COMPARE_COLUMNS)] + [[_cell(row[c]) for c in COMPARE_COLUMNS] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COMPARE_COLUMNS))]
+    for j, r in enumerate(cells):
+        typer.echo("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
+                                                                                                strict=True))))
+        if j == 0:
+            typer.echo("  ".join("-" * w for w in widths))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@app.command()
+def export(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="an MLflow run id, or 'latest'")],
+    out: Annotated[Path, typer.Option("--out", help="directory to write: base/, adapters/, manifest.json")],
+    method: Annotated[list[str] | None, typer.Option("--method", help="only these methods (repeatable)")] = None,
+    grid_points: Annotated[int | None, typer.Option(help="conditioned methods: export a λ grid of this size "
+                                                         "instead of the evaluated points")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out")] = False,
+    experiment: Annotated[str | None, typer.Option(help="restrict 'latest' to this experiment")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+) -> None:
+    """Export every front point of RUN as a standard PEFT LoRA adapter vLLM serves (one base model, one adapter
+    per λ), with a manifest: adapter name -> λ, objective values, method, rank."""
+    from pareto.export import export_run
+
+    if grid_points is not None and grid_points < 2:
+        _fail(f"--grid-points must be >= 2, got {grid_points}")
+    try:
+        manifest = export_run(run_ref, out, _uri(tracking_uri), experiment=experiment, methods=method,
+                              grid_points=grid_points, overwrite=overwrite, progress=True)
+    except (LookupError, ValueError, FileExistsError, FileNotFoundError) as err:
+        _fail(str(err))
+    for name, reason in manifest["not_exported"].items():
+        typer.echo(f"not exported: {name}: {reason}")
+    typer.echo(f"\n{len(manifest['adapters'])} adapters in {out} (max rank {manifest['max_lora_rank']}). Serve them "
+               "with vLLM (its own venv: bash scripts/vllm_env.sh):")
+    typer.echo("  VLLM_ALLOW_RUNTIME_LORA_UPDATING=True $VLLM_PY -m vllm.entrypoints.openai.api_server "
+               "--host 127.0.0.1 " + " ".join(manifest["vllm_server_args"]))
+
+
+@app.command()
+def ui(
+    port: int = 8501,
+    host: str = "127.0.0.1",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                                          "else the local store in $PARETO_HOME or .pareto)")] = None,
+) -> None:
     """Open the Streamlit front explorer (binds 127.0.0.1 unless told otherwise)."""
     app_path = Path(__file__).resolve().parent.parent / "ui" / "app.py"
     if not app_path.is_file():
         _fail(f"UI not found at {app_path}")
+    env = dict(os.environ)
+    if tracking_uri:  # the app reads the store from the environment, like every other pareto command
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    typer.echo(f"pareto front explorer on http://{host}:{port}")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -18,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Tasks the embedded registry knows, with the objectives they define (kept here so validation needs no compute).
 KNOWN_TASKS: dict[str, tuple[str, ...]] = {"tiny-hh": ("helpful", "harmless", "concise")}
-DPO_METHODS = ("panacea", "per_weight_dpo")
+DPO_METHODS = ("panacea", "per_weight_dpo", "mah_dpo", "soups", "modpo")
+LABELLED_METHODS = ("panacea", "per_weight_dpo", "mah_dpo")  # methods that train on per-objective labels
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -30,17 +32,126 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# ---- real-scale sections: a dataset next to tiny-hh, reward models from HF ids, the cluster a recipe plans for ----
+DATASET_FORMATS = ("pku_saferlhf", "hh_rlhf", "helpsteer2", "ultrafeedback", "jsonl")
+DATASET_SPLITS = ("train", "val", "eval")
+HELPSTEER2_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+_SPLIT_EXPR = r"^[^\[\]\s]+(\[-?\d*%?:-?\d*%?\])?$"  # name or name[a:b] / name[a%:b%] (the `datasets` syntax)
+
+
+class DatasetConfig(Strict):
+    """A real preference dataset: where it is, how its splits are named, which field labels which objective."""
+
+    format: Literal["pku_saferlhf", "hh_rlhf", "helpsteer2", "ultrafeedback", "jsonl"]
+    hub_id: str | None = Field(None, description="Hugging Face dataset id, loaded through `datasets`")
+    path: str | None = Field(None, description="local directory (one file per split) or a single file")
+    subset: str | None = Field(None, description="hub config name (e.g. PKU-SafeRLHF 'alpaca-7b')")
+    revision: str | None = Field(None, description="hub revision to pin")
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "eval": "test"},
+                                   description="our split (train/val/eval) -> source split, e.g. 'train[95%:]'")
+    labels: dict[str, str | list[str]] = Field(
+        ..., description="objective -> label source: a column (pku_saferlhf, jsonl), subset(s) (hh_rlhf), "
+                         "an attribute with optional '-' for lower-is-better (helpsteer2), an aspect (ultrafeedback)")
+    max_rows: int | None = Field(None, ge=1, description="read at most this many rows per split (quick runs)")
+    max_pairs_per_prompt: int | None = Field(None, ge=1, description="helpsteer2/ultrafeedback: cap pairs per prompt")
+    bad_rows: Literal["error", "skip"] = Field("error", description="a malformed row stops loading, or is counted")
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        if (self.hub_id is None) == (self.path is None):
+            raise ValueError("give exactly one of hub_id (a Hugging Face dataset id) or path (local files)")
+        unknown = sorted(set(self.splits) - set(DATASET_SPLITS))
+        if unknown or "train" not in self.splits:
+            raise ValueError(f"splits must map some of {list(DATASET_SPLITS)} (train required) to source splits; "
+                             f"got {sorted(self.splits)}")
+        for ours, expr in self.splits.items():
+            if not re.match(_SPLIT_EXPR, expr):
+                raise ValueError(f"splits.{ours}: {expr!r} is not a split expression like 'train' or 'train[:95%]'")
+        if not self.labels:
+            raise ValueError("labels is empty; map at least one objective to its label source")
+        for objective, source in self.labels.items():
+            values = source if isinstance(source, list) else [source]
+            if not values or not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"labels.{objective}: give a non-empty name")
+            if self.format != "hh_rlhf" and isinstance(source, list):
+                raise ValueError(f"labels.{objective}: one source per objective for format {self.format!r}")
+            if self.format == "helpsteer2" and values[0].lstrip("-") not in HELPSTEER2_ATTRIBUTES:
+                raise ValueError(f"labels.{objective}: {values[0]!r} is not a HelpSteer2 attribute; use one of "
+                                 f"{list(HELPSTEER2_ATTRIBUTES)} (prefix '-' when lower is better)")
+            if self.format == "ultrafeedback" and values[0] not in ULTRAFEEDBACK_ASPECTS:
+                raise ValueError(f"labels.{objective}: {values[0]!r} is not an UltraFeedback aspect; use one of "
+                                 f"{list(ULTRAFEEDBACK_ASPECTS)}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.hub_id or str(self.path)
+
+
+class HFRewardModelConfig(Strict):
+    """A Hugging Face sequence-classification reward model scoring one or more objectives."""
+
+    model: str = Field(..., description="Hugging Face id or local path of an AutoModelForSequenceClassification")
+    objectives: list[str] = Field(..., min_length=1, description="objectives this model scores, one per output")
+    outputs: list[int | str] | None = Field(None, description="logit index or id2label name per objective; "
+                                                              "default 0..n-1")
+    template: str = Field("chat", description="'chat' (tokenizer chat template), 'pair' (tokenizer(prompt, "
+                                              "response)), 'hh' (HH-RLHF transcript as a pair), or a format "
+                                              "string with {prompt} and {response}")
+    score: Literal["logit", "probability"] = Field("logit", description="probability = softmax over the labels")
+    output_field: str = Field("logits", description="model output attribute holding the scores")
+    max_length: int = Field(1024, ge=8)
+    batch_size: int = Field(8, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> HFRewardModelConfig:
+        if self.outputs is not None and len(self.outputs) != len(self.objectives):
+            raise ValueError(f"outputs has {len(self.outputs)} entries but objectives has {len(self.objectives)}; "
+                             "give one output per objective")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError("objectives must be unique")
+        if self.template not in ("chat", "pair", "hh") and not (
+                "{prompt}" in self.template and "{response}" in self.template):
+            raise ValueError(f"template {self.template!r}: use 'chat', 'pair', 'hh' or a format string with "
+                             "{prompt} and {response}")
+        return self
+
+
+class ClusterConfig(Strict):
+    """The GPU cluster a real-scale recipe is planned for (read by `pareto validate`, never needed locally)."""
+
+    gpu: str = Field("A100-80GB", description="accelerator label (documentation and the plan)")
+    gpu_memory_gib: float = Field(80.0, gt=0)
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(8, ge=1)
+    cpus_per_node: int = Field(32, ge=1)
+    seq_len: int = Field(1024, ge=16, description="tokens per sequence (prompt + response) for memory estimates")
+    gradient_checkpointing: bool = Field(True, description="assumed by the activation-memory estimate")
+
+
 class TaskConfig(Strict):
     name: str = Field("tiny-hh", description="embedded task name (real datasets: see the recipes)")
     pairs_per_prompt: int = Field(4, ge=1)
     label_noise: float = Field(0.1, ge=0.0, lt=0.5)
+    dataset: DatasetConfig | None = Field(None, description="a real dataset; then `name` is free-form")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in KNOWN_TASKS:
-            raise ValueError(f"unknown task {v!r}; use one of {sorted(KNOWN_TASKS)}")
-        return v
+    @model_validator(mode="after")
+    def _known(self) -> TaskConfig:
+        # An embedded task is looked up by name; a real dataset brings its own objectives (its label mapping).
+        if self.dataset is None and self.name not in KNOWN_TASKS:
+            raise _FieldError("task.name", f"unknown task {self.name!r}; use one of {sorted(KNOWN_TASKS)} "
+                                           "or describe a real dataset under task.dataset")
+        return self
+
+    def available_objectives(self, reward_objectives: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """Objectives this task can supply: the embedded task's, or the dataset's labels plus reward-model outputs."""
+        if self.dataset is None:
+            return KNOWN_TASKS[self.name]
+        return tuple(dict.fromkeys([*self.dataset.labels, *reward_objectives]))
 
 
 class TinyModelConfig(Strict):
@@ -87,6 +198,8 @@ class RewardModelConfig(Strict):
     weight_decay: float = Field(1e-2, ge=0)
     length_feature: bool = Field(True, description="give the heads the response length too (conciseness)")
     min_accuracy: float = Field(0.85, ge=0, le=1, description="held-out pairwise accuracy required per objective")
+    hf: list[HFRewardModelConfig] = Field(default_factory=list,
+                                          description="Hugging Face reward models (ids or paths) scoring objectives")
 
 
 class DPOConfig(Strict):
@@ -121,12 +234,164 @@ class PerWeightConfig(DPOConfig):
     weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
 
 
+# ---- conditioned-policy methods of issue 3: RiC, MAH-DPO, Rewarded Soups, and the MODPO per-weight baseline -------
+SFT_METHODS = ("ric",)  # conditioned by supervised fine-tuning (no preference loss)
+
+
+class RiCConfig(Strict):
+    """Rewards-in-Context: SFT with z-scored rewards written into the prompt, then rejection-sampling rounds."""
+
+    per_weight: ClassVar[bool] = False
+
+    lr: float = Field(1e-3, gt=0, description="offline SFT learning rate (LoRA)")
+    epochs: int = Field(3, ge=1, description="offline SFT epochs")
+    batch_size: int = Field(32, ge=1)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    offline_samples: int | None = Field(1500, ge=2, description="(prompt, response) samples of the training pairs "
+                                                                "scored and trained on; null = all")
+    online_rounds: int = Field(1, ge=0, description="multi-objective rejection sampling rounds after offline SFT")
+    online_prompts: int = Field(256, ge=1, description="prompts generated per online round")
+    online_epochs: int = Field(1, ge=1)
+    online_lr: float = Field(5e-4, gt=0)
+    origin_samples: int = Field(1000, ge=0, description="offline samples (quantile-filtered) mixed into each round")
+    quantile: float = Field(0.7, gt=0, lt=1, description="keep a generation above this quantile on any objective")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of online generations")
+    mapping: Literal["linf", "l2", "linear"] = Field("linf", description="λ -> desired rewards (closed form over "
+                                                                          "the observed reward range)")
+    val_prompts: int = Field(24, ge=2)
+    max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
+
+
+class MAHDPOConfig(DPOConfig):
+    """Multi-action-head DPO: a shared LoRA backbone (target_modules) and one LoRA delta per objective on lm_head."""
+
+    head_rank: int = Field(8, ge=1, description="rank of each objective's delta on the shared LM head")
+    head_alpha: float = Field(16.0, gt=0)
+
+
+class SoupsConfig(DPOConfig):
+    """Rewarded Soups: one LoRA-DPO adapter per objective, merged by λ at inference."""
+
+    merge: Literal["delta", "params"] = Field("delta", description="delta: Σλ_i B_i A_i (exact); params: "
+                                                                   "(Σλ_i B_i)(Σλ_i A_i) as the reference code")
+
+
+class MODPOConfig(DPOConfig):
+    """MODPO: DPO on one objective's labels with a margin from the other objectives' rewards; one model per λ."""
+
+    per_weight: ClassVar[bool] = True
+    lr: float = Field(2e-4, gt=0)
+    weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
+    scalarizer: Literal["linear", "log_sigmoid"] = Field("linear", description="how the other objectives' "
+                                                                               "rewards form the margin")
+    preference_objective: str | None = Field(None, description="objective whose labels DPO trains on; "
+                                                               "default: the largest weight of each λ")
+    margin_pairs: int | None = Field(600, ge=2, description="training pairs scored by the reward model for "
+                                                            "margins; null = all")
+
+
+# ---- PPO (RLHF on Ray actors): MORLHF (one policy per λ) and Panacea-PPO (one SVD-LoRA policy for every λ) -------
+PPO_METHODS = ("morlhf", "panacea_ppo")
+REWARD_SOURCES = ("learned", "length", "oracle")  # learned reward-model head, or a rule-based objective
+
+
+class PPOMethodConfig(Strict):
+    """What every PPO-trained method shares. Units are explicit: prompts per step, samples per prompt."""
+
+    per_weight: ClassVar[bool] = False
+
+    max_steps: int = Field(40, ge=1, description="PPO iterations (rollout, score, update, weight sync)")
+    prompts_per_step: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(2, ge=1)
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout batch")
+    minibatches: int = Field(2, ge=1, description="optimizer steps per pass")
+    lr: float = Field(1e-3, gt=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear learning-rate warm-up")
+    clip_range: float = Field(0.2, gt=0)
+    value_clip: float | None = Field(0.2, gt=0, description="value-loss clipping; null = none")
+    gamma: float = Field(1.0, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty to the reference (SFT) policy")
+    kl_target: float | None = Field(None, gt=0, description="adaptive KL: target KL per response; null = fixed β")
+    kl_horizon: int = Field(10000, ge=1)
+    scalarizer: Literal["linear", "tchebycheff", "log_sigmoid"] = "linear"
+    ideal: float = Field(3.0, description="Tchebycheff ideal point, in whitened reward units")
+    critic: Literal["per_objective", "scalar"] = Field(
+        "per_objective", description="one value head per objective (+ KL), or one on the scalarized reward")
+    whiten_advantages: bool = True
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(40, ge=1, description="response length cap during rollouts")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+    @model_validator(mode="after")
+    def _critic_needs_linear(self) -> PPOMethodConfig:
+        if self.critic == "per_objective" and self.scalarizer != "linear":
+            raise ValueError(f"critic 'per_objective' mixes per-objective advantages linearly; with scalarizer "
+                             f"{self.scalarizer!r} set critic: scalar")
+        return self
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+class MORLHFConfig(PPOMethodConfig):
+    per_weight: ClassVar[bool] = True
+    weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
+
+
+class PanaceaPPOConfig(PPOMethodConfig):
+    vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
+    preferences_per_step: int = Field(1, ge=1, description="λ per rollout batch (each on a group of prompts)")
+
+
+class ActorShare(Strict):
+    """One actor role: how many, and what each asks of the cluster (fractions share a CPU or GPU)."""
+
+    count: int = Field(1, ge=1)
+    cpus: float = Field(0.5, ge=0)
+    gpus: float = Field(0.0, ge=0)
+    threads: int = Field(1, ge=1, description="torch threads inside each actor")
+
+
+class PPOConfig(Strict):
+    """Actors, resource shares, checkpoints and fault tolerance of PPO methods; the same keys scale to GPUs."""
+
+    trainer: ActorShare = ActorShare(count=2, cpus=0.5, threads=1)
+    rollout: ActorShare = ActorShare(count=2, cpus=0.25, threads=1)
+    reward: ActorShare = ActorShare(count=1, cpus=0.25, threads=2)
+    reference: ActorShare = ActorShare(count=1, cpus=0.25, threads=2)
+    engine: Literal["transformers", "vllm"] = Field("transformers", description="rollout engine (vllm needs a GPU)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of trainers")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    reward_sources: dict[str, Literal["learned", "length", "oracle"]] = Field(
+        default_factory=dict, description="objective -> learned (default), length (rule: shorter is better) or "
+                                          "oracle (the synthetic task's rule)")
+    checkpoint_every: int = Field(10, ge=1, description="PPO steps between atomic checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: Literal["auto", "never"] = Field("auto", description="auto: continue from the latest checkpoint")
+    max_restarts: int = Field(2, ge=0, description="actor-failure recoveries per run before giving up")
+
+
 class MethodsConfig(Strict):
     panacea: PanaceaConfig | None = None
     per_weight_dpo: PerWeightConfig | None = None
+    morlhf: MORLHFConfig | None = None
+    panacea_ppo: PanaceaPPOConfig | None = None
+    ric: RiCConfig | None = None
+    mah_dpo: MAHDPOConfig | None = None
+    soups: SoupsConfig | None = None
+    modpo: MODPOConfig | None = None
 
     def enabled(self) -> dict[str, DPOConfig]:
-        return {name: cfg for name in DPO_METHODS if (cfg := getattr(self, name)) is not None}
+        return {name: cfg for name in DPO_METHODS + PPO_METHODS + SFT_METHODS
+                if (cfg := getattr(self, name)) is not None}
 
 
 class EvaluationConfig(Strict):
@@ -142,6 +407,7 @@ class EvaluationConfig(Strict):
 class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else SQLite")
     experiment: str | None = Field(None, description="MLflow experiment; default: the config name")
+    registry: bool = Field(True, description="register the non-dominated models in the MLflow Model Registry")
 
 
 class ResourcesConfig(Strict):
@@ -149,6 +415,102 @@ class ResourcesConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
     cpus_per_task: float = Field(1.0, gt=0)
     gpus_per_task: float = Field(0.0, ge=0)
+    cluster: ClusterConfig | None = Field(None, description="the GPU cluster a real-scale recipe is planned for")
+
+
+# vLLM's max_lora_rank must be one of these (pareto.models.svd_lora.VLLM_LORA_RANKS; repeated here: core imports
+# no torch-heavy module).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class ServingConfig(Strict):
+    """How answers are generated when a front is served (`pareto query`, the UI): transformers+PEFT in process,
+    or vLLM. vLLM serves LoRA methods (Panacea at λ, per-weight models, Rewarded Soups) as exported adapters;
+    MAH-DPO head mixing and RiC prompt conditioning are not LoRA and always use transformers."""
+
+    backend: Literal["hf", "vllm-server", "vllm-offline"] = Field(
+        "hf", description="hf (transformers+PEFT, default), vllm-server (an OpenAI-compatible vLLM server), "
+                          "vllm-offline (vLLM's engine in process: only where vllm is importable)")
+    url: str | None = Field(None, description="vllm-server: its base URL, e.g. http://127.0.0.1:8000; null = start "
+                                              "one on 127.0.0.1 from `venv` (it must see the adapter files)")
+    venv: str | None = Field(None, description="the vLLM virtual environment (scripts/vllm_env.sh); default "
+                                               "$PARETO_VLLM_VENV or ~/.cache/pareto/vllm-venv")
+    max_lora_rank: int = Field(64, description="vLLM max_lora_rank of a server or engine started here; an adapter "
+                                               "of higher rank is refused")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000")
+        return v
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if v not in VLLM_LORA_RANKS:
+            raise ValueError(f"vLLM allows only {list(VLLM_LORA_RANKS)}")
+        return v
+
+
+# ---- sweeps: a multi-objective search (Optuna or pymoo) over λ and hyper-parameters of a per-weight method ------
+SWEEP_SAMPLERS = ("nsga2", "tpe", "nsga3", "pymoo-nsga2", "pymoo-nsga3")
+
+
+class SearchRange(Strict):
+    """One hyper-parameter's range: `low`/`high` (optionally on a log scale), or a list of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float | int | str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty; list at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (or choices)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class SweepConfig(Strict):
+    """`pareto sweep`: trials choose λ and hyper-parameters of a per-weight method and report objective means.
+
+    A conditioned method (one model for every λ) is not searched: its one model is evaluated on a λ grid.
+    """
+
+    method: str = Field("per_weight_dpo", description="the method to sweep (must be enabled under methods)")
+    sampler: Literal["nsga2", "tpe", "nsga3", "pymoo-nsga2", "pymoo-nsga3"] = Field(
+        "nsga2", description="Optuna NSGA-II (set explicitly: Optuna's default is TPE), TPE, NSGA-III, or pymoo's "
+                             "NSGA-II/NSGA-III driven by ask-and-tell")
+    n_trials: int = Field(16, ge=1, description="finished trials the study ends with (a resumed sweep counts "
+                                                "the ones it already has)")
+    concurrency: int = Field(2, ge=1, description="trials in flight at once, each a Ray task")
+    population_size: int = Field(8, ge=2, description="generation size of NSGA-II/NSGA-III")
+    storage: str | None = Field(None, description="Optuna storage URL (an RDB URL on a cluster); "
+                                                  "default sqlite:///<state_dir>/optuna.db")
+    study_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$",
+                                   description="default: the config name; rerun with the same name to resume")
+    seed_grid: bool = Field(True, description="the first trials are the evaluation λ grid (simplex vertices "
+                                              "included), the rest come from the sampler")
+    params: dict[str, SearchRange] = Field(default_factory=dict,
+                                           description="method hyper-parameter -> range, e.g. beta, lr, lora_rank")
+    grid_points: int | None = Field(None, ge=2, description="conditioned methods: λ grid size "
+                                                            "(default evaluation.grid_points)")
+    max_failed_trials: int = Field(3, ge=0, description="stop the sweep after this many failed trials")
+
+    @property
+    def uses_pymoo(self) -> bool:
+        return self.sampler.startswith("pymoo-")
 
 
 class ExperimentConfig(Strict):
@@ -162,18 +524,25 @@ class ExperimentConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    ppo: PPOConfig = PPOConfig()
+    sweep: SweepConfig | None = Field(None, description="`pareto sweep`: search λ and hyper-parameters")
+    serving: ServingConfig = Field(default_factory=ServingConfig,
+                                   description="how answers are generated when the front is served (hf or vLLM)")
     state_dir: str | None = Field(None, description="caches and local stores; default $PARETO_HOME or .pareto")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         k = len(self.objectives)
-        available = KNOWN_TASKS[self.task.name]
+        available = self.task.available_objectives(tuple(o for m in self.reward_model.hf for o in m.objectives))
+        self._check_real_scale()  # first: its messages say which label or reward model is missing
         for name in self.objectives:
             if name not in available:
                 raise _FieldError("objectives", f"{name!r} is not an objective of task {self.task.name!r}; "
                                   f"use some of {list(available)}")
         if len(set(self.objectives)) != k:
             raise _FieldError("objectives", "objective names must be unique")
+        self._check_ppo()
+        self._check_sweep()
         ref = self.evaluation.reference_point
         if ref is not None:
             if len(ref) != k:
@@ -189,11 +558,125 @@ class ExperimentConfig(Strict):
                 problem = simplex_problem(w, k)
                 if problem:
                     raise _FieldError(f"methods.per_weight_dpo.weights.{i}", problem)
+        self._check_modpo()
         res = self.resources
         if res.num_cpus is not None and res.cpus_per_task > res.num_cpus:
             raise _FieldError("resources.cpus_per_task",
                               f"asks {res.cpus_per_task} CPUs per task but the local Ray has {res.num_cpus}; lower it")
         return self
+
+    def _check_modpo(self) -> None:
+        """MODPO: its λ grid is on the simplex and the objective it trains on has weight > 0 at every λ."""
+        mo = self.methods.modpo
+        if mo is None:
+            return
+        for i, w in enumerate(mo.weights or []):
+            problem = simplex_problem(w, len(self.objectives))
+            if problem:
+                raise _FieldError(f"methods.modpo.weights.{i}", problem)
+        if mo.preference_objective is None:
+            return
+        if mo.preference_objective not in self.objectives:
+            raise _FieldError("methods.modpo.preference_objective",
+                              f"{mo.preference_objective!r} is not in objectives {self.objectives}")
+        from pareto.front.grid import preference_grid
+
+        j = self.objectives.index(mo.preference_objective)
+        grid = mo.weights or preference_grid(len(self.objectives), n_points=self.evaluation.grid_points).tolist()
+        zero = [w for w in grid if w[j] <= 0]
+        if zero:
+            raise _FieldError("methods.modpo.preference_objective",
+                              f"{mo.preference_objective!r} has weight 0 at λ={list(zero[0])} (MODPO divides by "
+                              "it); leave it null to train each λ on its largest weight's objective")
+
+    def _check_real_scale(self) -> None:
+        """Real datasets and HF reward models: labels and reward outputs must match the objectives."""
+        ds = self.task.dataset
+        scored: dict[str, int] = {}
+        for i, rm in enumerate(self.reward_model.hf):
+            for name in rm.objectives:
+                if name not in self.objectives:
+                    raise _FieldError(f"reward_model.hf.{i}.objectives",
+                                      f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
+                if name in scored:
+                    raise _FieldError(f"reward_model.hf.{i}.objectives",
+                                      f"{name!r} is already scored by reward_model.hf.{scored[name]}; score it once")
+                scored[name] = i
+        if ds is None:
+            return
+        for name in ds.labels:
+            if name not in self.objectives:
+                raise _FieldError(f"task.dataset.labels.{name}",
+                                  f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
+        for method in LABELLED_METHODS:
+            if getattr(self.methods, method, None) is None:
+                continue
+            for name in self.objectives:
+                if name not in ds.labels:
+                    raise _FieldError("task.dataset.labels",
+                                      f"objective {name!r} has no preference labels, which {method} trains on; "
+                                      "map it to a label source")
+        if self.evaluation.scorer == "oracle":
+            raise _FieldError("evaluation.scorer", "a real dataset has no oracle; use reward_model")
+        if self.evaluation.reference_point is None:
+            raise _FieldError("evaluation.reference_point", "required with a real dataset (reward scales are not "
+                                                            "[0, 1]); fix one value per objective in the config")
+
+    def _check_ppo(self) -> None:
+        """PPO methods: batches split evenly over trainer ranks, reward sources and λ grids are valid."""
+        ppo = self.ppo
+        for name, source in ppo.reward_sources.items():
+            if name not in self.objectives:
+                raise _FieldError(f"ppo.reward_sources.{name}",
+                                  f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
+            if source == "oracle" and self.task.dataset is not None:
+                raise _FieldError(f"ppo.reward_sources.{name}", "a real dataset has no oracle; use learned or length")
+        if ppo.engine == "vllm" and ppo.rollout.gpus <= 0:
+            raise _FieldError("ppo.engine", "vllm rollouts need a GPU: set ppo.rollout.gpus > 0 or use transformers")
+        for name in PPO_METHODS:
+            mcfg = getattr(self.methods, name)
+            if mcfg is None:
+                continue
+            shards = ppo.trainer.count * mcfg.minibatches
+            if mcfg.rows_per_step % shards:
+                raise _FieldError(f"methods.{name}.prompts_per_step",
+                                  f"prompts_per_step × samples_per_prompt = {mcfg.rows_per_step} rows must split "
+                                  f"evenly into ppo.trainer.count × minibatches = {shards}; change one of them")
+            if name == "panacea_ppo" and mcfg.prompts_per_step % mcfg.preferences_per_step:
+                raise _FieldError("methods.panacea_ppo.preferences_per_step",
+                                  f"must divide prompts_per_step ({mcfg.prompts_per_step}) so each λ gets a group")
+            for i, w in enumerate(getattr(mcfg, "weights", None) or []):
+                problem = simplex_problem(w, len(self.objectives))
+                if problem:
+                    raise _FieldError(f"methods.{name}.weights.{i}", problem)
+
+    def _check_sweep(self) -> None:
+        """The swept method is enabled and trainable per trial; every searched key is a numeric field of it."""
+        sw = self.sweep
+        if sw is None:
+            return
+        mcfg = getattr(self.methods, sw.method, None) if sw.method in type(self.methods).model_fields else None
+        if mcfg is None:
+            raise _FieldError("sweep.method", f"{sw.method!r} is not enabled; add a methods.{sw.method} section "
+                                              f"or sweep one of {list(self.methods.enabled())}")
+        if mcfg.per_weight and sw.method not in DPO_METHODS:
+            raise _FieldError("sweep.method", f"sweep trials train DPO models; {sw.method!r} is not one of "
+                                              f"{[m for m in DPO_METHODS if getattr(self.methods, m) is not None]}")
+        fields = type(mcfg).model_fields
+        for key, rng in sw.params.items():
+            where = f"sweep.params.{key}"
+            annotation = fields[key].annotation if key in fields else None
+            if annotation not in (int, float):
+                numeric = [n for n, f in fields.items() if f.annotation in (int, float)]
+                raise _FieldError(where, f"not a numeric field of methods.{sw.method}; search some of {numeric}")
+            if not mcfg.per_weight:
+                raise _FieldError(where, f"{sw.method} is conditioned: a sweep evaluates its one model on a λ grid "
+                                         "and searches no hyper-parameters; remove sweep.params")
+            values = rng.choices if rng.choices is not None else [rng.low, rng.high]
+            if any(isinstance(v, str) for v in values):
+                raise _FieldError(where, "values must be numbers")
+            if annotation is int and any(float(v) != int(v) for v in values):
+                raise _FieldError(where, f"methods.{sw.method}.{key} is an integer; give integer values")
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property

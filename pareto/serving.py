@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from pareto import tracking
 from pareto.front.grid import validate_weights
 from pareto.front.types import Front, FrontPoint
-from pareto.models.conditioned import ConditionedPolicy, PanaceaPolicy, PerWeightPolicy
+from pareto.generation.backend import LoRABackend, is_lora_method, serving_config, serving_note
+from pareto.models.conditioned import ConditionedPolicy, PerWeightPolicy, load_conditioned
 
 
 @dataclass
@@ -43,6 +44,8 @@ class ServedRun:
     fronts: dict[str, Front] = field(default_factory=dict)
     _policies: dict[str, ConditionedPolicy] = field(default_factory=dict, repr=False)
     _reward: object = field(default=None, repr=False)
+    serving: object = None  # a config.ServingConfig; None = the run's logged `serving` section, else transformers
+    _backend: LoRABackend | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         run = tracking.find_run(self.run_id, self.tracking_uri)
@@ -67,11 +70,13 @@ class ServedRun:
         if self.is_conditioned(method):
             uri = front.points[0].model_uri
             return Choice(method, lam, lam, uri, True,
-                          f"{method} is one model for every preference: its λ is set to {_fmt(lam)} in place")
+                          f"{method} is one model for every preference: its λ is set to {_fmt(lam)} in place"
+                          + serving_note(self, method))
         point = front.query(lam)
         return Choice(method, lam, point.weights, point.model_uri, False,
                       f"{method} has one model per trained λ; the non-dominated point maximising λ·values "
-                      f"for λ={_fmt(lam)} is the model trained at λ={_fmt(point.weights)}", point)
+                      f"for λ={_fmt(lam)} is the model trained at λ={_fmt(point.weights)}"
+                      + serving_note(self, method), point)
 
     # ---- loading -------------------------------------------------------------------------------------------
     def _download(self, run_id: str, artifact_path: str) -> Path:
@@ -91,7 +96,8 @@ class ServedRun:
             run_id, artifact = _parse_runs_uri(key)
             adapter = self._download(run_id, artifact)
             if choice.conditioned:
-                self._policies[key] = PanaceaPolicy.load(self.base_dir(), adapter, self.objectives)
+                kind = self.fronts[choice.method].meta.get("policy_kind", "panacea")  # older runs: Panacea only
+                self._policies[key] = load_conditioned(kind, self.base_dir(), adapter, self.objectives)
             else:
                 sub = next(p.parent for p in adapter.rglob("adapter_config.json"))
                 self._policies[key] = PerWeightPolicy.load(self.base_dir(), {sub.name: (choice.served_weights, sub)},
@@ -100,9 +106,25 @@ class ServedRun:
 
     def answer(self, method: str, prompt: str, weights: object, max_new_tokens: int = 48) -> tuple[str, Choice]:
         choice = self.choose(method, weights)
+        if self.lora_backend(method) is not None:  # vLLM serves LoRA methods when the config says so
+            return self.lora_backend(method).answer(choice, prompt, max_new_tokens), choice
         text = self.policy(choice).generate([prompt], np.asarray(choice.served_weights),
                                             max_new_tokens=max_new_tokens)[0]
         return text, choice
+
+    def lora_backend(self, method: str) -> LoRABackend | None:
+        """The configured vLLM backend when it serves `method` (a LoRA method), else None (transformers)."""
+        cfg = serving_config(self)
+        if cfg.backend == "hf" or not is_lora_method(self, method):
+            return None
+        if self._backend is None:
+            self._backend = LoRABackend(self, cfg)
+        return self._backend
+
+    def close(self) -> None:
+        """Stop a vLLM server this run started (serving.backend=vllm-server without a url)."""
+        if self._backend is not None:
+            self._backend.close()
 
     # ---- scoring -------------------------------------------------------------------------------------------
     def score(self, prompt: str, response: str) -> dict[str, dict[str, float]]:
@@ -126,6 +148,19 @@ class ServedRun:
                 pass  # a prompt the synthetic task does not know has no oracle score
         return out
 
+    def example_prompts(self, n: int = 12) -> list[str]:
+        """Held-out prompts of the run's task (the oracle can score answers to these); empty without a task."""
+        task = self.tags.get("pareto.task")
+        if not task:
+            return []
+        from pareto.data import load_task
+
+        try:
+            prompts = load_task(task, seed=int(self.params.get("seed", 0))).prompts("eval")
+        except ValueError:
+            return []  # a task this install does not know
+        return [p.text for p in prompts[:n]]
+
 
 def _parse_runs_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("runs:/"):
@@ -141,3 +176,22 @@ def _fmt(weights: tuple[float, ...]) -> str:
 def describe(choice: Choice) -> str:
     return json.dumps({"method": choice.method, "weights": choice.weights, "served_weights": choice.served_weights,
                        "model_uri": choice.model_uri, "reason": choice.reason})
+
+
+COMPARE_COLUMNS = ("run", "method", "models trained", "training CPU-s", "hypervolume", "IGD", "inner product")
+
+
+def compare_table(fronts: list[tuple[str, Front]]) -> list[dict[str, object]]:
+    """The compare table, one row per (run label, front): what a front cost and what it is worth.
+
+    Compute is the summed training CPU-seconds of the method's models (front.meta), so a conditioned model
+    and a set of per-weight models compare on the same axis; metrics missing from a front read None.
+    """
+    rows = []
+    for label, f in fronts:
+        hv = f.metrics.get("hypervolume")
+        rows.append(dict(zip(COMPARE_COLUMNS, (
+            label, f.method, f.meta.get("models_trained"), f.meta.get("train_seconds"),
+            float(hv) if hv is not None else f.hypervolume(), f.metrics.get("igd"), f.metrics.get("inner_product"),
+        ), strict=True)))
+    return rows

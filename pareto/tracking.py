@@ -102,5 +102,33 @@ def load_fronts(run: Run, uri: str) -> list[Front]:
     return fronts
 
 
+def list_experiments(uri: str) -> list:
+    """The MLflow experiments that hold at least one pareto pipeline run, most recently active first."""
+    client = MlflowClient(uri)
+    experiments = {e.experiment_id: e for e in client.search_experiments()}
+    if not experiments:
+        return []
+    runs = client.search_runs(list(experiments), filter_string=f"tags.`{PIPELINE_TAG}` = 'pipeline'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+    ordered = dict.fromkeys(r.info.experiment_id for r in runs)  # first seen = newest run
+    return [experiments[i] for i in ordered]
+
+
+def list_pipeline_runs(uri: str, experiment_id: str) -> list[Run]:
+    """Pipeline runs (tag pareto.kind=pipeline) of one experiment, newest first; nested stage runs are left out."""
+    return MlflowClient(uri).search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = 'pipeline'",
+                                         order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def load_oracle_front(run_id: str, uri: str) -> tuple[list, list] | None:
+    """The task's true front a pipeline run logged (artifact oracle/front.json) as (weights, values), or None."""
+    client = MlflowClient(uri)
+    if not any(f.path == "oracle/front.json" for f in client.list_artifacts(run_id, "oracle")):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        data = json.loads(Path(client.download_artifacts(run_id, "oracle/front.json", tmp)).read_text())
+    return data["weights"], data["values"]
+
+
 def dump_json(obj: object) -> str:
     return json.dumps(obj, indent=2, sort_keys=False)

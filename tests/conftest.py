@@ -86,3 +86,45 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         yield info
     finally:
         subprocess.run([_exe("ray"), "stop", "--force"], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seconds-scale tiny-hh policy (BPE tokenizer + 1-layer Llama, one short SFT pass) saved with save_pretrained."""
+    from pareto.config import TinyModelConfig
+    from pareto.data import load_task
+    from pareto.models.policy import build_tiny_model, save_model, sft_train, train_tokenizer
+
+    task = load_task("tiny-hh", seed=0)
+    examples = task.sft_examples()
+    tokenizer = train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in examples], 300)
+    cfg = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=1, vocab_size=300,
+                          max_length=96)
+    model = build_tiny_model(cfg, tokenizer, seed=0)
+    sft_train(model, tokenizer, examples[:480], epochs=1, lr=3e-3, batch_size=16, max_length=96, seed=0)
+    path = tmp_path_factory.mktemp("tiny-lm") / "base"
+    save_model(model, tokenizer, path)
+    return path
+
+
+@pytest.fixture
+def tiny_fit_context(tiny_lm: Path):
+    """FitContext factory on `tiny_lm`: the first training pairs of tiny-hh, the task's oracle as the vector reward
+    (a real VectorReward that needs no MiniLM), short greedy generations."""
+    from pareto.data import load_task
+    from pareto.distributed.stages import TaskOracle
+    from pareto.methods import FitContext
+    from pareto.methods.dpo import PairSet
+
+    task = load_task("tiny-hh", seed=0)
+
+    def make(n_pairs: int = 48, n_val: int = 2, objectives: tuple[str, ...] = ("helpful", "harmless", "concise"),
+             max_new_tokens: int = 8, seed: int = 0):
+        idx = [task.objectives.index(o) for o in objectives]
+        pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:n_pairs], idx)
+        return FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:n_val],
+                          reward=TaskOracle(task, tuple(objectives)), objectives=tuple(objectives), max_length=96,
+                          seed=seed, gen={"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": 1.0},
+                          task=task)
+
+    return make

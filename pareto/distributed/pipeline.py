@@ -23,7 +23,7 @@ import ray  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pareto import tracking  # noqa: E402
-from pareto.config import ExperimentConfig, dump_config  # noqa: E402
+from pareto.config import PPO_METHODS, ExperimentConfig, dump_config  # noqa: E402
 from pareto.data import load_task  # noqa: E402
 from pareto.distributed import stages  # noqa: E402
 from pareto.distributed.bundle import Bundle, pack, unpack  # noqa: E402
@@ -45,6 +45,7 @@ class PipelineResult:
     fronts: dict[str, Front] = field(default_factory=dict)
     reward_accuracy: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    registered: list = field(default_factory=list)  # registry.RegisteredModel of the non-dominated models
 
 
 def init_ray(cfg: ExperimentConfig) -> None:
@@ -80,6 +81,15 @@ def _store(cache_dir: Path, bundle: Bundle) -> None:
 
 def eval_grid(cfg: ExperimentConfig) -> np.ndarray:
     return preference_grid(cfg.k, n_points=cfg.evaluation.grid_points)
+
+
+def base_cache_dir(cfg: ExperimentConfig) -> Path:
+    """Where the SFT base model is cached: keyed by what makes it (sweeps share it with runs)."""
+    return cfg.state_path() / "cache" / f"base-{cfg.digest('seed', 'task', 'model')}"
+
+
+def reward_cache_dir(cfg: ExperimentConfig) -> Path:
+    return cfg.state_path() / "cache" / f"reward-{cfg.digest('seed', 'task', 'objectives', 'reward_model')}"
 
 
 def _front(method: str, cfg: ExperimentConfig, points: list[PointEval], scorer: str, meta: dict) -> Front:
@@ -150,13 +160,21 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
         # ---- stage 2: methods (the per-weight baseline fans out one task per λ) ------------------------------
         pending = {}
         for name, mcfg in cfg.methods.enabled().items():
+            if name in PPO_METHODS:
+                continue  # PPO methods train on their own Ray actors (below), not as one task
             if mcfg.per_weight:
                 for i, w in enumerate(np.asarray(getattr(mcfg, "weights", None) or grid)):
                     pending[f"{name}/{i}"] = method.remote(cfg_ref, name, base_ref, rm_ref, weights=w.tolist(),
                                                            seed_offset=i)
             else:
                 pending[name] = method.remote(cfg_ref, name, base_ref, rm_ref, grid=grid.tolist())
+        ppo_outputs: dict = {}
+        for name in (m for m in cfg.methods.enabled() if m in PPO_METHODS):  # while the tasks above run
+            from pareto.distributed.ppo import run_ppo_method
+
+            ppo_outputs.update(run_ppo_method(cfg, name, _cached(base_dir), _cached(rm_dir), grid, progress))
         outputs = _gather(pending, "methods", progress)
+        outputs.update(ppo_outputs)
 
         # ---- stage 3: fronts, metrics, artifacts ---------------------------------------------------------------
         oracle_w, oracle_v = stages.oracle_front(task, cfg, n_prompts=cfg.evaluation.n_prompts)
@@ -175,6 +193,11 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
             for name, front in result.fronts.items():
                 mlflow.log_metrics({f"{name}/hypervolume": front.metrics["hypervolume"],
                                     f"{name}/igd": front.metrics.get("igd", float("nan"))})
+        if cfg.tracking.registry:  # the non-dominated models (and each conditioned model) into the Model Registry
+            from pareto import registry
+
+            result.registered = registry.register_fronts(result.fronts.values(), experiment=cfg.experiment_name,
+                                                         source_run_id=parent.info.run_id, tracking_uri=uri)
         result.seconds = time.perf_counter() - start
         mlflow.log_metric("pipeline_seconds", result.seconds)
     return result
@@ -237,8 +260,11 @@ def _log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_value
                                                                          strict=True)} if len(out["points"]) == 1
                                        else {})
                 mlflow.log_dict({"points": out["points"]}, "evaluation.json")
-        meta = {"run_id": mrun.info.run_id, "train_seconds": train_seconds, "models_trained": len(runs),
+        meta = {"run_id": mrun.info.run_id, "train_seconds": train_seconds,
+                "models_trained": sum(r.get("models_trained", 1) for r in runs),  # Soups: K adapters in one run
                 "conditioned": not getattr(cfg.methods, name).per_weight, "model_uris": uris}
+        if runs[0].get("policy_kind"):
+            meta["policy_kind"] = runs[0]["policy_kind"]  # how serving loads the model (models.conditioned)
         fronts = {}
         for scorer in ("oracle", "reward_model"):
             front = _front(name, cfg, points, scorer, meta)

@@ -138,7 +138,20 @@ def method_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle
     return {"method": method, "weights": weights, "adapter": adapter, "history": result.history,
             "best_step": result.best_step, "steps": result.steps, "train_seconds": result.seconds,
             "tokens_per_second": result.tokens_per_second, "eval_seconds": eval_seconds,
-            "points": [p.to_dict() for p in points]}
+            "points": [p.to_dict() for p in points],
+            "models_trained": getattr(result, "models", 1), "policy_kind": getattr(policy, "kind", None)}
+
+
+def trial_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle: Bundle, weights: list[float],
+                params: dict, trial_number: int) -> dict:
+    """One sweep trial: train one per-weight model at λ = `weights` with hyper-parameters `params`, evaluate it.
+
+    A pure function of its inputs (the seed follows the trial number), so a re-run trial gives the same result.
+    """
+    mcfg = getattr(cfg.methods, method)
+    swept = type(mcfg).model_validate({**mcfg.model_dump(), **params})  # validated: a bad value fails loudly
+    trial_cfg = cfg.model_copy(update={"methods": cfg.methods.model_copy(update={method: swept})})
+    return method_stage(trial_cfg, method, base, reward_bundle, weights=list(weights), seed_offset=trial_number)
 
 
 def oracle_front(task, cfg: ExperimentConfig, n_prompts: int | None = None,

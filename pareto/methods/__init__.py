@@ -29,6 +29,12 @@ class FitContext:
 
 # name -> module; each module has `fit(ctx, cfg, weights=None) -> (ConditionedPolicy, TrainResult)`.
 METHOD_MODULES = {"panacea": "pareto.methods.panacea", "per_weight_dpo": "pareto.methods.per_weight"}
+# the conditioned-policy methods of issue 3 and the MODPO per-weight baseline
+METHOD_MODULES.update({"ric": "pareto.methods.ric", "mah_dpo": "pareto.methods.mah_dpo",
+                       "soups": "pareto.methods.soups", "modpo": "pareto.methods.modpo"})
+# PPO methods run on Ray actors (pareto.distributed.ppo); their modules give build_policy / step_preferences /
+# apply_preferences / save_policy instead of a working `fit`.
+METHOD_MODULES.update({"morlhf": "pareto.methods.morlhf", "panacea_ppo": "pareto.methods.panacea_ppo"})
 
 
 def load_method(name: str) -> ModuleType:

@@ -33,6 +33,7 @@ class PairSet:
     responses: list[tuple[str, str]]
     better: torch.Tensor                 # [N, K] in {0, 1, -1}
     ref_logp: torch.Tensor | None = None  # [N, 2], filled by `reference_logps`
+    offset: torch.Tensor | None = None    # [N] or [N, K] DPO logit offsets (MODPO's reward margins); None = plain DPO
 
     @classmethod
     def from_pairs(cls, pairs: Sequence, objective_index: Sequence[int]) -> PairSet:
@@ -42,6 +43,16 @@ class PairSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def subset(self, index: Sequence[int]) -> PairSet:
+        """The pairs at `index` (reference log-probs and offsets travel with them)."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[idx]
+
+        return PairSet([self.prompts[i] for i in idx.tolist()], [self.responses[i] for i in idx.tolist()],
+                       self.better[idx], pick(self.ref_logp), pick(self.offset))
 
 
 def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
@@ -75,6 +86,7 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     tokens: int = 0
+    models: int = 1  # models (adapters) this result trained, e.g. K for Rewarded Soups
 
     @property
     def tokens_per_second(self) -> float:
@@ -83,13 +95,20 @@ class TrainResult:
 
 # validate(step) -> (metric, info, eligible): higher metric is better; ineligible checkpoints are never kept.
 Validator = Callable[[int], tuple[float, dict, bool]]
+# sample_batch(rng) -> (pair indices [B], labels [B, K]) of one micro-batch; default: uniform pairs, all labels.
+BatchSampler = Callable[[np.random.Generator], tuple[np.ndarray, torch.Tensor]]
 
 
 def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
               *, objectives: Sequence[str], sample_weights: Callable[[np.random.Generator], np.ndarray],
               apply_weights: Callable[[np.ndarray], None], validate: Validator, aggregation: str = "linear",
-              max_length: int = 128, seed: int = 0, desc: str = "dpo") -> TrainResult:
-    """Minimise aggregate_λ(per-objective DPO losses) + nll_weight · NLL(λ-preferred response)."""
+              max_length: int = 128, seed: int = 0, desc: str = "dpo",
+              sample_batch: BatchSampler | None = None) -> TrainResult:
+    """Minimise aggregate_λ(per-objective DPO losses) + nll_weight · NLL(λ-preferred response).
+
+    `sample_batch` replaces the uniform pair sampler (e.g. MAH-DPO's objective-balanced, objective-tagged batches:
+    the labels it returns may mask objectives out). `pairs.offset`, when set, shifts each DPO logit (MODPO).
+    """
     assert pairs.ref_logp is not None, "compute reference_logps first"
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -122,14 +141,18 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
         optim.zero_grad()
         logged: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
-            idx = rng.choice(len(pairs), size=min(cfg.batch_size, len(pairs)), replace=False)
+            if sample_batch is None:
+                idx = rng.choice(len(pairs), size=min(cfg.batch_size, len(pairs)), replace=False)
+                better = pairs.better[idx]
+            else:
+                idx, better = sample_batch(rng)
             weights = sample_weights(rng)
             apply_weights(weights)
             lam = torch.tensor(weights, dtype=torch.float32)
             logp, ntok, tokens = pair_logps(model, tokenizer, [pairs.prompts[i] for i in idx],
                                             [pairs.responses[i] for i in idx], max_length)
-            better = pairs.better[idx]
-            losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx], better, cfg.beta)
+            offset = None if pairs.offset is None else pairs.offset[idx]
+            losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx], better, cfg.beta, offset)
             per_objective = masked_objective_means(losses, mask)
             loss = aggregate_losses(per_objective, lam, aggregation)
             if cfg.nll_weight > 0:
@@ -140,8 +163,10 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
             (loss / cfg.grad_accum).backward()
             result.tokens += tokens
             logged["loss"] = logged.get("loss", 0.0) + loss.item() / cfg.grad_accum
-            for name, value in zip(objectives, per_objective.tolist(), strict=True):
+            for name, value, w in zip(objectives, per_objective.tolist(), weights, strict=True):
                 logged[f"dpo_loss/{name}"] = logged.get(f"dpo_loss/{name}", 0.0) + value / cfg.grad_accum
+                # the λ schedule (mean over the micro-batches of the step), kept with the run
+                logged[f"lambda/{name}"] = logged.get(f"lambda/{name}", 0.0) + float(w) / cfg.grad_accum
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optim.step()
         result.steps = step

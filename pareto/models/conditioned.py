@@ -6,6 +6,7 @@ Training lives in `pareto.methods`; these classes only load, switch λ and gener
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +32,8 @@ class ConditionedPolicy(Protocol):
 
 class PanaceaPolicy:
     """The conditioned policy: one model, λ set in place per call (per row when λ is [B, K])."""
+
+    kind = "panacea"  # recorded in the front's meta; serving loads the policy by it (see load_conditioned)
 
     def __init__(self, model, tokenizer, objectives: Sequence[str]) -> None:
         self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
@@ -61,6 +64,8 @@ def adapter_name(index: int) -> str:
 
 class PerWeightPolicy:
     """A set of adapters on one base model; λ picks the trained adapter nearest to it."""
+
+    kind = "per_weight"
 
     def __init__(self, model: PeftModel, tokenizer, objectives: Sequence[str], weights: dict[str, np.ndarray]):
         self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
@@ -98,3 +103,36 @@ class PerWeightPolicy:
                 model.load_adapter(str(path), adapter_name=name)
         model.eval()
         return cls(model, tokenizer, objectives, {n: np.asarray(w, dtype=np.float64) for n, (w, _) in adapters.items()})
+
+
+# Conditioned policy kinds (front.meta["policy_kind"]) -> "module:Class"; each class has
+# load(base_dir, adapter_dir, objectives). Imported lazily so serving pulls in only the kind it serves.
+POLICY_KINDS: dict[str, str] = {
+    "panacea": "pareto.models.conditioned:PanaceaPolicy",
+    "ric": "pareto.models.rewards_in_context:RiCPolicy",
+    "mah_dpo": "pareto.models.multihead:MultiHeadPolicy",
+    "soups": "pareto.models.soups:SoupsPolicy",
+}
+
+
+def read_policy_meta(adapter_dir: str | Path, marker: str, objectives: Sequence[str], what: str) -> dict:
+    """A saved policy's meta.json, checked: the right kind of model (marker) for the same objectives."""
+    meta_file = Path(adapter_dir) / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if meta.get("marker") != marker:
+        raise ValueError(f"{adapter_dir} is not a {what} model (meta.json marker {marker!r} missing)")
+    if tuple(meta.get("objectives", ())) != tuple(objectives):
+        raise ValueError(f"{adapter_dir}: trained for objectives {meta.get('objectives')}, "
+                         f"asked for {list(objectives)}")
+    return meta
+
+
+def load_conditioned(kind: str, base_dir: str | Path, adapter_dir: str | Path,
+                     objectives: Sequence[str]) -> ConditionedPolicy:
+    """Load a saved conditioned policy of `kind` (one model for every λ) onto the base model."""
+    import importlib
+
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"unknown conditioned policy kind {kind!r}; known: {sorted(POLICY_KINDS)}")
+    module, _, name = POLICY_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name).load(base_dir, adapter_dir, objectives)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pareto.objectives.scalarize import scalarize
+
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
@@ -14,18 +16,43 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 def per_objective_dpo_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, better: torch.Tensor,
-                             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                             beta: float, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO losses for one pair under K labels (the PKU-SafeRLHF shape: one pair, a label per objective).
 
     policy_logp, ref_logp: [B, 2] log-probs of (response_0, response_1); better: [B, K] in {0, 1, -1 (tie)}.
+    offset: optional [B] or [B, K] logit offset in the response_1 − response_0 direction, subtracted from
+    β·margin before the label's sign (MODPO's reward-model margin; None = plain DPO).
     Returns losses [B, K] (0 where the objective has no label) and the label mask [B, K].
     One forward pass over the two responses serves all K objectives: the label only flips the margin's sign.
     """
     mask = (better >= 0).to(policy_logp.dtype)
     sign = torch.where(better == 1, 1.0, -1.0).to(policy_logp.dtype)  # +1: response_1 is chosen
     margin = (policy_logp[:, 1] - ref_logp[:, 1]) - (policy_logp[:, 0] - ref_logp[:, 0])
-    losses = -F.logsigmoid(beta * sign * margin.unsqueeze(-1))
+    logit = beta * margin.unsqueeze(-1)
+    if offset is not None:
+        logit = logit - (offset.unsqueeze(-1) if offset.dim() == 1 else offset).to(logit.dtype)
+    losses = -F.logsigmoid(sign * logit)
     return losses * mask, mask
+
+
+def modpo_offset(margin_rewards: torch.Tensor, weights: torch.Tensor, objective: int,
+                 scalarizer: str = "linear") -> torch.Tensor:
+    """MODPO's margin (Zhou et al. 2024) as a `per_objective_dpo_losses` offset for the trained objective k.
+
+    ρ(x, y) = (β·log π/π_ref(y|x) − m(x, y)) / w_k with m = the λ-scalarized rewards of the *other* objectives,
+    so the logit difference is (β/w_k)·Δlog-ratio − Δm/w_k: DPO at β/w_k with offset Δm/w_k.
+    margin_rewards: [B, 2, K] rewards of (response_0, response_1); returns the offset [B] (response_1 − response_0).
+    """
+    if scalarizer not in ("linear", "log_sigmoid"):
+        raise ValueError(f"MODPO margins are a weighted sum over the other objectives: use scalarizer 'linear' or "
+                         f"'log_sigmoid', not {scalarizer!r}")
+    w = weights.to(margin_rewards.dtype).clone()
+    w_k = float(w[objective])
+    if w_k <= 0:
+        raise ValueError(f"MODPO trains objective {objective} but its weight is {w_k}; it must be > 0")
+    w[objective] = 0.0
+    m = scalarize(scalarizer, margin_rewards, w)  # [B, 2]
+    return (m[:, 1] - m[:, 0]) / w_k
 
 
 def masked_objective_means(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

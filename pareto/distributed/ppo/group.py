@@ -1,0 +1,193 @@
+"""The actors of one PPO run, created together and killed together.
+
+Trainer ranks sit in a placement group (one bundle per rank); rollout engines, reward and reference workers
+are plain actors with their configured (possibly fractional) CPU/GPU shares. Each call fans a batch out over
+the actors of a role and gathers the parts fail-fast: the first dead actor raises at once instead of leaving
+the driver waiting on a peer stuck in a collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from pareto.config import ActorShare, ExperimentConfig
+from pareto.distributed.ppo.rollout import engine_class
+from pareto.distributed.ppo.trainer import TrainerRank
+from pareto.distributed.ppo.workers import ReferenceWorker, RewardWorker
+
+NAMESPACE = "pareto"  # named actors, so an operator (or a fault test) can find them: ray.get_actor(name, NAMESPACE)
+PLACEMENT_TIMEOUT_S = 900
+
+
+def get_all(refs: Sequence[ray.ObjectRef], timeout: float | None = None) -> list:
+    """ray.get of several refs that raises as soon as any of them fails."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+        if not done:
+            raise TimeoutError(f"{len(pending)} actor call(s) did not finish within {timeout} s")
+        ray.get(done[0])
+    return ray.get(list(refs))
+
+
+def split(n: int, parts: int) -> list[slice]:
+    """Contiguous, near-equal slices of range(n)."""
+    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _resources(share: ActorShare) -> dict:
+    return {"num_cpus": share.cpus, "num_gpus": share.gpus}
+
+
+def _device(share: ActorShare) -> str:
+    return "cuda" if share.gpus > 0 else "cpu"
+
+
+def check_cluster(cfg: ExperimentConfig) -> None:
+    """The PPO actors must fit the cluster, or nothing would ever be scheduled: say so before starting any."""
+    ppo = cfg.ppo
+    roles = {"trainer": ppo.trainer, "rollout": ppo.rollout, "reward": ppo.reward, "reference": ppo.reference}
+    need_cpu = sum(s.count * s.cpus for s in roles.values())
+    need_gpu = sum(s.count * s.gpus for s in roles.values())
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) + 1e-9:
+        raise RuntimeError(f"PPO actors ask for {need_cpu:g} CPUs (Σ ppo.<role>.count × cpus) but the Ray cluster has "
+                           f"{have.get('CPU', 0):g}; lower ppo.trainer/rollout/reward/reference.cpus")
+    if need_gpu > have.get("GPU", 0) + 1e-9:
+        raise RuntimeError(f"PPO actors ask for {need_gpu:g} GPUs but the Ray cluster has {have.get('GPU', 0):g}; "
+                           "set ppo.<role>.gpus to 0 on a CPU cluster")
+
+
+class ActorGroup:
+    def __init__(self, cfg: ExperimentConfig, method: str, base_ref: ray.ObjectRef, reward_ref: ray.ObjectRef | None,
+                 tag: str, generation: int, seed: int, n_heads: int) -> None:
+        ppo, mcfg = cfg.ppo, getattr(cfg.methods, method)
+        objectives = tuple(cfg.objectives)
+        self.tag = f"ppo-{tag}-g{generation}"
+        self.cfg = cfg
+        self.actors: list = []
+        self.pg = None
+        task = cfg.task.name if cfg.task.dataset is None else None
+
+        def make(cls, share: ActorShare, role: str, i: int, *args, **options):
+            actor = ray.remote(cls).options(name=f"{self.tag}-{role}-{i}", namespace=NAMESPACE, max_restarts=0,
+                                            **_resources(share), **options).remote(*args)
+            self.actors.append(actor)
+            return actor
+
+        try:
+            bundle = {k: v for k, v in (("CPU", ppo.trainer.cpus), ("GPU", ppo.trainer.gpus)) if v > 0}
+            self.pg = placement_group([bundle or {"CPU": 0.01}] * ppo.trainer.count, strategy=ppo.placement_strategy,
+                                      name=f"{self.tag}-trainers")
+            if not self.pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+                raise RuntimeError(f"could not place {ppo.trainer.count} trainer ranks of {bundle} within "
+                                   f"{PLACEMENT_TIMEOUT_S} s (ppo.trainer.count / cpus / gpus, ppo.placement_strategy)")
+            self.trainers = [
+                make(TrainerRank, ppo.trainer, "trainer", i, i, ppo.trainer.count, base_ref, method, mcfg, objectives,
+                     n_heads, ppo.trainer.threads, _device(ppo.trainer),
+                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
+                for i in range(ppo.trainer.count)]
+            self.engines = [make(engine_class(ppo.engine), ppo.rollout, "rollout", i, base_ref, method, mcfg,
+                                 objectives, seed, ppo.rollout.threads, _device(ppo.rollout))
+                            for i in range(ppo.rollout.count)]
+            self.rewards = [make(RewardWorker, ppo.reward, "reward", i, reward_ref, objectives, ppo.reward_sources,
+                                 task, cfg.seed, ppo.reward.threads) for i in range(ppo.reward.count)]
+            self.references = [make(ReferenceWorker, ppo.reference, "reference", i, base_ref, seed,
+                                    ppo.reference.threads, _device(ppo.reference)) for i in range(ppo.reference.count)]
+            host, port = ray.get(self.trainers[0].address.remote())
+            get_all([t.init_group.remote(host, port, ppo.backend) for t in self.trainers])
+            self.info = ray.get(self.engines[0].info.remote())
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already dead: that is what we wanted
+                pass
+        self.actors = []
+        if self.pg is not None:
+            try:
+                remove_placement_group(self.pg)
+            except Exception:
+                pass
+            self.pg = None
+
+    def all_alive(self, timeout: float = 30.0) -> bool:
+        try:
+            get_all([a.ping.remote() for a in self.actors], timeout=timeout)
+            return True
+        except Exception:
+            return False
+
+    # ---- fan-out calls -------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], weights: np.ndarray | None, **kwargs) -> dict:
+        parts = split(len(prompts), len(self.engines))
+        seed = kwargs.pop("seed", None)
+        refs = [e.generate.remote(list(prompts[s]), None if weights is None else weights[s], **kwargs,
+                                  seed=None if seed is None else seed + i)
+                for i, (e, s) in enumerate(zip(self.engines, parts, strict=False))]
+        outs = get_all(refs)
+        merged = {k: [x for o in outs for x in o[k]] for k in ("prompt_ids", "response_ids", "texts", "logprobs",
+                                                                "finished")}
+        versions = {o["version"] for o in outs}
+        if len(versions) != 1:
+            raise RuntimeError(f"rollout engines disagree on the weight version: {sorted(versions)}")
+        return {**merged, "version": versions.pop(), "seconds": max(o["seconds"] for o in outs)}
+
+    def score_refs(self, prompts: Sequence[str], texts: Sequence[str]) -> list:
+        parts = split(len(prompts), len(self.rewards))
+        return [w.score.remote(list(prompts[s]), list(texts[s])) for w, s in zip(self.rewards, parts, strict=False)]
+
+    def reference_refs(self, batch: dict, temperature: float) -> list:
+        parts = split(batch["input_ids"].shape[0], len(self.references))
+        return [w.logprobs.remote(batch["input_ids"][s], batch["attention_mask"][s], temperature)
+                for w, s in zip(self.references, parts, strict=False)]
+
+    def experience_refs(self, batch: dict) -> list:
+        parts = split(batch["input_ids"].shape[0], len(self.trainers))
+        return [t.experience.remote({k: v[s] for k, v in batch.items()}) for t, s in zip(self.trainers, parts,
+                                                                                          strict=True)]
+
+    def evaluate_scores(self, prompts: Sequence[str], texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        parts = split(len(prompts), len(self.rewards))
+        outs = get_all([w.evaluate.remote(list(prompts[s]), list(texts[s]))
+                        for w, s in zip(self.rewards, parts, strict=False)])
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+    def train(self, batch: dict, step: int) -> dict:
+        parts = split(batch["input_ids"].shape[0], len(self.trainers))
+        outs = get_all([t.train.remote({k: v[s] for k, v in batch.items()}, step)
+                        for t, s in zip(self.trainers, parts, strict=True)])
+        return {k: float(np.mean([o[k] for o in outs])) for k in outs[0]}
+
+    def setup(self, seed: int) -> None:
+        get_all([t.setup.remote(seed) for t in self.trainers])
+
+    def state(self) -> dict:
+        return ray.get(self.trainers[0].state.remote())  # ranks are identical after every DDP step
+
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        ref_t, ref_m = ray.put(tensors), ray.put(meta)
+        get_all([t.load_state.remote(ref_t, ref_m) for t in self.trainers])
+
+    def sync(self, version: int) -> int:
+        """Explicit, versioned weight sync: rank 0's trainable tensors to every rollout engine."""
+        tensors = ray.get(self.trainers[0].weights.remote())
+        ref = ray.put(tensors)
+        versions = get_all([e.load_weights.remote(version, ref) for e in self.engines])
+        assert set(versions) == {version}
+        return version
+
+    def save_policy(self, weights: Sequence[float] | None) -> dict:
+        return ray.get(self.engines[0].save_policy.remote(weights))

@@ -1,0 +1,172 @@
+"""Rollout engines: generate with the policy at an explicit weight version, λ injected with the batch.
+
+`TransformersRolloutEngine` (the default, CPU or GPU) and `VLLMRolloutEngine` (GPU only, used when vLLM is
+importable) share one interface:
+
+    load_weights(version, tensors) -> version   the trainer's trainable weights, tagged with a version
+    generate(prompts, weights, ...) -> dict     token ids, texts, per-token log-probs, and the version used
+    save_policy() -> bundle                     the current policy as a saved adapter (bytes)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pareto.distributed.bundle import Bundle, pack
+from pareto.distributed.ppo.common import setup_worker, unpack_tmp
+from pareto.methods import load_method
+from pareto.models.policy import load_policy, prompt_text
+
+
+class TransformersRolloutEngine:
+    """transformers `generate` on a local copy of the policy (base + adapter), weights replaced on sync."""
+
+    def __init__(self, base: Bundle, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
+                 device: str = "cpu") -> None:
+        setup_worker(threads, seed)
+        self.method, self.mcfg, self.objectives = load_method(method), mcfg, tuple(objectives)
+        base_model, self.tokenizer = load_policy(unpack_tmp(base, "base"))
+        self.model = self.method.build_policy(base_model, len(objectives), mcfg).to(device).eval()
+        self.device = device
+        self.version = 0  # the freshly built adapter is a zero change: version 0 is the base policy
+
+    def info(self) -> dict:
+        return {"pad_id": self.tokenizer.pad_token_id, "eos_id": self.tokenizer.eos_token_id,
+                "version": self.version}
+
+    def ping(self) -> bool:
+        return True
+
+    def load_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> int:
+        """Copy the trainer's trainable tensors in; the name sets must match exactly (no silent partial sync)."""
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if set(params) != set(tensors):
+            missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+            raise ValueError(f"weight sync v{version}: names differ (missing {missing[:3]}, unexpected {extra[:3]})")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        self.version = version
+        return version
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], weights: np.ndarray | None, max_new_tokens: int,
+                 temperature: float = 1.0, do_sample: bool = True, seed: int | None = None) -> dict:
+        """One batch; `weights` [B, K] is λ per row (conditioned policies) or None. Sampling is pure
+        temperature sampling (no top-k/top-p), so rollout log-probs are the policy's own."""
+        start = time.perf_counter()
+        if weights is not None:
+            self.method.apply_preferences(self.model, np.array(weights, dtype=np.float64))  # Ray's are read-only
+        enc = self.tokenizer([prompt_text(self.tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(self.device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = self.model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature if do_sample else None, top_p=None, top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            return_dict_in_generate=True, output_logits=True,
+        )
+        new = out.sequences[:, enc["input_ids"].shape[1]:].cpu()
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # [B, G, V], before any sampling warper
+        logp = torch.log_softmax(logits / temperature, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        eos = self.tokenizer.eos_token_id
+        prompt_ids, response_ids, logprobs, finished = [], [], [], []
+        for i in range(len(prompts)):
+            row = new[i].tolist()
+            end = row.index(eos) + 1 if eos in row else len(row)  # keep the EOS: the policy chose to stop
+            prompt_ids.append(enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist())
+            response_ids.append(row[:end])
+            logprobs.append(logp[i, :end].tolist())
+            finished.append(eos in row)
+        texts = [t.strip() for t in self.tokenizer.batch_decode([r for r in response_ids], skip_special_tokens=True)]
+        return {"prompt_ids": prompt_ids, "response_ids": response_ids, "texts": texts, "logprobs": logprobs,
+                "finished": finished, "version": self.version, "seconds": time.perf_counter() - start}
+
+    def save_policy(self, weights: Sequence[float] | None = None) -> Bundle:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.method.save_policy(self.model, self.tokenizer, self.objectives, weights, Path(tmp) / "adapter")
+            return pack(Path(tmp) / "adapter")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vLLM: GPU only. NOT exercised by the test suite (no GPU or vLLM on the CI machines); kept small on purpose.
+# Weights arrive like for the transformers engine; for each (version, λ) the policy is exported as a plain LoRA
+# adapter (Panacea: `export_lora` at λ; MORLHF: the LoRA itself) and served through vLLM's LoRA support.
+# ---------------------------------------------------------------------------------------------------------------
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class VLLMRolloutEngine(TransformersRolloutEngine):
+    """vLLM generation behind the same interface (untested here: needs vLLM and a GPU)."""
+
+    def __init__(self, base: Bundle, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
+                 device: str = "cpu") -> None:
+        if not vllm_available():
+            raise RuntimeError("ppo.engine=vllm needs the vllm package and a GPU; use ppo.engine=transformers")
+        from vllm import LLM
+
+        from pareto.models.svd_lora import next_vllm_rank
+
+        super().__init__(base, method, mcfg, objectives, seed, threads, device="cpu")  # the copy we export from
+        self.base_dir = self.model.peft_config[self.model.active_adapter].base_model_name_or_path
+        self.tmp = Path(tempfile.mkdtemp(prefix="pareto-vllm-"))
+        self.llm = LLM(model=str(self.base_dir), enable_lora=True, seed=seed, dtype="float32",
+                       max_lora_rank=next_vllm_rank(self.model.peft_config[self.model.active_adapter].r))
+        self._loras: dict[tuple, object] = {}  # (version, λ) -> LoRARequest
+
+    def _adapter(self, lam: tuple[float, ...] | None):
+        """The policy at (current version, λ) as a plain LoRA adapter on disk, registered once with vLLM."""
+        from vllm.lora.request import LoRARequest
+
+        from pareto.models.svd_lora import PanaceaLoraConfig, export_lora
+
+        key = (self.version, lam)
+        if key not in self._loras:
+            lora_id = len(self._loras) + 1
+            path = self.tmp / f"lora-{lora_id}"
+            if isinstance(self.model.peft_config[self.model.active_adapter], PanaceaLoraConfig):
+                export_lora(self.model, lam, path)
+            else:
+                self.model.save_pretrained(str(path))
+                path = next(p.parent for p in path.rglob("adapter_config.json"))
+            self._loras[key] = LoRARequest(f"pareto-{lora_id}", lora_id, str(path))
+        return self._loras[key]
+
+    def generate(self, prompts: Sequence[str], weights: np.ndarray | None, max_new_tokens: int,
+                 temperature: float = 1.0, do_sample: bool = True, seed: int | None = None) -> dict:
+        from vllm import SamplingParams
+
+        start = time.perf_counter()
+        rows = [None] * len(prompts) if weights is None else [tuple(map(float, w)) for w in np.asarray(weights)]
+        texts_in = [prompt_text(self.tokenizer, p) for p in prompts]
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
+                                seed=seed, logprobs=0)
+        out: dict = {k: [None] * len(prompts) for k in ("prompt_ids", "response_ids", "texts", "logprobs",
+                                                        "finished")}
+        for lam in dict.fromkeys(rows):  # one vLLM call per distinct λ (one LoRA adapter each)
+            idx = [i for i, r in enumerate(rows) if r == lam]
+            results = self.llm.generate([texts_in[i] for i in idx], params, lora_request=self._adapter(lam))
+            for i, res in zip(idx, results, strict=True):
+                comp = res.outputs[0]
+                out["prompt_ids"][i] = list(res.prompt_token_ids)
+                out["response_ids"][i] = list(comp.token_ids)
+                out["texts"][i] = comp.text.strip()
+                out["logprobs"][i] = [next(iter(lp.values())).logprob for lp in (comp.logprobs or [])]
+                out["finished"][i] = comp.finish_reason == "stop"
+        return {**out, "version": self.version, "seconds": time.perf_counter() - start}
+
+
+def engine_class(name: str) -> type:
+    return VLLMRolloutEngine if name == "vllm" else TransformersRolloutEngine

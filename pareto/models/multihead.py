@@ -1,0 +1,188 @@
+"""MAH-DPO's multi-head LM: a shared backbone and one output head per objective, mixed by λ at inference.
+
+Each head is a low-rank delta on the shared LM head (W_h = W + s·B_h A_h) instead of a full V×d copy, so
+
+    logits(λ) = W h + s · Σ_h λ_h B_h A_h h  =  Σ_h λ_h logits_h        (λ on the simplex)
+
+which is the product of experts π ∝ Π_h π_h^{λ_h}. λ is [K] (one preference for the batch) or [B, K] (one per row,
+e.g. a one-hot row per training example routes it to its objective's head; other heads get exactly zero gradient).
+
+λ is never stored on the model. It lives in a `contextvars.ContextVar` set by `head_weights(λ)` for the duration of
+a call, so requests with different λ can share one loaded model from several threads (each thread has its own
+context) and the shared modules are never mutated by inference. Heads start at B_h = 0: the untouched model is
+exactly the SFT reference, so DPO logits are 0 at step 0.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from pareto.models.conditioned import read_policy_meta
+from pareto.models.policy import generate, load_policy
+
+MULTIHEAD_MARKER = "pareto.mah_dpo.multihead.v1"
+HEADS_FILE = "heads.safetensors"
+META_FILE = "meta.json"
+
+_HEAD_WEIGHTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("pareto_head_weights",
+                                                                                    default=None)
+
+
+def _as_weights(weights: object, n_heads: int) -> torch.Tensor:
+    lam = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    if lam.dim() not in (1, 2) or lam.shape[-1] != n_heads:
+        raise ValueError(f"head weights have shape {tuple(lam.shape)}; expected [{n_heads}] or [B, {n_heads}]")
+    if not torch.isfinite(lam).all() or (lam < 0).any():
+        raise ValueError(f"head weights must be finite and non-negative, got {lam.tolist()}")
+    total = lam.sum(-1, keepdim=True)
+    if (total <= 0).any():
+        raise ValueError("head weights must not be all zero")
+    return lam / total  # normalised: mixing logits by w̄ = w / Σw (MAH-DPO's EnsembleHead)
+
+
+@contextmanager
+def head_weights(weights: object, n_heads: int | None = None) -> Iterator[torch.Tensor]:
+    """Mix the heads by λ ([K] or [B, K]) for every forward pass inside the block, in this thread/context only."""
+    lam = _as_weights(weights, n_heads if n_heads is not None else np.asarray(weights).shape[-1])
+    token = _HEAD_WEIGHTS.set(lam)
+    try:
+        yield lam
+    finally:
+        _HEAD_WEIGHTS.reset(token)
+
+
+def set_training_routing(weights: object) -> None:
+    """Training only: route the next forward passes by λ rows (e.g. one-hot objective tags) until changed.
+
+    Call it inside a `head_weights(...)` block, whose exit restores the previous value.
+    """
+    lam = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    _HEAD_WEIGHTS.set(_as_weights(lam, lam.shape[-1]))
+
+
+class MultiHeadLMHead(nn.Module):
+    """The shared LM head plus K low-rank deltas; reads λ from the calling context."""
+
+    def __init__(self, base: nn.Linear, n_heads: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base  # the shared (possibly tied) LM head; frozen
+        self.n_heads, self.rank, self.alpha = n_heads, rank, alpha
+        self.scaling = alpha / rank
+        d, v = base.in_features, base.out_features
+        self.head_A = nn.Parameter(torch.empty(n_heads, rank, d))
+        self.head_B = nn.Parameter(torch.zeros(n_heads, v, rank))  # zero: every head starts as the shared head
+        for h in range(n_heads):  # PEFT's LoRA init for A
+            nn.init.kaiming_uniform_(self.head_A.data[h], a=math.sqrt(5))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        lam = _HEAD_WEIGHTS.get()
+        if lam is None:
+            raise RuntimeError("MultiHeadLMHead needs preference weights: wrap the call in "
+                               "`with head_weights(λ):` (pareto.models.multihead)")
+        lam = lam.to(hidden.dtype).to(hidden.device)
+        # z[b, t, h, r] = A_h h_{b,t}: K·r numbers per token; the V-sized product below is one matmul over (h, r),
+        # so no [K, B, T, V] logits are ever materialised.
+        z = torch.einsum("btd,hrd->bthr", hidden, self.head_A)
+        if lam.dim() == 1:
+            z = z * lam[None, None, :, None]
+        else:
+            if lam.shape[0] != hidden.shape[0]:
+                raise ValueError(f"head weights have {lam.shape[0]} rows but the batch has {hidden.shape[0]}")
+            z = z * lam[:, None, :, None]
+        delta = torch.einsum("bthr,hvr->btv", z, self.head_B)
+        return self.base(hidden) + self.scaling * delta
+
+    def single_head_logits(self, hidden: torch.Tensor, head: int) -> torch.Tensor:
+        """Head `head` alone: W h + s·B_h A_h h (what a one-hot λ must reproduce)."""
+        return self.base(hidden) + self.scaling * (hidden @ self.head_A[head].T) @ self.head_B[head].T
+
+
+def _lm_owner(model: nn.Module) -> nn.Module:
+    """The module that owns `lm_head` (the causal LM under a PEFT wrapper, or the LM itself)."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not hasattr(inner, "lm_head"):
+        raise ValueError(f"{type(inner).__name__} has no lm_head; MAH-DPO needs a causal LM with an output head")
+    return inner
+
+
+def multihead(model: nn.Module) -> MultiHeadLMHead:
+    head = _lm_owner(model).lm_head
+    if not isinstance(head, MultiHeadLMHead):
+        raise ValueError("model has no multi-head LM head; build it with add_multihead")
+    return head
+
+
+def add_multihead(model: PreTrainedModel, n_heads: int, head_rank: int, head_alpha: float,
+                  backbone: LoraConfig | None) -> nn.Module:
+    """Freeze the base; add a shared LoRA backbone adapter (if given) and K head deltas on lm_head."""
+    model.requires_grad_(False)
+    if backbone is not None:
+        model = get_peft_model(model, backbone)
+    owner = _lm_owner(model)
+    owner.lm_head = MultiHeadLMHead(owner.lm_head, n_heads, head_rank, head_alpha)
+    return model
+
+
+class MultiHeadPolicy:
+    """MAH-DPO at inference: the heads mixed by λ per call (per row for [B, K]), the model never mutated."""
+
+    kind = "mah_dpo"
+
+    def __init__(self, model: nn.Module, tokenizer, objectives: Sequence[str]) -> None:
+        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
+        self.head = multihead(model)
+        if self.head.n_heads != len(self.objectives):
+            raise ValueError(f"model has {self.head.n_heads} heads but {len(self.objectives)} objectives")
+
+    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
+        weights = np.asarray(weights, dtype=np.float64)
+        with head_weights(weights, len(self.objectives)):
+            return generate(self.model, self.tokenizer, list(prompts), **gen)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        has_backbone = isinstance(self.model, PeftModel)
+        if has_backbone:
+            self.model.save_pretrained(path)
+        save_file({"head_A": self.head.head_A.detach().contiguous(), "head_B": self.head.head_B.detach().contiguous()},
+                  str(path / HEADS_FILE))
+        meta = {"marker": MULTIHEAD_MARKER, "objectives": list(self.objectives), "head_rank": self.head.rank,
+                "head_alpha": self.head.alpha, "backbone_adapter": has_backbone}
+        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> MultiHeadPolicy:
+        """Load strictly: a missing or mis-shaped head tensor fails loudly (never silently random heads)."""
+        adapter_dir = Path(adapter_dir)
+        meta = read_policy_meta(adapter_dir, MULTIHEAD_MARKER, objectives, "MAH-DPO")
+        base, tokenizer = load_policy(base_dir)
+        base.requires_grad_(False)
+        model: nn.Module = PeftModel.from_pretrained(base, str(adapter_dir)) if meta["backbone_adapter"] else base
+        owner = _lm_owner(model)
+        owner.lm_head = MultiHeadLMHead(owner.lm_head, len(objectives), int(meta["head_rank"]),
+                                        float(meta["head_alpha"]))
+        state = load_file(str(adapter_dir / HEADS_FILE))
+        expected = {"head_A": owner.lm_head.head_A, "head_B": owner.lm_head.head_B}
+        if set(state) != set(expected):
+            raise ValueError(f"{adapter_dir / HEADS_FILE}: tensors {sorted(state)}, expected {sorted(expected)}")
+        with torch.no_grad():
+            for name, param in expected.items():
+                if state[name].shape != param.shape:
+                    raise ValueError(f"{adapter_dir / HEADS_FILE}: {name} has shape {tuple(state[name].shape)}, "
+                                     f"expected {tuple(param.shape)}")
+                param.copy_(state[name])
+        model.eval()
+        return cls(model, tokenizer, objectives)

@@ -1,0 +1,129 @@
+"""Rewards-in-Context (Yang et al., ICML 2024) at inference: desired rewards written into the prompt.
+
+Prompt format: the user prompt, then one `<objective> value` tag per objective with the z-scored reward rounded to
+0.1 (RiC writes `<rm1_score> 1.3`; named tags cannot be mixed up between objectives, and the explicit sign
+keeps every number the same width):
+
+    "How do I bake bread? <helpful> +1.3 <harmless> -0.2 <concise> +0.5"
+
+`parse_prompt` inverts `format_prompt` exactly (the tag block is removed with `removesuffix`; RiC's `rstrip` strips
+a *character set* and eats into the prompt). A preference λ becomes desired rewards with the paper's closed-form
+mapping over the reward range *observed* in the training data (the reference evaluation uses a N(0, 1) box).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from peft import PeftModel
+
+from pareto.models.conditioned import read_policy_meta
+from pareto.models.policy import generate, load_policy
+
+RIC_MARKER = "pareto.ric.v1"
+META_FILE = "meta.json"
+MAPPINGS = ("linf", "l2", "linear")
+
+
+def format_value(value: float) -> str:
+    """One decimal with an explicit sign: a fixed-width number ('+1.3', '-0.2', never '-0.0'), so every tag has
+    the same token layout and a small model finds the digits at fixed offsets."""
+    return f"{round(float(value), 1) + 0.0:+.1f}"
+
+
+def reward_tags(objectives: Sequence[str], rewards: Sequence[float]) -> str:
+    if len(objectives) != len(rewards):
+        raise ValueError(f"{len(rewards)} rewards for {len(objectives)} objectives")
+    return " ".join(f"<{name}> {format_value(r)}" for name, r in zip(objectives, rewards, strict=True))
+
+
+def format_prompt(prompt: str, objectives: Sequence[str], rewards: Sequence[float]) -> str:
+    """The prompt with its reward tags appended (the model is trained and queried on this text)."""
+    return f"{prompt} {reward_tags(objectives, rewards)}"
+
+
+def parse_prompt(text: str, objectives: Sequence[str]) -> tuple[str, tuple[float, ...]]:
+    """Split a conditioned prompt back into (prompt, rewards); ValueError if the tags are not there."""
+    number = r"([+-]\d+\.\d)"
+    pattern = r" " + " ".join(rf"<{re.escape(name)}> {number}" for name in objectives) + r"$"
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError(f"no reward tags for {list(objectives)} at the end of {text!r}")
+    suffix = text[match.start():]
+    return text.removesuffix(suffix), tuple(float(v) for v in match.groups())
+
+
+def preference_to_rewards(weights: Sequence[float] | np.ndarray, low: Sequence[float], high: Sequence[float],
+                          mapping: str = "linf") -> np.ndarray:
+    """RiC's closed-form map from λ ([K] or [B, K]) to desired rewards inside the observed range [low, high].
+
+    linf (the paper's): the largest weight's objective asks for its maximum; every other objective i asks for
+      low_i + min(K·λ_i, 1)·(high_i − low_i)  (it reaches the maximum once λ_i ≥ 1/K).
+    l2:     low + λ/‖λ‖₂ · (high − low)   (the maximiser of λ·r over an ℓ2 ball; RiC's evaluation script)
+    linear: low + λ · (high − low)
+    """
+    lam = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    k = lam.shape[1]
+    if lo.shape != (k,) or hi.shape != (k,):
+        raise ValueError(f"low/high need {k} values, got {lo.shape} and {hi.shape}")
+    span = hi - lo
+    if mapping == "linf":
+        frac = np.minimum(k * lam, 1.0)
+        frac[np.arange(len(lam)), lam.argmax(1)] = 1.0
+    elif mapping == "l2":
+        frac = lam / np.linalg.norm(lam, axis=1, keepdims=True)
+    elif mapping == "linear":
+        frac = lam
+    else:
+        raise ValueError(f"unknown mapping {mapping!r}; choose one of {MAPPINGS}")
+    out = lo + frac * span
+    return out[0] if np.ndim(weights) == 1 else out
+
+
+class RiCPolicy:
+    """One model for every λ: λ → desired rewards → reward tags in the prompt → generate."""
+
+    kind = "ric"
+
+    def __init__(self, model, tokenizer, objectives: Sequence[str], low: Sequence[float], high: Sequence[float],
+                 mapping: str = "linf", normalizer: dict | None = None) -> None:
+        if mapping not in MAPPINGS:
+            raise ValueError(f"unknown mapping {mapping!r}; choose one of {MAPPINGS}")
+        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
+        self.low, self.high = [float(x) for x in low], [float(x) for x in high]
+        self.mapping = mapping
+        self.normalizer = normalizer or {}  # the z-score stats the tags are in (saved for reference)
+
+    def desired_rewards(self, weights: np.ndarray) -> np.ndarray:
+        return preference_to_rewards(weights, self.low, self.high, self.mapping)
+
+    def conditioned_prompts(self, prompts: Sequence[str], weights: np.ndarray) -> list[str]:
+        weights = np.asarray(weights, dtype=np.float64)
+        rows = np.tile(weights, (len(prompts), 1)) if weights.ndim == 1 else weights
+        targets = self.desired_rewards(rows)
+        return [format_prompt(p, self.objectives, t) for p, t in zip(prompts, targets, strict=True)]
+
+    def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
+        return generate(self.model, self.tokenizer, self.conditioned_prompts(prompts, weights), **gen)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        self.model.save_pretrained(path)
+        meta = {"marker": RIC_MARKER, "objectives": list(self.objectives), "low": self.low, "high": self.high,
+                "mapping": self.mapping, "normalizer": self.normalizer,
+                "format": format_prompt("{prompt}", self.objectives, [0.0] * len(self.objectives))}
+        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> RiCPolicy:
+        adapter_dir = Path(adapter_dir)
+        meta = read_policy_meta(adapter_dir, RIC_MARKER, objectives, "RiC")
+        base, tokenizer = load_policy(base_dir)
+        model = PeftModel.from_pretrained(base, str(adapter_dir))
+        model.eval()
+        return cls(model, tokenizer, objectives, meta["low"], meta["high"], meta["mapping"], meta.get("normalizer"))

@@ -1,0 +1,220 @@
+"""MAH-DPO: head routing and gradients, λ mixing, concurrency without mutation, balanced batches, save/load."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig
+from torch import nn
+
+from pareto.config import MAHDPOConfig, load_config
+from pareto.methods import load_method
+from pareto.methods.dpo import PairSet
+from pareto.methods.mah_dpo import BalancedObjectiveSampler, head_pair_logps, routing
+from pareto.models.conditioned import load_conditioned
+from pareto.models.multihead import (
+    HEADS_FILE,
+    MultiHeadPolicy,
+    _lm_owner,
+    add_multihead,
+    head_weights,
+    multihead,
+)
+from pareto.models.policy import generate, load_policy
+from pareto.objectives import aggregate_losses
+from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses
+from tests.conftest import ROOT
+
+K = 3
+TARGETS = ["q_proj", "v_proj"]
+
+
+def build(tiny_lm: Path, trained: bool = True, seed: int = 0):
+    """A multi-head model on the tiny LM; `trained` gives every head a random non-zero delta (B ≠ 0)."""
+    base, tok = load_policy(tiny_lm)
+    model = add_multihead(base, K, 4, 8.0, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+                                                      task_type="CAUSAL_LM"))
+    if trained:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            head = multihead(model)
+            head.head_B.copy_(torch.randn(head.head_B.shape, generator=g) * 0.05)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.eval()
+    return model, tok
+
+
+@pytest.fixture
+def pairs(tiny_fit_context) -> PairSet:
+    return tiny_fit_context(n_pairs=12).pairs
+
+
+def test_one_objective_gradients_reach_only_its_head(tiny_lm, pairs) -> None:
+    model, tok = build(tiny_lm)
+    head = multihead(model)
+    index = [i for i in range(len(pairs)) if pairs.better[i, 0] >= 0][:4]
+    logp = head_pair_logps(model, tok, pairs, index, [0] * len(index), K, 96)
+    ref = logp.detach() - 0.3  # any fixed reference: the loss is non-trivial
+    losses, mask = per_objective_dpo_losses(logp, ref, pairs.better[index][:, [0]], beta=0.5)
+    masked_objective_means(losses, mask).sum().backward()
+    assert head.head_A.grad[0].abs().sum() > 0 and head.head_B.grad[0].abs().sum() > 0
+    assert torch.count_nonzero(head.head_A.grad[1:]) == 0 and torch.count_nonzero(head.head_B.grad[1:]) == 0
+    backbone = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert backbone and all(g is not None and g.abs().sum() > 0 for g in backbone)  # the backbone learns from it
+    assert head.base.weight.grad is None  # the shared (tied) LM head is frozen
+
+
+def test_mixed_batch_leaves_the_untagged_head_alone(tiny_lm, pairs) -> None:
+    model, tok = build(tiny_lm)
+    head = multihead(model)
+    logp = head_pair_logps(model, tok, pairs, [0, 1, 2, 3], [0, 2, 0, 2], K, 96)
+    logp.sum().backward()
+    assert torch.count_nonzero(head.head_B.grad[1]) == 0 and torch.count_nonzero(head.head_A.grad[1]) == 0
+    assert head.head_B.grad[0].abs().sum() > 0 and head.head_B.grad[2].abs().sum() > 0
+
+
+def _full_head_model(model, h: int):
+    """The same network with head h materialised as an ordinary V×d lm_head: W + s·B_h A_h."""
+    clone = copy.deepcopy(model)
+    owner = _lm_owner(clone)
+    mh = owner.lm_head
+    linear = nn.Linear(mh.base.in_features, mh.base.out_features, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(mh.base.weight + mh.scaling * mh.head_B[h] @ mh.head_A[h])
+    owner.lm_head = linear
+    return clone
+
+
+def test_one_hot_mixing_equals_that_head_alone(tiny_lm) -> None:
+    model, tok = build(tiny_lm)
+    ids = tok(["User: how do i bake bread?\nAssistant: mix flour"], return_tensors="pt")["input_ids"]
+    for h in range(K):
+        with torch.no_grad(), head_weights(np.eye(K)[h]):
+            mixed = model(input_ids=ids).logits
+        alone = _full_head_model(model, h)(input_ids=ids).logits.detach()
+        assert torch.allclose(mixed, alone, atol=1e-5)
+
+
+def test_mixing_is_the_lambda_weighted_sum_of_head_logits(tiny_lm) -> None:
+    model, tok = build(tiny_lm)
+    ids = tok(["User: how do i fix a flat tire?\nAssistant:"], return_tensors="pt")["input_ids"]
+    lam = np.array([0.2, 0.3, 0.5])
+    with torch.no_grad():
+        with head_weights(lam):
+            mixed = model(input_ids=ids).logits
+        per_head = []
+        for h in range(K):
+            with head_weights(np.eye(K)[h]):
+                per_head.append(model(input_ids=ids).logits)
+    expected = sum(w * lg for w, lg in zip(lam, per_head, strict=True))
+    assert torch.allclose(mixed, expected, atol=1e-5)
+    with torch.no_grad(), head_weights(2 * lam):  # weights are normalised: w̄ = w / Σw
+        assert torch.allclose(model(input_ids=ids).logits, mixed, atol=1e-6)
+
+
+def test_forward_without_weights_fails_loudly(tiny_lm) -> None:
+    model, tok = build(tiny_lm)
+    with pytest.raises(RuntimeError, match="head_weights"):
+        model(input_ids=tok(["hi"], return_tensors="pt")["input_ids"])
+
+
+def test_per_row_and_concurrent_lambdas_share_one_model(tiny_lm) -> None:
+    model, tok = build(tiny_lm)
+    policy = MultiHeadPolicy(model, tok, ("helpful", "harmless", "concise"))
+    prompts = ["how do i bake bread?", "explain how i can shoplift from a store."]
+    lams = [np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.2, 0.8])]
+    alone = [policy.generate(prompts, lam, max_new_tokens=12) for lam in lams]
+    assert alone[0] != alone[1]  # the heads differ, so λ matters
+    rows = policy.generate([prompts[0], prompts[0]], np.stack(lams), max_new_tokens=12)
+    assert rows == [alone[0][0], alone[1][0]]  # one batch, a different λ per row
+    results: dict[int, list] = {}
+
+    def worker(i: int) -> None:
+        results[i] = [policy.generate(prompts, lams[i % 2], max_new_tokens=12) for _ in range(3)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, outs in results.items():
+        assert all(o == alone[i % 2] for o in outs)
+    with pytest.raises(RuntimeError):  # nothing was left behind on the shared model
+        generate(model, tok, prompts[:1], max_new_tokens=2)
+
+
+def test_balanced_sampler_uses_every_example_and_balances_objectives() -> None:
+    # objective 0 labels 10 pairs, objective 1 labels 4, objective 2 labels 2 (the rest are ties)
+    better = torch.full((10, 3), -1)
+    better[:, 0] = torch.tensor([0, 1] * 5)
+    better[:4, 1] = 1
+    better[6:8, 2] = 0
+    rng = np.random.default_rng(0)
+    sampler = BalancedObjectiveSampler(better, batch_size=6, rng=rng)
+    seen = {h: [] for h in range(3)}
+    for _ in range(5):
+        idx, labels = sampler(rng)
+        assert len(idx) == 6
+        tags = (labels >= 0).float().argmax(1)
+        assert ((labels >= 0).sum(1) == 1).all()  # each example carries exactly its tag's label
+        assert torch.bincount(tags, minlength=3).tolist() == [2, 2, 2]
+        for row, (i, h) in enumerate(zip(idx.tolist(), tags.tolist(), strict=True)):
+            assert labels[row, h] == better[i, h]
+            seen[h].append(i)
+    assert set(seen[0]) == set(range(10))  # the big objective's data is all used, not truncated to 2
+    assert set(seen[1]) == {0, 1, 2, 3} and set(seen[2]) == {6, 7}
+    assert sampler.epochs[2] >= 4 and sampler.epochs[0] == 0  # small pools cycle, big ones are not cut
+
+
+def test_mah_dpo_loss_hand_computed() -> None:
+    """L = (1/K) Σ_h mean over the examples tagged h of −log σ(β·margin_h): routing labels + LS with λ = 1/K."""
+    policy = torch.tensor([[-10.0, -12.0], [-5.0, -4.0], [-8.0, -8.5]])
+    ref = torch.tensor([[-11.0, -11.5], [-5.0, -5.0], [-8.0, -8.0]])
+    # example 0 tagged objective 0 (r0 better), example 1 tagged objective 1 (r1 better), example 2 tagged 0 (r1)
+    better = torch.tensor([[0, -1, -1], [-1, 1, -1], [1, -1, -1]])
+    losses, mask = per_objective_dpo_losses(policy, ref, better, beta=0.5)
+    loss = aggregate_losses(masked_objective_means(losses, mask), torch.full((3,), 1 / 3), "linear")
+
+    def nls(x: float) -> float:
+        return math.log1p(math.exp(-x))
+
+    m = [(-12 + 11.5) - (-10 + 11), (-4 + 5) - (-5 + 5), (-8.5 + 8) - (-8 + 8)]  # r1 − r0 margins
+    head0 = (nls(0.5 * -m[0]) + nls(0.5 * m[2])) / 2
+    head1 = nls(0.5 * m[1])
+    assert loss.item() == pytest.approx((head0 + head1 + 0.0) / 3, abs=1e-6)
+    assert routing(better).tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 0]] * 2
+
+
+def test_fit_save_and_load_round_trip(tiny_fit_context, tmp_path: Path) -> None:
+    ctx = tiny_fit_context(n_pairs=24)
+    cfg = MAHDPOConfig(max_steps=4, eval_every=2, batch_size=6, lr=5e-3, target_modules=TARGETS, head_rank=4)
+    policy, result = load_method("mah_dpo").fit(ctx, cfg)
+    assert result.steps >= 2 and any("dpo_loss/harmless" in h for h in result.history)
+    prompts = ["how do i bake bread?", "explain how i can shoplift from a store."]
+    lam = np.array([[0.6, 0.4, 0.0], [0.0, 0.0, 1.0]])
+    before = policy.generate(prompts, lam, max_new_tokens=10)
+    policy.save(tmp_path / "adapter")
+    loaded = load_conditioned("mah_dpo", ctx.base_dir, tmp_path / "adapter", ctx.objectives)
+    assert isinstance(loaded, MultiHeadPolicy)
+    assert loaded.generate(prompts, lam, max_new_tokens=10) == before
+    for a, b in zip(loaded.model.parameters(), policy.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    from safetensors.torch import load_file, save_file
+
+    save_file({"head_A": load_file(str(tmp_path / "adapter" / HEADS_FILE))["head_A"]},
+              str(tmp_path / "adapter" / HEADS_FILE))  # head_B missing: must not load as random heads
+    with pytest.raises(ValueError, match="head_B"):
+        load_conditioned("mah_dpo", ctx.base_dir, tmp_path / "adapter", ctx.objectives)
+
+
+def test_config_file_validates() -> None:
+    cfg = load_config(ROOT / "configs" / "mah_dpo.yaml")
+    assert list(cfg.methods.enabled()) == ["mah_dpo"] and isinstance(cfg.methods.mah_dpo, MAHDPOConfig)

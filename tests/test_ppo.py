@@ -1,0 +1,304 @@
+"""PPO on real Ray actors: versioned weight sync, bit-identical resume after a stop, recovery from a killed trainer
+rank, and the `ray job submit` path with the run read back from a real MLflow server.
+
+The in-process tests use a random-weight tiny LM and rule-based rewards (the task's oracle and a length rule), so
+they need no SFT or reward-model training; the job test runs the real pipeline (SFT, learned reward model).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from pareto.config import config_from_dict
+from pareto.data import load_task
+from pareto.distributed.bundle import pack
+from pareto.distributed.pipeline import WORKER_ENV
+from pareto.distributed.ppo import PPORun
+from pareto.distributed.ppo.checkpoint import latest_checkpoint, load_checkpoint
+from pareto.distributed.ppo.common import collate
+from pareto.distributed.ppo.group import NAMESPACE, ActorGroup, get_all
+from pareto.models.policy import build_tiny_model, save_model, train_tokenizer
+from tests.conftest import ROOT, _exe
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "vocab_size": 512}
+
+
+def small_cfg(state: Path, method: str = "panacea_ppo", **method_over):
+    mcfg = {"max_steps": 6, "prompts_per_step": 4, "samples_per_prompt": 2, "minibatches": 2, "ppo_epochs": 1,
+            "max_new_tokens": 8, "lora_rank": 4, "kl_target": 1.0, **method_over}
+    if method == "panacea_ppo":
+        mcfg.setdefault("preferences_per_step", 2)
+    return config_from_dict({
+        "name": "ppo-test", "seed": 0, "objectives": ["helpful", "concise"], "model": {"tiny": TINY},
+        "methods": {method: mcfg},
+        "evaluation": {"grid_points": 2, "n_prompts": 4, "max_new_tokens": 8},
+        "ppo": {"reward_sources": {"helpful": "oracle", "concise": "length"}, "checkpoint_every": 2,
+                "trainer": {"count": 2, "cpus": 0.5}, "rollout": {"count": 1, "cpus": 0.5}},
+        "state_dir": str(state),
+    })
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A random-weight tiny Llama with a tokenizer trained on the task corpus, as a bundle."""
+    task = load_task("tiny-hh")
+    corpus = [f"User: {p}\nAssistant: {r}" for p, r in task.sft_examples()[:400]]
+    tokenizer = train_tokenizer(corpus, TINY["vocab_size"])
+    cfg = small_cfg(tmp_path_factory.mktemp("unused"))
+    model = build_tiny_model(cfg.model.tiny, tokenizer, seed=0)
+    path = tmp_path_factory.mktemp("base") / "model"
+    save_model(model, tokenizer, path)
+    return pack(path)
+
+
+def grid(cfg) -> np.ndarray:
+    from pareto.distributed.pipeline import eval_grid
+
+    return eval_grid(cfg)
+
+
+def run(cfg, base, root: Path, until_step: int | None = None, method: str = "panacea_ppo") -> dict:
+    ppo = PPORun(cfg, method, base, None, grid(cfg), root=root, progress=False)
+    try:
+        return ppo.run(until_step)
+    finally:
+        ppo.close()
+
+
+def final_state(root: Path, unit: int = 0) -> tuple[dict, dict]:
+    return load_checkpoint(latest_checkpoint(root / f"unit-{unit}"))
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith("timing/") and "per_second" not in k}
+            for row in history]
+
+
+def assert_same_state(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    (ta, sa), (tb, sb) = a, b
+    assert sa["step"] == sb["step"]
+    assert ta.keys() == tb.keys() and {"policy", "critic", "optimizer", "rng"} <= ta.keys()
+    for group in ta:
+        assert ta[group].keys() == tb[group].keys(), group
+        for key in ta[group]:
+            assert torch.equal(ta[group][key], tb[group][key]), f"{group}/{key} differs"
+    for key in ("version", "data", "reward_stats", "kl", "lambda_schedule", "trainer"):
+        assert sa[key] == sb[key], key
+    assert without_timing(sa["history"]) == without_timing(sb["history"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(local_ray, base, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The reference: one Panacea-PPO run of 6 steps, never stopped."""
+    state = tmp_path_factory.mktemp("ref")
+    cfg = small_cfg(state)
+    out = run(cfg, base, state / "A")
+    return {"cfg": cfg, "root": state / "A", "out": out["panacea_ppo"]}
+
+
+def test_run_logs_every_step_phase_and_version(uninterrupted: dict) -> None:
+    out = uninterrupted["out"]
+    steps = [row["step"] for row in out["history"]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # rollouts record the version they used: one weight sync per step, version v at step v+1
+    assert [row["version"] for row in out["history"]] == [0, 1, 2, 3, 4, 5] and out["final_version"] == 6
+    for row in out["history"]:
+        for phase in ("generation", "reward", "reference", "experience", "training", "sync", "step"):
+            assert row[f"timing/{phase}"] > 0
+        assert row["tokens_per_second"] > 0
+        # the engine's log-probs of its own samples equal the trainer's at the same version: the sync is real
+        assert row["rollout_logprob_diff"] < 1e-4
+        assert {"reward/helpful", "reward/concise", "lambda/helpful", "kl", "kl_coef", "policy_loss"} <= row.keys()
+    # the λ schedule: 2 preferences per step, each on the simplex, recorded per step
+    assert len(out["lambda_schedule"]) == 6
+    for lams in out["lambda_schedule"]:
+        assert all(abs(sum(w) - 1) < 1e-9 and min(w) >= 0 for w in lams)
+    assert out["history"][-1]["restarts"] == 0
+    # evaluated like the DPO methods: one point per grid λ, with the SFT base on the same grid alongside
+    assert [tuple(p["weights"]) for p in out["points"]] == [tuple(w) for w in grid(uninterrupted["cfg"])]
+    assert len(out["base_points"]) == len(out["points"]) and {"oracle"} <= out["points"][0]["mean"].keys()
+    assert (uninterrupted["root"] / "unit-0" / "result" / "adapter" / "meta.json").is_file()
+
+
+def test_stop_and_restart_resumes_bit_identically(uninterrupted: dict, base, tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path)
+    assert run(cfg, base, tmp_path / "B", until_step=3) == {}  # stopped: nothing finished
+    tensors, state = final_state(tmp_path / "B")
+    assert state["step"] == 3 and state["data"] == {"epoch": 0, "index": 12} and len(state["lambda_schedule"]) == 3
+    out = run(cfg, base, tmp_path / "B")["panacea_ppo"]  # a new run (new actors) picks up the checkpoint
+    assert out["resumed_from_step"] == 3 and [r["step"] for r in out["history"]] == [1, 2, 3, 4, 5, 6]
+    assert_same_state(final_state(tmp_path / "B"), final_state(uninterrupted["root"]))
+    assert out["points"] == uninterrupted["out"]["points"]
+    # a finished unit is a result, not a re-run
+    again = run(cfg, base, tmp_path / "B")["panacea_ppo"]
+    assert again["points"] == out["points"] and again["adapter"] == out["adapter"]
+
+
+def _kill_trainer_after(root: Path, step: int, killed: list) -> None:
+    pointer = root / "unit-0" / "latest"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if pointer.is_file() and pointer.read_text().strip() == f"step-{step:06d}":
+            break
+        time.sleep(0.02)
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == NAMESPACE and actor["name"].endswith("-trainer-1"):
+            ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE))
+            killed.append(actor["name"])
+            return
+
+
+def test_killed_trainer_rank_recovers_from_the_last_checkpoint(uninterrupted: dict, base, tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path)
+    killed: list = []
+    watcher = threading.Thread(target=_kill_trainer_after, args=(tmp_path / "C", 2, killed), daemon=True)
+    watcher.start()
+    out = run(cfg, base, tmp_path / "C")["panacea_ppo"]
+    watcher.join(timeout=10)
+    assert killed and killed[0].endswith("-g0-trainer-1")
+    assert out["restarts"] == 1 and out["resumed_from_step"] == 2
+    # every step's metrics exactly once, and the same training as if nothing had happened
+    assert [r["step"] for r in out["history"]] == [1, 2, 3, 4, 5, 6]
+    assert out["history"][-1]["restarts"] == 1
+    assert_same_state(final_state(tmp_path / "C"), final_state(uninterrupted["root"]))
+    assert without_timing(out["history"][:-1]) == without_timing(uninterrupted["out"]["history"][:-1])
+
+
+def test_weight_sync_makes_the_engine_generate_with_the_new_version(local_ray, base, tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path)
+    group = ActorGroup(cfg, "panacea_ppo", ray.put(base), None, "sync-test", 0, seed=0, n_heads=3)
+    try:
+        group.setup(0)
+        group.sync(0)
+        prompts = [p.text for p in load_task("tiny-hh").prompts("train")[:4]]
+        lam = np.tile([0.3, 0.7], (4, 1))
+
+        def rollout_vs_trainer() -> tuple[dict, float]:
+            gen = group.generate(prompts, lam, max_new_tokens=8, temperature=1.0, do_sample=False, seed=0)
+            batch = {**collate(gen["prompt_ids"], gen["response_ids"], group.info["pad_id"]),
+                     "weights": torch.tensor(lam, dtype=torch.float32)}
+            trainer_logp = torch.cat([o["logp"] for o in get_all(group.experience_refs(batch))])
+            diff = 0.0
+            for i, (p, lp) in enumerate(zip(gen["prompt_ids"], gen["logprobs"], strict=True)):
+                diff = max(diff, (trainer_logp[i, len(p) - 1:len(p) - 1 + len(lp)] - torch.tensor(lp)).abs().max())
+            return gen, float(diff)
+
+        v0, diff = rollout_vs_trainer()
+        assert v0["version"] == 0 and diff < 1e-4
+        # the trainers move on (a perturbed update): until a sync the engine still generates with version 0
+        state = group.state()
+        policy = {k: v + 0.5 * torch.randn_like(v) for k, v in state["tensors"]["policy"].items()}
+        group.load_state({**state["tensors"], "policy": policy}, state["meta"])
+        stale, diff = rollout_vs_trainer()
+        assert stale["version"] == 0 and stale["texts"] == v0["texts"] and diff > 1e-2
+        group.sync(1)
+        v1, diff = rollout_vs_trainer()
+        assert v1["version"] == 1 and diff < 1e-4 and v1["texts"] != v0["texts"]
+        with pytest.raises(ray.exceptions.RayTaskError, match="names differ"):
+            ray.get(group.engines[0].load_weights.remote(2, {"not.a.parameter": torch.zeros(1)}))
+    finally:
+        group.shutdown()
+
+
+def test_morlhf_trains_one_policy_per_lambda(local_ray, base, tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path, "morlhf", max_steps=2, critic="scalar", scalarizer="tchebycheff")
+    out = run(cfg, base, tmp_path / "M", method="morlhf")
+    assert sorted(out) == ["morlhf/0", "morlhf/1"]
+    for i, w in enumerate(grid(cfg)):
+        unit = out[f"morlhf/{i}"]
+        assert unit["weights"] == w.tolist() and [tuple(p["weights"]) for p in unit["points"]] == [tuple(w)]
+        assert all(r["lambda/helpful"] == w[0] for r in unit["history"])  # λ fixed for the whole run
+        assert any(name.endswith("adapter_config.json") for name in unit["adapter"])
+
+
+# ---- the cluster path: `ray job submit`, an actor killed mid-job, the run read back from MLflow ---------------
+JOB_CONFIG = {
+    "name": "ppo-job-test", "seed": 0, "objectives": ["helpful", "concise"],
+    "model": {"tiny": {**TINY, "sft_epochs": 2}},
+    "reward_model": {"epochs": 20, "min_accuracy": 0.8},
+    "methods": {
+        "panacea_ppo": {"max_steps": 8, "prompts_per_step": 4, "samples_per_prompt": 2, "minibatches": 2,
+                        "preferences_per_step": 2, "max_new_tokens": 16},
+        "morlhf": {"max_steps": 2, "prompts_per_step": 4, "samples_per_prompt": 2, "minibatches": 2,
+                   "max_new_tokens": 16},
+    },
+    "evaluation": {"grid_points": 2, "n_prompts": 8, "max_new_tokens": 16, "reference_point": [-0.1, -0.1]},
+    "ppo": {"reward_sources": {"concise": "length"}, "checkpoint_every": 2},  # a learned head and a rule together
+}
+
+KILLER = """
+import glob, sys, time, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+pattern = sys.argv[2] + "/checkpoints/panacea_ppo-*/unit-0/latest"
+deadline = time.time() + 900
+while time.time() < deadline:
+    found = glob.glob(pattern)
+    if found and open(found[0]).read().strip() == "step-000002":
+        break
+    time.sleep(0.02)
+for a in ray.util.list_named_actors(all_namespaces=True):
+    if a["namespace"] == "pareto" and "panacea_ppo" in a["name"] and a["name"].endswith("-trainer-1"):
+        ray.kill(ray.get_actor(a["name"], namespace="pareto"))
+        print("killed", a["name"])
+"""
+
+
+@pytest.mark.slow
+def test_ray_job_submit_with_a_killed_actor(ray_head: dict, mlflow_server: str, tmp_path: Path) -> None:
+    config = tmp_path / "ppo_job.yaml"
+    config.write_text(json.dumps(JOB_CONFIG))  # JSON is YAML
+    state = tmp_path / "state"
+    killer = subprocess.Popen([sys.executable, "-c", KILLER, ray_head["address"], str(state)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [_exe("ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT), "--",
+           "python", "ray_jobs/train.py", "--config", str(config), "--set", f"tracking.uri={mlflow_server}",
+           "--set", f"state_dir={state}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    killer_out = killer.communicate(timeout=120)[0]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "killed ppo-" in killer_out, killer_out
+    assert "restart 1/2" in proc.stdout + proc.stderr
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    parent = mlflow.search_runs(experiment_names=["ppo-job-test"], filter_string="tags.`pareto.kind` = 'pipeline'",
+                                output_format="list", order_by=["attributes.start_time DESC"])[0]
+    assert parent.info.status == "FINISHED"
+    for method, n_models in (("panacea_ppo", 1), ("morlhf", 2)):
+        path = client.download_artifacts(parent.info.run_id, f"fronts/{method}.json", str(tmp_path))
+        front = json.loads(Path(path).read_text())
+        assert front["objectives"] == ["helpful", "concise"] and len(front["points"]) == 2
+        assert parent.data.metrics[f"{method}/hypervolume"] >= 0
+        method_run = mlflow.search_runs(experiment_names=["ppo-job-test"], output_format="list",
+                                        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                                                      f"and attributes.run_name = '{method}'")[0]
+        models = mlflow.search_runs(experiment_names=["ppo-job-test"], output_format="list",
+                                    filter_string=f"tags.mlflow.parentRunId = '{method_run.info.run_id}'")
+        assert len(models) == n_models
+    pan = mlflow.search_runs(experiment_names=["ppo-job-test"], output_format="list",
+                             filter_string=f"attributes.run_name = 'panacea_ppo' and "
+                                           f"tags.mlflow.parentRunId != '{parent.info.run_id}'")[0]
+    for metric in ("kl", "timing/generation", "timing/training", "timing/sync", "tokens_per_second"):
+        history = client.get_metric_history(pan.info.run_id, metric)
+        assert sorted(m.step for m in history) == list(range(1, 9)), metric  # every step exactly once
+    assert pan.data.metrics["restarts"] == 1 and pan.data.metrics["resumed_from_step"] == 2
