@@ -24,6 +24,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are about the user's input or environment (one line, exit 2); anything else is a bug and keeps
+    its traceback."""
+    from pareto.data.loaders import DatasetError
+    from pareto.io import CheckpointError, StateDirError
+
+    errors: tuple[type[Exception], ...] = (ConfigError, DatasetError, CheckpointError, StateDirError)
+    if "pareto.tracking" in sys.modules:  # imported by then if a run got as far as tracking (mlflow is heavy)
+        errors += (sys.modules["pareto.tracking"].TrackingUnavailable,)
+    return errors
+
+
 def _load(config: Path, overrides: list[str] | None) -> ExperimentConfig:
     try:
         return load_config(config, overrides)
@@ -53,7 +65,10 @@ def run(config: Path, set_: SetOption = None) -> None:
     cfg = _load(config, set_)
     from pareto.distributed.pipeline import run_pipeline
 
-    result = run_pipeline(cfg)
+    try:
+        result = run_pipeline(cfg)
+    except _user_errors() as err:
+        _fail(str(err))
     typer.echo(summary(result, cfg))
 
 
@@ -99,11 +114,11 @@ def front(
     """Print the fronts a pipeline run logged: method, objectives, hypervolume, IGD and points."""
     from pareto import tracking
 
-    uri = tracking.tracking_uri(tracking_uri, Path(os.environ.get("PARETO_HOME", ".pareto")).resolve())
     try:
+        uri = tracking.tracking_uri(tracking_uri, Path(os.environ.get("PARETO_HOME", ".pareto")).resolve())
         found = tracking.find_run(run_ref, uri, experiment)
         fronts = tracking.load_fronts(found, uri)
-    except LookupError as err:
+    except (LookupError, *_user_errors()) as err:
         _fail(str(err))
     if as_json:
         payload = {"run_id": found.info.run_id, "fronts": [

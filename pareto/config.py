@@ -243,10 +243,12 @@ class RiCConfig(Strict):
 
     per_weight: ClassVar[bool] = False
 
-    lr: float = Field(1e-3, gt=0, description="offline SFT learning rate (LoRA)")
-    epochs: int = Field(3, ge=1, description="offline SFT epochs")
+    lr: float = Field(3e-3, gt=0, description="offline SFT learning rate")
+    epochs: int = Field(10, ge=1, description="offline SFT epochs")
     batch_size: int = Field(32, ge=1)
-    lora_rank: int = Field(8, ge=1)
+    lora_rank: int | None = Field(None, ge=1, description="LoRA rank; null = full fine-tuning (the tiny LM must "
+                                                          "learn to read numbers, which a LoRA did not; use LoRA "
+                                                          "for large models)")
     lora_alpha: float = Field(16.0, gt=0)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
     offline_samples: int | None = Field(1500, ge=2, description="(prompt, response) samples of the training pairs "
@@ -696,7 +698,8 @@ class ExperimentConfig(Strict):
         return Path(self.state_dir or os.environ.get("PARETO_HOME") or ".pareto").resolve()
 
     def flat(self) -> dict[str, Any]:
-        return flatten(self.model_dump(mode="json"))
+        # What gets logged as MLflow params: secrets (token-like keys, credentials in URLs) are masked first.
+        return mask_secrets(flatten(self.model_dump(mode="json")))
 
     def digest(self, *sections: str) -> str:
         """A stable hash of some config sections (cache keys)."""
@@ -732,6 +735,28 @@ def simplex_problem(weights: Any, k: int) -> str | None:
     if abs(sum(values) - 1.0) > 1e-6:
         return f"weights sum to {sum(values):.6g}, not 1; normalise them onto the simplex"
     return None
+
+
+# Keys whose values are secrets (matched on the last dotted part, whole words: `max_new_tokens` is not one).
+_SECRET_KEY = re.compile(r"(^|[_\-])(token|password|passwd|secret|api[_\-]?key|access[_\-]?key|auth|credentials?)"
+                         r"($|[_\-])", re.IGNORECASE)
+# Values that look like credentials whatever their key: `scheme://user:password@host`, common token prefixes.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^/\s@]+(?P<at>@)", re.IGNORECASE)
+_TOKEN_VALUE = re.compile(r"^(hf_|sk-|ghp_|gho_|github_pat_|xox[bp]-|AKIA)[A-Za-z0-9_\-]{8,}$")
+MASK = "***"
+
+
+def mask_secrets(params: dict[str, Any]) -> dict[str, Any]:
+    """Mask values of token/password/api-key-like keys, passwords in URLs and token-shaped strings."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is not None and _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+            out[key] = MASK
+        elif isinstance(value, str):
+            out[key] = MASK if _TOKEN_VALUE.match(value) else _URL_PASSWORD.sub(rf"\g<head>{MASK}\g<at>", value)
+        else:
+            out[key] = value
+    return out
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

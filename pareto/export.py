@@ -316,16 +316,19 @@ def export_run(run_ref: str, out: str | Path, tracking_uri: str, *, experiment: 
         for method in wanted:
             fronts = by_method[method]
             front = fronts.get("oracle") or next(iter(fronts.values()))
-            if method in NOT_LORA_REASONS:
-                not_exported[method] = NOT_LORA_REASONS[method]
+            policy_kind = str(front.meta.get("policy_kind", method))  # how serving loads it (models.conditioned)
+            reason = NOT_LORA_REASONS.get(method) or NOT_LORA_REASONS.get(policy_kind)
+            if reason:
+                not_exported[method] = reason
                 continue
-            kind = LORA_METHODS.get(method)
+            kind = LORA_METHODS.get(method) or LORA_METHODS.get(policy_kind)
             first = download(front.points[0].model_uri) if front.points and front.points[0].model_uri else None
             if first is None:
                 not_exported[method] = "its front points carry no model uri"
                 continue
             if kind is None:  # a method this module does not know: recognise it by its files
-                kind = "panacea-at-lambda" if _is_panacea(first) else (
+                single = sorted(p.parent for p in first.rglob(CONFIG_NAME))
+                kind = "panacea-at-lambda" if len(single) == 1 and _is_panacea(single[0]) else (
                     "per-weight" if not front.meta.get("conditioned", False) else None)
             if kind is None:
                 not_exported[method] = "not a LoRA method this exporter knows; serve it with transformers"

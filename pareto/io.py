@@ -50,3 +50,56 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used, in one line: which file, what is wrong, what to do."""
+
+
+def read_safetensors(path: str | Path) -> dict:
+    """Load a safetensors file, or raise one-line `CheckpointError` (missing, truncated, a pickle, not safetensors).
+
+    Pickled weights (`torch.save`, `.bin`/`.pt`) are refused rather than unpickled: unpickling runs code.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found; save the model again (safetensors)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol byte / torch.save zip archive
+        raise CheckpointError(f"{path}: a pickle/torch.save file, not safetensors; pickles are never loaded "
+                              "(they can run code): convert it with safetensors.torch.save_file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]}); "
+                              "it is truncated or corrupt: restore or re-save it") from None
+
+
+class StateDirError(RuntimeError):
+    """The state folder cannot be created or written (permissions, disk full, a file in the way)."""
+
+
+def ensure_writable_dir(path: str | Path, what: str = "state folder") -> Path:
+    """Create `path` if needed and prove it takes a write (a probe file, written and removed), before any compute.
+
+    Raises a one-line `StateDirError` naming the folder, the OS reason and the fix.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe.")
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise StateDirError(f"{what} {str(path)!r} is not writable ({exc.strerror or exc}); free space or fix "
+                            "permissions, or point PARETO_HOME (or state_dir in the config) at a writable folder"
+                            ) from None
+    return path

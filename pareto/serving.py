@@ -106,11 +106,16 @@ class ServedRun:
 
     def answer(self, method: str, prompt: str, weights: object, max_new_tokens: int = 48) -> tuple[str, Choice]:
         choice = self.choose(method, weights)
-        if self.lora_backend(method) is not None:  # vLLM serves LoRA methods when the config says so
-            return self.lora_backend(method).answer(choice, prompt, max_new_tokens), choice
-        text = self.policy(choice).generate([prompt], np.asarray(choice.served_weights),
+        return self.respond(choice, prompt, max_new_tokens), choice
+
+    def respond(self, choice: Choice, prompt: str, max_new_tokens: int = 48) -> str:
+        """The chosen model's answer: through vLLM for LoRA methods when `serving.backend` says so (the chosen
+        point exported as a plain LoRA adapter), else with transformers."""
+        backend = self.lora_backend(choice.method)
+        if backend is not None:
+            return backend.answer(choice, prompt, max_new_tokens)
+        return self.policy(choice).generate([prompt], np.asarray(choice.served_weights),
                                             max_new_tokens=max_new_tokens)[0]
-        return text, choice
 
     def lora_backend(self, method: str) -> LoRABackend | None:
         """The configured vLLM backend when it serves `method` (a LoRA method), else None (transformers)."""

@@ -17,6 +17,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pareto.front.types import Front
+from pareto.io import ensure_writable_dir
 
 PIPELINE_TAG = "pareto.kind"
 
@@ -26,7 +27,7 @@ def tracking_uri(uri: str | None, state_dir: Path) -> str:
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(state_dir)  # a one-line StateDirError (read-only, full, a file in the way), not a traceback
     return f"sqlite:///{state_dir / 'mlflow.db'}"
 
 
@@ -53,8 +54,16 @@ def log_history(history: Iterable[dict], prefix: str = "") -> None:
         for key, value in row.items():
             if key != "step" and isinstance(value, int | float):
                 batch.setdefault(step, {})[f"{prefix}{key}"] = float(value)
+    run = mlflow.active_run()
+    if run is None:
+        for step, metrics in batch.items():
+            mlflow.log_metrics(metrics, step=step)
+        return
+    # Through MetricBuffer: a server outage queues the series and flushes it when the server returns (bounded wait).
+    buffer = MetricBuffer(run.info.run_id, mlflow.get_tracking_uri())
     for step, metrics in batch.items():
-        mlflow.log_metrics(metrics, step=step)
+        buffer.log(metrics, step=step)
+    buffer.flush()
 
 
 def log_json(obj: object, artifact_file: str) -> None:
@@ -132,3 +141,84 @@ def load_oracle_front(run_id: str, uri: str) -> tuple[list, list] | None:
 
 def dump_json(obj: object) -> str:
     return json.dumps(obj, indent=2, sort_keys=False)
+
+
+# ---- metrics survive a tracking-server outage: buffered, retried, flushed in order, or a clear failure ----------
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable past the allowed wait; the message says how many metrics wait."""
+
+
+class MetricBuffer:
+    """Log metrics of one run so that an outage never drops them silently.
+
+    Each `log` queues the metrics and tries to send everything queued (one quick attempt, no long client-side
+    retry loop). While the server is down the metrics stay queued; the next successful send flushes them all,
+    in order, with their original timestamps and steps. If the server has been unreachable for more than
+    `max_wait` seconds, `log`/`flush` raise `TrackingUnavailable` (the queue is kept: a later flush still sends).
+    """
+
+    def __init__(self, run_id: str, uri: str, max_wait: float = 120.0, retry_every: float = 1.0) -> None:
+        self.run_id, self.uri = run_id, uri
+        self.max_wait, self.retry_every = max_wait, retry_every
+        self.pending: list = []  # mlflow.entities.Metric, oldest first
+        self.down_since: float | None = None
+        self.client = MlflowClient(uri)
+
+    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
+        if not self._try_send():
+            self._raise_if_too_long()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued, retrying for up to `timeout` s (default: what is left of `max_wait`)."""
+        import time
+
+        start = time.monotonic()
+        limit = self.max_wait if timeout is None else timeout
+        while not self._try_send():
+            if time.monotonic() - start >= limit:
+                self._raise(time.monotonic() - start)
+            time.sleep(self.retry_every)
+
+    def _try_send(self) -> bool:
+        import time
+
+        from mlflow.exceptions import MlflowException
+
+        # One fast attempt per call: MLflow's own retries (7, exponential backoff) would block for minutes.
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+        os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+        try:
+            while self.pending:
+                chunk = self.pending[:1000]  # MLflow's log_batch limit
+                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+                del self.pending[:len(chunk)]
+        except (MlflowException, OSError) as exc:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            self.last_error = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            return False
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        self.down_since = None
+        return True
+
+    def _raise_if_too_long(self) -> None:
+        import time
+
+        if self.down_since is not None and time.monotonic() - self.down_since > self.max_wait:
+            self._raise(time.monotonic() - self.down_since)
+
+    def _raise(self, waited: float) -> None:
+        raise TrackingUnavailable(
+            f"MLflow at {self.uri} unreachable for {waited:.0f} s; {len(self.pending)} metrics of run {self.run_id} "
+            f"are kept unsent ({getattr(self, 'last_error', 'no answer')}); restart the server and flush again")

@@ -254,6 +254,32 @@ def test_per_weight_export_copies_a_servable_adapter_as_it_is(fresh, tmp_path):
     assert export_per_weight(src5, tmp_path / "out5")["rank"] == 8  # padded, since vLLM refuses 5
 
 
+# ---- the transformers backend on exported adapters ---------------------------------------------------------
+def test_hf_generator_mixes_adapters_in_one_batch_and_keeps_an_lru(base_dir, fresh, tmp_path):
+    from pareto.generation import Generator
+    from pareto.generation.hf import HFGenerator
+
+    paths = {f"a{i}": make_adapter(fresh(), tmp_path / f"a{i}", r=8, alpha=16, targets=TARGETS, seed=20 + i)
+             for i in range(3)}
+    gen = HFGenerator(base_dir, paths, max_loaded=2)
+    assert isinstance(gen, Generator)
+    prompts = ["question 1 about topic 1", "question 2 about topic 2", "answer 3"]
+    alone = {name: gen.complete(prompts, name, max_new_tokens=6) for name in (None, "a0", "a1", "a2")}
+    assert gen.loaded == ["a1", "a2"]  # a0 was evicted, least recently used
+    assert len({tuple(c.token_ids) for c in (alone[n][0] for n in alone)}) > 1  # adapters change the answer
+    names = ["a2", None, "a0"]
+    mixed = gen.complete(prompts, names, max_new_tokens=6)  # one generate call, PEFT routes each row
+    assert [c.token_ids for c in mixed] == [alone[n][i].token_ids for i, n in enumerate(names)]
+    assert [c.adapter for c in mixed] == names
+    assert gen.generate(prompts[:1], "a1", max_new_tokens=6) == [alone["a1"][0].text]
+    with pytest.raises(KeyError, match="unknown adapter"):
+        gen.generate(prompts, "nope")
+    with pytest.raises(ValueError, match="one name"):
+        gen.generate(prompts, ["a0"])
+    with pytest.raises(ValueError, match="max_loaded=2"):
+        gen.generate(prompts, ["a0", "a1", "a2"])
+
+
 # ---- a real tracked run ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -312,6 +338,21 @@ def test_pareto_export_writes_every_front_point_with_a_manifest(tiny_run, tmp_pa
             assert isinstance(policy, cls)
             want = policy.generate(prompts, np.asarray(point.weights), max_new_tokens=16)
             assert gen.generate(prompts, f"{method}-{i}", max_new_tokens=16) == want, (method, i)
+    # serving.backend=vllm-*: the chosen point is exported on demand; Panacea folded at any λ answers like the
+    # Panacea model (checked here with the transformers backend; tests/test_vllm.py asks a real vLLM server)
+    from pareto.config import ServingConfig
+
+    via_lora = ServedRun(run_id, tiny_run["uri"], cache_dir=tmp_path / "cache2",
+                         serving=ServingConfig(backend="vllm-server", url="http://127.0.0.1:9"))
+    for method in ("panacea", "soups", "per_weight_dpo"):
+        choice = via_lora.choose(method, (0.35, 0.65))
+        assert "answered by vLLM (vllm-server)" in choice.reason
+        name, path = via_lora.lora_backend(method).adapter(choice)
+        folded = HFGenerator(out / "base", {name: path})
+        want = served.policy(choice).generate(prompts, np.asarray(choice.served_weights), max_new_tokens=16)
+        assert folded.generate(prompts, name, max_new_tokens=16) == want, method
+    assert "vLLM" not in served.choose("panacea", (0.35, 0.65)).reason  # default backend: transformers
+
     # one batch, three λs of two methods
     names = ["panacea-0", "per_weight_dpo-2", "panacea-2", None]
     mixed = gen.generate(prompts, names, max_new_tokens=16)

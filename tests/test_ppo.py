@@ -302,3 +302,12 @@ def test_ray_job_submit_with_a_killed_actor(ray_head: dict, mlflow_server: str, 
         history = client.get_metric_history(pan.info.run_id, metric)
         assert sorted(m.step for m in history) == list(range(1, 9)), metric  # every step exactly once
     assert pan.data.metrics["restarts"] == 1 and pan.data.metrics["resumed_from_step"] == 2
+
+    # served like the DPO methods: Panacea-PPO as one Panacea model (λ set in place), MORLHF per λ
+    from pareto.serving import ServedRun
+
+    served = ServedRun(parent.info.run_id, mlflow_server, cache_dir=tmp_path / "serving")
+    prompt = load_task("tiny-hh").prompts("eval")[0].text
+    for method in ("panacea_ppo", "morlhf"):
+        text, choice = served.answer(method, prompt, [0.5, 0.5], max_new_tokens=16)
+        assert isinstance(text, str) and choice.conditioned == (method == "panacea_ppo")

@@ -90,7 +90,7 @@ def explore(uri: str, runs: list[store.RunInfo]) -> None:
         st.caption(choice.reason)
         p = front.points[highlight]
         mark = "the model's point" if choice.point is not None else "the evaluated λ nearest to yours"
-        st.markdown(f"★ on the chart: {mark}, λ = {_fmt(p.weights)} → "
+        st.markdown(f"**In red on the chart**: {mark}, λ = {_fmt(p.weights)} → "
                     + ", ".join(f"{n} {v:.3f}" for n, v in zip(front.objectives, p.values, strict=True)))
     with right:
         _metrics(front)

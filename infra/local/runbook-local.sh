@@ -50,6 +50,7 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT   # a signal still runs cleanup (through the EXIT trap)
 
 # ---- 1. PostgreSQL (Debian packages) -----------------------------------------------------------------------------
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
@@ -90,8 +91,14 @@ wait_http "$URI/health" 120
 RAY_PORT="$(free_port)"
 DASH_PORT="$(free_port)"
 log "Ray head on 127.0.0.1:$RAY_PORT, Jobs API on http://127.0.0.1:$DASH_PORT"
+# Every port Ray would otherwise take by default gets a free one, so another Ray on this machine is no obstacle.
+RAY_PORTS=()
+for opt in node-manager-port object-manager-port runtime-env-agent-port dashboard-agent-grpc-port \
+           dashboard-agent-listen-port metrics-export-port ray-client-server-port; do
+  RAY_PORTS+=("--$opt=$(free_port)")
+done
 setsid "$BIN/ray" start --head --block --port="$RAY_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
-  --num-cpus=2 --disable-usage-stats --temp-dir="$WORK/ray" >"$WORK/ray.log" 2>&1 &
+  "${RAY_PORTS[@]}" --num-cpus=2 --disable-usage-stats --temp-dir="$WORK/ray" >"$WORK/ray.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$DASH_PORT/api/version" 120
 
@@ -103,7 +110,8 @@ if [[ "${PARETO_RUNBOOK_QUICK:-0}" == 1 ]]; then  # tests/configs/small.yaml's s
               --set reward_model.min_accuracy=0.8 --set methods.panacea.max_steps=60 --set methods.panacea.eval_every=20
               --set methods.panacea.val_prompts=6 --set methods.per_weight_dpo.max_steps=10
               --set methods.per_weight_dpo.eval_every=10 --set methods.per_weight_dpo.val_prompts=6
-              --set evaluation.grid_points=3 --set evaluation.n_prompts=12 --set evaluation.max_new_tokens=32)
+              --set evaluation.grid_points=3 --set evaluation.n_prompts=12 --set evaluation.max_new_tokens=32
+              --set "evaluation.reference_point=[-0.1, -0.1, -0.1]")
 fi
 log "ray job submit: python ray_jobs/train.py --config configs/quickstart.yaml ${OVERRIDES[*]}"
 JOB_ID="pareto-runbook-$(date +%s)-$$"
@@ -122,9 +130,10 @@ for attempt in $(seq 1 40); do
   sleep 2
 done
 "$BIN/ray" job logs "${JOBS[@]}" --follow "$JOB_ID" | tee "$WORK/job.log"
-STATUS="$("$BIN/ray" job status "${JOBS[@]}" "$JOB_ID" 2>&1 | tail -n 1)"
-log "job $JOB_ID: $STATUS"
-[[ "$STATUS" == *SUCCEEDED* ]] || { echo "runbook: the job did not succeed" >&2; exit 1; }
+STATUS="$("$PY" -c 'import sys; from ray.job_submission import JobSubmissionClient as C
+print(C(sys.argv[1]).get_job_status(sys.argv[2]).value)' "http://127.0.0.1:$DASH_PORT" "$JOB_ID" 2>/dev/null || true)"
+log "job $JOB_ID: ${STATUS:-unknown}"
+[[ "$STATUS" == SUCCEEDED ]] || { echo "runbook: the job did not succeed (status ${STATUS:-unknown})" >&2; exit 1; }
 
 # ---- 5. compare in MLflow, read the front back, open the UI on the server ----------------------------------------
 log "MLflow comparison of the methods (parent runs of experiment 'quickstart')"

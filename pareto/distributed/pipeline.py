@@ -31,6 +31,7 @@ from pareto.evaluation import PointEval  # noqa: E402
 from pareto.front.grid import preference_grid  # noqa: E402
 from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
 from pareto.front.types import Front, FrontPoint  # noqa: E402
+from pareto.io import ensure_writable_dir  # noqa: E402
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -104,7 +105,7 @@ def _front(method: str, cfg: ExperimentConfig, points: list[PointEval], scorer: 
 
 def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult:
     start = time.perf_counter()
-    state = cfg.state_path()
+    state = ensure_writable_dir(cfg.state_path())  # fail before compute: read-only / full / not a folder
     uri = tracking.tracking_uri(cfg.tracking.uri, state)
     exp_id = tracking.setup(uri, cfg.experiment_name, state)
     init_ray(cfg)

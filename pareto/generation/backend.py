@@ -43,7 +43,7 @@ def is_lora_method(run: Any, method: str) -> bool:
         return False
     if method in LORA_METHODS or kind in LORA_METHODS:
         return True
-    return not run.is_conditioned(method)  # per-weight models are plain LoRA adapters
+    return method in run.fronts and not run.is_conditioned(method)  # per-weight models are plain LoRA adapters
 
 
 def serving_note(run: Any, method: str) -> str:
@@ -108,11 +108,11 @@ class LoRABackend:
             shutil.rmtree(tmp, ignore_errors=True)
             if not choice.conditioned:
                 export.export_per_weight(export._adapter_dir(src), tmp)
-            elif kind in ("panacea", "panacea_ppo") or export._is_panacea(export._adapter_dir(src)):
-                export.write_adapter(tmp, export.fold_panacea(export._adapter_dir(src), choice.served_weights))
             elif kind == "soups":
                 ingredients, merge = export.soup_ingredients(src, self.run.objectives)
                 export.export_soup(ingredients, [choice.served_weights], tmp.parent, [tmp.name], merge)
+            elif export._is_panacea(export._adapter_dir(src)):  # Panacea (DPO or PPO): fold λ from the files
+                export.write_adapter(tmp, export.fold_panacea(export._adapter_dir(src), choice.served_weights))
             else:
                 raise ValueError(f"{choice.method}: no LoRA export for policy kind {kind!r}")
             rank = export.read_adapter(tmp)[0]["r"]

@@ -249,8 +249,10 @@ class VLLMServer:
         self.env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",
                     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env or {})}
         self.env.pop("PYTHONPATH", None)  # the vLLM env must not see this project's packages
-        self.log_file = Path(log_file) if log_file else Path(tempfile.mkstemp(prefix="vllm-server-",
-                                                                               suffix=".log")[1])
+        if log_file is None:
+            fd, log_file = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
+            os.close(fd)
+        self.log_file = Path(log_file)
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0

@@ -1,8 +1,8 @@
 """Rewards-in-Context (RiC; Yang et al., ICML 2024): multi-reward conditional SFT, then rejection sampling.
 
 Offline: every response of the training pairs is scored with the learned vector reward, z-scored per objective
-over that set, and the policy (a LoRA adapter) is fine-tuned on `prompt <helpful> 1.3 <harmless> -0.2 ...` →
-response, with the loss on the response tokens only.
+over that set, and the policy (fully, or a LoRA adapter with `lora_rank`) is fine-tuned on
+`prompt <helpful> +1.3 <harmless> -0.2 ...` → response, with the loss on the response tokens only.
 
 Online (multi-objective rejection sampling, `online_rounds` times): desired rewards are sampled near the front
 (each coordinate uniform over the observed range, then every coordinate but the smallest set to its maximum),
@@ -11,7 +11,7 @@ the `quantile` (0.7) of the round on *any* objective, it is relabelled with the 
 the policy is fine-tuned again on those plus a quantile-filtered sample of the offline data.
 
 The checkpoint after each stage is validated on held-out prompts (hypervolume of the reward model's front at the
-simplex vertices and centre) and the best eligible one is kept, the untrained adapter included.
+simplex vertices and centre) and the best eligible one is kept, the untrained model included.
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
     low, high = z.min(0), z.max(0)  # the observed range the λ → reward mapping works in
 
     model, tokenizer = load_policy(ctx.base_dir)
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
-                      lora_dropout=0.0, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    if cfg.lora_rank is not None:
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
+                          lora_dropout=0.0, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
     policy = RiCPolicy(model, tokenizer, objectives, low, high, cfg.mapping, normalizer.state_dict())
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)
@@ -106,7 +107,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
         step += len(losses)
         result.tokens += epochs * sum(len(tokenizer(p + " " + r)["input_ids"]) for p, r in examples)
 
-    check()  # the untrained adapter (the SFT model with tags it never saw) is the fallback
+    check()  # the untrained model (the SFT model with tags it never saw) is the fallback
     offline = [(format_prompt(p, objectives, zi), r) for p, r, zi in zip(prompts, responses, z, strict=True)]
     train(offline, cfg.epochs, cfg.lr, "offline")
     check()

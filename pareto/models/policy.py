@@ -121,7 +121,9 @@ def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, exampl
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     order = list(range(len(examples)))
     steps_total = epochs * math.ceil(len(order) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=lr, total_steps=steps_total, pct_start=0.1)
+    # OneCycleLR divides by zero when pct_start · total_steps == 1 (10 steps); only that case is nudged
+    pct_start = 0.1 if steps_total != 10 else 0.15
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=lr, total_steps=steps_total, pct_start=pct_start)
     model.train()
     losses: list[float] = []
     bar = tqdm(total=steps_total, desc="sft", unit="step", mininterval=2.0)

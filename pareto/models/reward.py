@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from pareto.io import read_safetensors
 from pareto.objectives.base import RunningZScore
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -462,7 +463,7 @@ class LearnedVectorReward:
             length_feature=bool(cfg["length_feature"]),
             dropout=float(cfg.get("dropout", 0.0)),
         )
-        state = load_file(str(weights_file))
+        state = read_safetensors(weights_file)  # one-line CheckpointError: truncated, pickle, corrupt
         expected = model.state_dict()
         if set(state) != set(expected):
             raise ValueError(f"{path}: weight names {sorted(state)} != expected {sorted(expected)}")

@@ -113,7 +113,9 @@ class RiCPolicy:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path)  # a LoRA adapter, or the whole fine-tuned model (safetensors)
+        if not isinstance(self.model, PeftModel):
+            self.tokenizer.save_pretrained(path)
         meta = {"marker": RIC_MARKER, "objectives": list(self.objectives), "low": self.low, "high": self.high,
                 "mapping": self.mapping, "normalizer": self.normalizer,
                 "format": format_prompt("{prompt}", self.objectives, [0.0] * len(self.objectives))}
@@ -123,7 +125,10 @@ class RiCPolicy:
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> RiCPolicy:
         adapter_dir = Path(adapter_dir)
         meta = read_policy_meta(adapter_dir, RIC_MARKER, objectives, "RiC")
-        base, tokenizer = load_policy(base_dir)
-        model = PeftModel.from_pretrained(base, str(adapter_dir))
+        if (adapter_dir / "adapter_config.json").is_file():  # a LoRA adapter on the base model
+            base, tokenizer = load_policy(base_dir)
+            model = PeftModel.from_pretrained(base, str(adapter_dir))
+        else:  # fully fine-tuned: the directory is a whole model with its tokenizer
+            model, tokenizer = load_policy(adapter_dir)
         model.eval()
         return cls(model, tokenizer, objectives, meta["low"], meta["high"], meta["mapping"], meta.get("normalizer"))

@@ -46,6 +46,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from pareto.io import read_safetensors
+
 PANACEA_MARKER = "pareto.panacea.svd_lora.v1"
 META_NAME = "meta.json"
 INIT_STD = 0.02  # U, V ~ N(0, 0.02²) as in the paper's re-implementations
@@ -406,6 +408,7 @@ def load_panacea(base_model: PreTrainedModel, path: str | os.PathLike[str], adap
     path = Path(path)
     meta = _read_meta(path)
     cfg = _config_from_dir(path, meta)
+    read_safetensors(path / SAFETENSORS_WEIGHTS_NAME)  # truncated / pickle / corrupt: one-line CheckpointError
     model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name,
                                       is_trainable=is_trainable, config=cfg)
     verify_panacea_model(model, path, adapter_name)

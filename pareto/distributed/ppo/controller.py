@@ -148,7 +148,7 @@ class PPORun:
             self.group.shutdown()
         self.group = None
         check_cluster(self.cfg)
-        self.group = ActorGroup(self.cfg, self.name, self.base_ref, self.reward_ref, self.root.name[-24:],
+        self.group = ActorGroup(self.cfg, self.name, self.base_ref, self.reward_ref, self.root.name,
                                 self.generation, self.cfg.seed, self.n_heads)
         self.generation += 1
         return self.group

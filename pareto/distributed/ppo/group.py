@@ -8,6 +8,7 @@ the driver waiting on a peer stuck in a collective.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,7 +71,7 @@ class ActorGroup:
                  tag: str, generation: int, seed: int, n_heads: int) -> None:
         ppo, mcfg = cfg.ppo, getattr(cfg.methods, method)
         objectives = tuple(cfg.objectives)
-        self.tag = f"ppo-{tag}-g{generation}"
+        self.tag = f"ppo-{tag}-{uuid.uuid4().hex[:6]}-g{generation}"  # unique: a killed actor's name frees lazily
         self.cfg = cfg
         self.actors: list = []
         self.pg = None

@@ -1,0 +1,317 @@
+"""The bad-input catalogue: every row is one bad input and the one-line error it must give.
+
+Config and CLI rows run the real `pareto` CLI in a subprocess with an empty state folder, and check: exit code 2,
+one `error:` line naming the field and the fix, no traceback, and nothing written to the state folder (no
+MLflow store, run, cache or checkpoint). Dataset and checkpoint rows call the loaders and check the one-line error
+and that the loader wrote nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PARETO = [sys.executable, "-m", "pareto.cli"]
+QUICK = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+
+
+def _with(path: str, value, base: dict | None = None) -> dict:
+    """A copy of the quickstart config with one dotted key set (`value` None-able via the DELETE marker)."""
+    cfg = json.loads(json.dumps(base or QUICK))
+    node = cfg
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if value is DELETE:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+    return cfg
+
+
+DELETE = object()
+
+
+def run_cli(args: list[str], state: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PARETO_HOME"] = str(state)
+    return subprocess.run([*PARETO, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ---- configs: (id, config (dict) or raw YAML text (str) or bytes, extra CLI args, words the error must contain) --
+CONFIG_ROWS = [
+    ("unknown-top-level-key", _with("epochs", 3), [], ["epochs", "unknown key", "remove it"]),
+    ("unknown-nested-key", _with("methods.panacea.learning_rate", 1e-3), [],
+     ["methods.panacea.learning_rate", "unknown key"]),
+    ("wrong-type-int", _with("seed", "abc"), [], ["seed", "integer"]),
+    ("wrong-type-float", _with("methods.panacea.lr", "fast"), [], ["methods.panacea.lr", "number"]),
+    ("wrong-type-list", _with("objectives", "helpful"), [], ["objectives", "list"]),
+    ("missing-objective", _with("objectives", ["helpful"]), [], ["objectives", "at least 2"]),
+    ("objective-not-in-task", _with("objectives", ["helpful", "funny"]), [],
+     ["objectives", "'funny'", "use some of"]),
+    ("duplicate-objective", _with("objectives", ["helpful", "helpful"]), [], ["objectives", "unique"]),
+    ("lambda-negative", _with("methods.per_weight_dpo.weights", [[-0.5, 1.0, 0.5]]), [],
+     ["methods.per_weight_dpo.weights.0", "non-negative"]),
+    ("lambda-nan", "methods:\n  per_weight_dpo:\n    weights: [[.nan, 0.5, 0.5]]\n", [],
+     ["methods.per_weight_dpo.weights.0", "finite"]),
+    ("lambda-off-simplex", _with("methods.per_weight_dpo.weights", [[0.5, 0.3, 0.1]]), [],
+     ["methods.per_weight_dpo.weights.0", "sum to 0.9", "normalise"]),
+    ("lambda-wrong-length", _with("methods.per_weight_dpo.weights", [[0.5, 0.5]]), [],
+     ["methods.per_weight_dpo.weights.0", "2 weights", "3 objectives"]),
+    ("lambda-not-numbers", _with("methods.per_weight_dpo.weights", [["a", "b", "c"]]), [],
+     ["methods.per_weight_dpo.weights.0"]),
+    ("reference-point-wrong-k", _with("evaluation.reference_point", [0.0, 0.0]), [],
+     ["evaluation.reference_point", "2 values", "3 objectives"]),
+    ("reference-point-inf", "evaluation:\n  reference_point: [0.0, .inf, 0.0]\n", [],
+     ["evaluation.reference_point", "finite"]),
+    ("unknown-method", _with("methods.dpo_magic", {"beta": 0.1}), [], ["methods.dpo_magic", "unknown key"]),
+    ("no-method", _with("methods", {}), [], ["methods", "enable at least one method"]),
+    ("impossible-resources", _with("resources", {"num_cpus": 1, "cpus_per_task": 4}), [],
+     ["resources.cpus_per_task", "asks 4", "lower it"]),
+    ("negative-gpus", _with("resources.gpus_per_task", -1), [], ["resources.gpus_per_task", "greater than or equal"]),
+    ("unknown-task", _with("task.name", "imdb"), [], ["task.name", "'imdb'", "task.dataset"]),
+    ("python-object-tag", "name: x\nseed: !!python/object/apply:os.system ['touch PWNED']\n", [],
+     ["safe_load", "plain mappings"]),
+    ("yaml-syntax", "name: x\nobjectives: [helpful, harmless\n", [], ["line", "not valid YAML"]),
+    ("top-level-list", "- a\n- b\n", [], ["top level must be a mapping"]),
+    ("non-utf8-config", b"name: caf\xe9\n", [], ["not UTF-8", "save the config as UTF-8"]),
+    ("bad-override", QUICK, ["--set", "methods.panacea.lr"], ["--set", "KEY=VALUE"]),
+    ("override-wrong-type", QUICK, ["--set", "evaluation.grid_points=many"], ["evaluation.grid_points", "integer"]),
+]
+
+
+@pytest.mark.parametrize(("config", "extra", "needles"), [r[1:] for r in CONFIG_ROWS],
+                         ids=[r[0] for r in CONFIG_ROWS])
+def test_bad_config_fails_before_compute(tmp_path: Path, config, extra: list[str], needles: list[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    if isinstance(config, bytes):
+        path.write_bytes(config)
+    else:
+        path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    state = tmp_path / "state"
+    proc = run_cli(["run", str(path), *extra], state, tmp_path)
+    assert_one_line_error(proc, *needles)
+    assert files_under(state) == []  # no MLflow store, run, cache or checkpoint
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    proc = run_cli(["validate", str(tmp_path / "nope.yaml")], tmp_path / "state", tmp_path)
+    assert_one_line_error(proc, "nope.yaml", "not found", "pass a YAML file")
+    assert files_under(tmp_path / "state") == []
+
+
+# ---- CLI values --------------------------------------------------------------------------------------------------
+def _no_runs(state: Path) -> None:
+    """The store may exist (reading it creates the SQLite file) but holds no run."""
+    from mlflow.tracking import MlflowClient
+
+    if (state / "mlflow.db").exists():
+        client = MlflowClient(f"sqlite:///{state / 'mlflow.db'}")
+        exps = [e.experiment_id for e in client.search_experiments()]
+        assert not exps or client.search_runs(exps) == []
+    assert not (state / "mlartifacts").exists() and not (state / "cache").exists()
+
+
+CLI_ROWS = [
+    ("unknown-run-id", ["front", "0123456789abcdef0123456789abcdef"], ["no MLflow run", "0123456789abcdef",
+                                                                          "'latest'"]),
+    ("no-runs-yet", ["front", "latest"], ["no pareto pipeline run", "pareto quickstart"]),
+    ("unknown-experiment", ["front", "latest", "--experiment", "nope"], ["no MLflow experiment 'nope'"]),
+    ("query-unknown-experiment", ["query", "--experiment", "nope", "--weights", "0.5,0.5", "--prompt", "hi"],
+     ["'pareto-nope'", "no registered model", "pareto run"]),
+    ("export-bad-grid", ["export", "latest", "--out", "out", "--grid-points", "1"], ["--grid-points", ">= 2"]),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), [r[1:] for r in CLI_ROWS], ids=[r[0] for r in CLI_ROWS])
+def test_bad_cli_value(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    state = tmp_path / "state"
+    proc = run_cli(args, state, tmp_path)
+    assert_one_line_error(proc, *needles)
+    _no_runs(state)
+    assert not (tmp_path / "out").exists()
+
+
+def test_state_folder_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    proc = run_cli(["front", "latest"], tmp_path / "file" / "state", tmp_path)
+    assert_one_line_error(proc, "state folder", "not writable", "PARETO_HOME")
+
+
+# Weights strings as the UI and `pareto query` parse them (pareto.front.grid.parse_weights).
+WEIGHT_ROWS = [
+    ("not-a-number", "0.5,abc,0.5", 3, ["'abc'", "as a number"]),
+    ("empty", "", 3, ["empty", "comma-separated"]),
+    ("wrong-count", "0.5,0.5", 3, ["3"]),
+    ("negative", "-0.2,0.6,0.6", 3, ["negative"]),
+    ("nan", "nan,0.5,0.5", 3, ["finite"]),
+]
+
+
+@pytest.mark.parametrize(("text", "k", "needles"), [r[1:] for r in WEIGHT_ROWS], ids=[r[0] for r in WEIGHT_ROWS])
+def test_bad_weights_string(text: str, k: int, needles: list[str]) -> None:
+    from pareto.front.grid import parse_weights
+
+    with pytest.raises(ValueError) as err:
+        parse_weights(text, k)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("weights")
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+# ---- datasets ----------------------------------------------------------------------------------------------------
+GOOD_ROW = {"prompt": "p", "response_0": "a", "response_1": "b", "h": 1}
+DATASET_ROWS = [
+    ("missing-column", [GOOD_ROW, {"prompt": "q", "response_0": "a", "h": 0}], ["row 2", "response_1", "missing"]),
+    ("empty-file", b"", ["empty file", "at least one row"]),
+    ("label-out-of-range", [GOOD_ROW, {**GOOD_ROW, "h": 7}], ["row 2", "'h'", "out of range"]),
+    ("non-utf8", json.dumps(GOOD_ROW).encode() + b"\n" + json.dumps(GOOD_ROW).replace("a", "\udcff").encode(
+        "utf-8", "surrogateescape") + b"\n", ["row 2", "UTF-8"]),
+    ("not-json", json.dumps(GOOD_ROW).encode() + b"\n{prompt: oops\n", ["row 2", "JSON"]),
+]
+
+
+@pytest.mark.parametrize(("content", "needles"), [r[1:] for r in DATASET_ROWS], ids=[r[0] for r in DATASET_ROWS])
+def test_bad_dataset(tmp_path: Path, content, needles: list[str]) -> None:
+    from pareto.config import DatasetConfig
+    from pareto.data.loaders import DatasetError, load_split
+
+    file = tmp_path / "train.jsonl"
+    if isinstance(content, bytes):
+        file.write_bytes(content)
+    else:
+        file.write_text("".join(json.dumps(r) + "\n" for r in content))
+    before = files_under(tmp_path)
+    spec = DatasetConfig(format="jsonl", path=str(file), labels={"helpful": "h"}, splits={"train": "train"})
+    with pytest.raises(DatasetError) as err:
+        load_split(spec, ["helpful", "harmless"], "train")
+    message = str(err.value)
+    assert "\n" not in message and "train.jsonl" in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.xfail(strict=True, reason="gap: encode_pairs truncates a response past max_length silently; the "
+                                       "loaders/policy owners should reject it with a one-line error")
+def test_response_longer_than_context_is_an_error() -> None:
+    from pareto.models.policy import encode_pairs
+
+    class Tok:  # a character tokenizer: one id per character (the tiny model's tokenizer is trained per task)
+        def encode(self, text: str) -> list[int]:
+            return [ord(c) % 200 + 3 for c in text]
+
+        pad_token_id = 0
+        eos_token_id = 1
+
+    with pytest.raises(ValueError, match="max_length"):
+        encode_pairs(Tok(), ["prompt"], ["x" * 500], 64)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------------
+def _saved_reward(path: Path, hidden: int = 16) -> Path:
+    """A reward checkpoint as LearnedVectorReward.save writes it: meta.json + heads.safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pareto.models.reward import MultiHeadRewardModel
+
+    torch.manual_seed(0)
+    model = MultiHeadRewardModel(2, embed_dim=8, hidden=(hidden,))
+    path.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "heads.safetensors"))
+    (path / "meta.json").write_text(json.dumps({
+        "format_version": 1, "names": ["helpful", "harmless"], "encoder": "sentence-transformers/all-MiniLM-L6-v2",
+        "encoder_max_length": 128, "model": model.config(), "normalizer": None}))
+    return path
+
+
+def _truncate(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+def _pickle(file: Path) -> None:
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, file)  # what a .bin/.pt checkpoint is: a pickle inside a zip
+
+
+def _plain_pickle(file: Path) -> None:
+    file.write_bytes(pickle.dumps({"w": [0.0, 1.0]}))
+
+
+def _wrong_shapes(file: Path) -> None:
+    _saved_reward(file.parent.parent / "other", hidden=32)
+    file.write_bytes((file.parent.parent / "other" / "heads.safetensors").read_bytes())
+
+
+REWARD_ROWS = [
+    ("truncated-safetensors", _truncate, ["heads.safetensors", "truncated or corrupt", "re-save"]),
+    ("torch-save-pickle", _pickle, ["heads.safetensors", "pickle", "never loaded", "save_file"]),
+    ("plain-pickle", _plain_pickle, ["heads.safetensors", "pickle"]),
+    ("wrong-shapes", _wrong_shapes, ["has shape", "expected"]),
+]
+
+
+@pytest.mark.parametrize(("damage", "needles"), [r[1:] for r in REWARD_ROWS], ids=[r[0] for r in REWARD_ROWS])
+def test_bad_reward_checkpoint(tmp_path: Path, damage, needles: list[str]) -> None:
+    from pareto.models.reward import LearnedVectorReward
+
+    path = _saved_reward(tmp_path / "rm")
+    damage(path / "heads.safetensors")
+    before = files_under(path)
+    with pytest.raises(ValueError) as err:
+        LearnedVectorReward.load(path)
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    assert files_under(path) == before
+
+
+@pytest.mark.parametrize("damage", [_truncate, _pickle], ids=["truncated", "pickle"])
+def test_bad_panacea_adapter(tmp_path: Path, damage) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pareto.io import CheckpointError
+    from pareto.models.svd_lora import add_panacea_adapter, load_panacea, panacea_lora_config, save_panacea
+
+    def base() -> LlamaForCausalLM:
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                            max_position_embeddings=32))
+
+    model = add_panacea_adapter(base(), panacea_lora_config(2, 2, 4, ["q_proj", "v_proj"]))
+    save_panacea(model, tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    damage(weights)
+    with pytest.raises(CheckpointError) as err:
+        load_panacea(base(), tmp_path / "adapter")
+    assert "\n" not in str(err.value) and "adapter_model.safetensors" in str(err.value)

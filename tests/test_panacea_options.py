@@ -1,0 +1,81 @@
+"""Panacea's options: Tchebycheff aggregation trains, vertex oversampling happens at the configured rate (in the
+sampler and in the λ schedule of a real run), and the option values are validated."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pareto.config import ConfigError, PanaceaConfig, config_from_dict, load_config
+from pareto.front.grid import sample_preferences
+from pareto.methods import load_method
+from tests.conftest import ROOT
+
+K = 3
+
+
+def _is_vertex(lam: np.ndarray) -> np.ndarray:
+    return np.isclose(lam.max(-1), 1.0)
+
+
+@pytest.mark.parametrize("vertex_prob", [0.0, 0.3, 0.7, 1.0])
+def test_vertex_oversampling_frequency_matches_vertex_prob(vertex_prob: float) -> None:
+    n = 20000
+    lam = sample_preferences(np.random.default_rng(1), K, n, vertex_prob)
+    np.testing.assert_allclose(lam.sum(1), 1.0)
+    share = _is_vertex(lam).mean()
+    sd = math.sqrt(vertex_prob * (1 - vertex_prob) / n)
+    assert abs(share - vertex_prob) <= 4 * sd + 1e-12  # a Dirichlet draw is never exactly a vertex
+    if vertex_prob > 0:  # vertices are chosen uniformly
+        counts = np.bincount(lam[_is_vertex(lam)].argmax(1), minlength=K) / _is_vertex(lam).sum()
+        np.testing.assert_allclose(counts, 1 / K, atol=0.03)
+
+
+@pytest.fixture(scope="module")
+def tcheby_run(tiny_lm) -> tuple:
+    from pareto.data import load_task
+    from pareto.distributed.stages import TaskOracle
+    from pareto.methods import FitContext
+    from pareto.methods.dpo import PairSet
+
+    task = load_task("tiny-hh", seed=0)
+    names = ("helpful", "harmless", "concise")
+    pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:64], [0, 1, 2])
+    ctx = FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:2],
+                     reward=TaskOracle(task, names), objectives=names, max_length=96, seed=0,
+                     gen={"max_new_tokens": 4, "do_sample": False, "temperature": 1.0})
+    cfg = PanaceaConfig(aggregation="tchebycheff", vertex_prob=0.5, nll_weight=0.0, lr=1e-2, max_steps=60,
+                        eval_every=1000, batch_size=8, lora_rank=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    policy, result = load_method("panacea").fit(ctx, cfg)
+    return cfg, [h for h in result.history if "loss" in h]
+
+
+def test_tchebycheff_panacea_loss_decreases(tcheby_run) -> None:
+    _, steps = tcheby_run
+    # the Tchebycheff loss max_i λ_i L_i depends on the λ drawn each step; compare the per-objective DPO losses
+    dpo = np.array([[h[f"dpo_loss/{o}"] for o in ("helpful", "harmless", "concise")] for h in steps])
+    first, last = dpo[:10].mean(), dpo[-10:].mean()
+    assert first == pytest.approx(math.log(2), abs=0.05)  # the adapter starts as the reference model
+    assert last < first - 0.1
+    loss = np.array([h["loss"] for h in steps])
+    lam = np.array([[h[f"lambda/{o}"] for o in ("helpful", "harmless", "concise")] for h in steps])
+    np.testing.assert_allclose(loss, (lam * dpo).max(1), rtol=1e-5, atol=1e-7)  # loss = max_i λ_i L_i, z = 0
+
+
+def test_training_lambda_schedule_oversamples_vertices(tcheby_run) -> None:
+    cfg, steps = tcheby_run
+    lam = np.array([[h[f"lambda/{o}"] for o in ("helpful", "harmless", "concise")] for h in steps])
+    share = _is_vertex(lam).mean()
+    sd = math.sqrt(cfg.vertex_prob * (1 - cfg.vertex_prob) / len(lam))
+    assert abs(share - cfg.vertex_prob) <= 4 * sd
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="methods.panacea.aggregation"):
+        config_from_dict({"methods": {"panacea": {"aggregation": "median"}}})
+    with pytest.raises(ConfigError, match="methods.panacea.vertex_prob"):
+        config_from_dict({"methods": {"panacea": {"vertex_prob": 1.5}}})
+    cfg = load_config(ROOT / "configs" / "panacea.yaml")
+    assert cfg.methods.panacea.aggregation == "tchebycheff" and list(cfg.methods.enabled()) == ["panacea"]
