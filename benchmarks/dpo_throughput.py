@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.common import one_thread, row, skipped
 from benchmarks.fixtures import OBJECTIVES, tiny_base, tiny_pairs
 
-BATCH, MAX_LENGTH, STEPS, WARMUP = 8, 128, 12, 2
+BATCH, MAX_LENGTH, STEPS, WARMUP = 8, 128, 24, 4
 LAMBDA = np.array([0.5, 0.3, 0.2])
 
 
@@ -127,7 +127,8 @@ def _trl() -> float:
         args = DPOConfig(output_dir=out, per_device_train_batch_size=BATCH, max_steps=STEPS + 1, learning_rate=1e-4,
                          beta=ours.beta, max_length=MAX_LENGTH, precompute_ref_log_probs=True, use_cpu=True,
                          report_to=[], logging_steps=10_000, save_strategy="no", bf16=False,
-                         dataloader_num_workers=0, disable_tqdm=True, seed=0)
+                         dataloader_num_workers=0, disable_tqdm=True, seed=0,
+                         gradient_checkpointing=False)  # TRL defaults it on; ours does not recompute
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tok,
                              peft_config=LoraConfig(r=ours.lora_rank, lora_alpha=ours.lora_alpha,
                                                     target_modules=ours.target_modules, lora_dropout=0.0,

@@ -5,7 +5,9 @@ Untrained weights are fine here: the benchmarks time compute, not answers, and b
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,9 @@ def tiny_base() -> Path:
     from pareto.data import load_task
     from pareto.models.policy import build_tiny_model, save_model, train_tokenizer
 
-    out = Path(tempfile.mkdtemp(prefix="pareto-bench-base-")) / "base"
+    tmp = tempfile.mkdtemp(prefix="pareto-bench-base-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    out = Path(tmp) / "base"
     task = load_task("tiny-hh", seed=0)
     cfg = TinyModelConfig()
     tokenizer = train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in task.sft_examples()[:2000]],

@@ -19,7 +19,7 @@ BASELINE = "per_weight_dpo"
 TARGET = "HV ≥ 0.95× and train s ≤ 0.3× of per-weight DPO"
 
 
-def rows_for(methods: dict[str, dict]) -> list[dict[str, Any]]:
+def rows_for(methods: dict[str, dict], run_id: str = "?") -> list[dict[str, Any]]:
     base = methods.get(BASELINE)
     if base is None:
         return [skipped("front per compute", TARGET, f"no {BASELINE} front in the run")]
@@ -33,7 +33,7 @@ def rows_for(methods: dict[str, dict]) -> list[dict[str, Any]]:
                        base["hypervolume"], TARGET, hv >= 0.95 and compute <= 0.3, "HV", hv,
                        note=f"train {m['train_seconds']:.0f} s vs {base['train_seconds']:.0f} s = {compute:.2f}×; "
                             f"IGD {m['igd']:.3f} vs {base['igd']:.3f}; {m['models_trained']} vs "
-                            f"{base['models_trained']} models"))
+                            f"{base['models_trained']} models; run {run_id}"))
     return out
 
 
@@ -55,4 +55,4 @@ def run() -> dict[str, Any]:
                                                                   "the quickstart benchmark did not finish")],
                     "details": {}}
         fronts = {"run_id": details["run_id"], "methods": details["methods"], "source": "quickstart benchmark"}
-    return {"name": "front_per_compute", "rows": rows_for(fronts["methods"]), "details": fronts}
+    return {"name": "front_per_compute", "rows": rows_for(fronts["methods"], fronts["run_id"][:8]), "details": fronts}

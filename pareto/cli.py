@@ -204,11 +204,17 @@ def compare(
     try:
         if runs:
             found = [tracking.find_run(r, uri) for r in runs]
-        else:
-            found = [tracking.find_run("latest", uri, experiment)]
-            exp_ids = [found[0].info.experiment_id]
-            found += MlflowClient(uri).search_runs(exp_ids, filter_string=f"tags.`{tracking.PIPELINE_TAG}` = 'sweep'",
-                                                   order_by=["attributes.start_time DESC"], max_results=1)
+        else:  # the newest pipeline run and the newest sweep (of the experiment, if given)
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name(experiment) if experiment else None
+            if experiment and exp is None:
+                raise LookupError(f"no MLflow experiment {experiment!r} at {uri}")
+            exp_ids = [exp.experiment_id] if exp else [e.experiment_id for e in client.search_experiments()]
+            found = [r for kind in ("pipeline", "sweep") for r in client.search_runs(
+                exp_ids, filter_string=f"tags.`{tracking.PIPELINE_TAG}` = '{kind}'",
+                order_by=["attributes.start_time DESC"], max_results=1)]
+            if not found:
+                raise LookupError(f"no pareto run or sweep at {uri}; run `pareto quickstart` or `pareto sweep` first")
         fronts = [(f"{r.info.run_name} ({r.info.run_id[:8]})", f) for r in found
                   for f in tracking.load_fronts(r, uri)]
     except LookupError as err:
@@ -259,6 +265,19 @@ def export(
                "with vLLM (its own venv: bash scripts/vllm_env.sh):")
     typer.echo("  VLLM_ALLOW_RUNTIME_LORA_UPDATING=True $VLLM_PY -m vllm.entrypoints.openai.api_server "
                "--host 127.0.0.1 " + " ".join(manifest["vllm_server_args"]))
+
+
+@app.command()
+def bench(
+    names: Annotated[list[str] | None, typer.Argument(help="benchmarks to run (default: all)")] = None,
+    table_only: Annotated[bool, typer.Option("--table", help="only rebuild benchmarks/RESULTS.md")] = False,
+) -> None:
+    """Run the benchmark suite (benchmarks/, from a checkout) and rebuild benchmarks/RESULTS.md."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        _fail(f"no benchmarks/ next to the package at {root}; run `pareto bench` from a source checkout")
+    argv = [sys.executable, "-m", "benchmarks.run", *(names or []), *(["--table"] if table_only else [])]
+    raise typer.Exit(subprocess.call(argv, cwd=root))
 
 
 @app.command()

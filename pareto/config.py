@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # Tasks the embedded registry knows, with the objectives they define (kept here so validation needs no compute).
 KNOWN_TASKS: dict[str, tuple[str, ...]] = {"tiny-hh": ("helpful", "harmless", "concise")}
 DPO_METHODS = ("panacea", "per_weight_dpo", "mah_dpo", "soups", "modpo")
-LABELLED_METHODS = ("panacea", "per_weight_dpo", "mah_dpo")  # methods that train on per-objective labels
+LABELLED_METHODS = ("panacea", "per_weight_dpo", "mah_dpo", "soups")  # methods that train on per-objective labels
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -313,7 +313,7 @@ class PPOMethodConfig(Strict):
     critic_lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear learning-rate warm-up")
     clip_range: float = Field(0.2, gt=0)
-    value_clip: float | None = Field(0.2, gt=0, description="value-loss clipping; null = none")
+    value_clip: float | None = Field(None, gt=0, description="value-loss clipping (e.g. 0.2); null = none")
     gamma: float = Field(1.0, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
     kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty to the reference (SFT) policy")
@@ -635,6 +635,10 @@ class ExperimentConfig(Strict):
                 raise _FieldError(f"ppo.reward_sources.{name}", "a real dataset has no oracle; use learned or length")
         if ppo.engine == "vllm" and ppo.rollout.gpus <= 0:
             raise _FieldError("ppo.engine", "vllm rollouts need a GPU: set ppo.rollout.gpus > 0 or use transformers")
+        if ppo.backend == "nccl" and ppo.trainer.gpus <= 0:
+            raise _FieldError("ppo.backend", "nccl needs GPU trainer ranks: set ppo.trainer.gpus > 0, or use gloo/auto")
+        if ppo.trainer.cpus <= 0 and ppo.trainer.gpus <= 0:
+            raise _FieldError("ppo.trainer.cpus", "a trainer rank needs some CPU or GPU share for its placement bundle")
         for name in PPO_METHODS:
             mcfg = getattr(self.methods, name)
             if mcfg is None:

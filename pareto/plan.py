@@ -479,11 +479,15 @@ def _dpo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
 def _ric_method(cfg: ExperimentConfig, mcfg: Any, policy: ModelInfo, rewards: list[ModelInfo],
                 splits: list[SplitPlan], seq_len: int, ckpt: bool) -> MethodPlan:
     arch = policy.arch
-    trainable = lora_params(arch, mcfg.target_modules, mcfg.lora_rank) if arch else None
+    full = getattr(mcfg, "lora_rank", None) is None  # no LoRA rank: full fine-tuning
+    trainable = None
+    if arch:
+        trainable = arch.params if full else lora_params(arch, mcfg.target_modules, mcfg.lora_rank)
     reward_bytes = sum(r.params * BYTES[r.dtype] for r in rewards) if all(r.params for r in rewards) else None
     memory = _memory(
         weights=arch.params * BYTES[policy.dtype] if arch else None,
-        **{"adapter+optimizer": trainable * TRAINABLE_BYTES if trainable is not None else None},
+        **{("full fine-tune grads+optimizer" if full else "adapter+optimizer"):
+           trainable * TRAINABLE_BYTES if trainable is not None else None},
         activations=activation_bytes(arch, mcfg.batch_size, seq_len, ckpt) if arch else None,
         logits=logits_bytes(arch, mcfg.batch_size, seq_len) if arch else None,
         **{"reward models": reward_bytes if mcfg.online_rounds else 0.0})

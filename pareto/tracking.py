@@ -111,22 +111,27 @@ def load_fronts(run: Run, uri: str) -> list[Front]:
     return fronts
 
 
-def list_experiments(uri: str) -> list:
-    """The MLflow experiments that hold at least one pareto pipeline run, most recently active first."""
+def _search_kinds(client: MlflowClient, experiment_ids: list[str], kinds: tuple[str, ...]) -> list[Run]:
+    runs = [r for kind in kinds for r in client.search_runs(
+        experiment_ids, filter_string=f"tags.`{PIPELINE_TAG}` = '{kind}'", max_results=1000)]
+    return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+
+def list_experiments(uri: str, kinds: tuple[str, ...] = ("pipeline",)) -> list:
+    """The MLflow experiments that hold at least one pareto run of these kinds (tag pareto.kind: "pipeline",
+    "sweep"), most recently active first."""
     client = MlflowClient(uri)
     experiments = {e.experiment_id: e for e in client.search_experiments()}
     if not experiments:
         return []
-    runs = client.search_runs(list(experiments), filter_string=f"tags.`{PIPELINE_TAG}` = 'pipeline'",
-                              order_by=["attributes.start_time DESC"], max_results=1000)
-    ordered = dict.fromkeys(r.info.experiment_id for r in runs)  # first seen = newest run
-    return [experiments[i] for i in ordered]
+    ordered = dict.fromkeys(r.info.experiment_id for r in _search_kinds(client, list(experiments), kinds))
+    return [experiments[i] for i in ordered]  # first seen = newest run
 
 
-def list_pipeline_runs(uri: str, experiment_id: str) -> list[Run]:
-    """Pipeline runs (tag pareto.kind=pipeline) of one experiment, newest first; nested stage runs are left out."""
-    return MlflowClient(uri).search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = 'pipeline'",
-                                         order_by=["attributes.start_time DESC"], max_results=1000)
+def list_pipeline_runs(uri: str, experiment_id: str, kinds: tuple[str, ...] = ("pipeline",)) -> list[Run]:
+    """Top-level pareto runs of one experiment (tag pareto.kind in `kinds`), newest first; nested stage and
+    trial runs are left out."""
+    return _search_kinds(MlflowClient(uri), [experiment_id], kinds)
 
 
 def load_oracle_front(run_id: str, uri: str) -> tuple[list, list] | None:

@@ -42,7 +42,7 @@ def tcheby_run(tiny_lm) -> tuple:
 
     task = load_task("tiny-hh", seed=0)
     names = ("helpful", "harmless", "concise")
-    pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:64], [0, 1, 2])
+    pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:16], [0, 1, 2])  # fits in 60 steps
     ctx = FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:2],
                      reward=TaskOracle(task, names), objectives=names, max_length=96, seed=0,
                      gen={"max_new_tokens": 4, "do_sample": False, "temperature": 1.0})
@@ -54,14 +54,14 @@ def tcheby_run(tiny_lm) -> tuple:
 
 def test_tchebycheff_panacea_loss_decreases(tcheby_run) -> None:
     _, steps = tcheby_run
-    # the Tchebycheff loss max_i λ_i L_i depends on the λ drawn each step; compare the per-objective DPO losses
-    dpo = np.array([[h[f"dpo_loss/{o}"] for o in ("helpful", "harmless", "concise")] for h in steps])
-    first, last = dpo[:10].mean(), dpo[-10:].mean()
-    assert first == pytest.approx(math.log(2), abs=0.05)  # the adapter starts as the reference model
-    assert last < first - 0.1
     loss = np.array([h["loss"] for h in steps])
     lam = np.array([[h[f"lambda/{o}"] for o in ("helpful", "harmless", "concise")] for h in steps])
+    dpo = np.array([[h[f"dpo_loss/{o}"] for o in ("helpful", "harmless", "concise")] for h in steps])
     np.testing.assert_allclose(loss, (lam * dpo).max(1), rtol=1e-5, atol=1e-7)  # loss = max_i λ_i L_i, z = 0
+    # the adapter starts as the reference model: every DPO loss is log 2 at the first step
+    assert loss[0] == pytest.approx(lam[0].max() * math.log(2), abs=1e-5)
+    # λ is drawn afresh each step, so compare means over steps (same λ distribution early and late)
+    assert loss[-15:].mean() < loss[:15].mean() - 0.1
 
 
 def test_training_lambda_schedule_oversamples_vertices(tcheby_run) -> None:

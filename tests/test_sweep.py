@@ -5,11 +5,14 @@ path replays deterministically; a conditioned method is swept by grid evaluation
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -24,7 +27,7 @@ from pareto import query
 from pareto.config import ConfigError, config_from_dict
 from pareto.distributed import sweep
 from pareto.front.metrics import dominates, non_dominated_mask
-from tests.conftest import _exe
+from tests.conftest import _exe, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -154,6 +157,20 @@ def test_registry_holds_the_pareto_trials_and_query_uses_them(killed: dict) -> N
     assert out.choice.model.model_uri == f"runs:/{top.user_attrs['mlflow_run_id']}/adapter" and out.text
 
 
+def test_optuna_dashboard_opens_the_study(killed: dict) -> None:
+    port = free_port()
+    proc = subprocess.Popen([_exe("optuna-dashboard"), killed["storage"], "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/studies", timeout=120)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as r:
+            studies = json.loads(r.read())["study_summaries"]
+        assert [(s["study_name"], s["directions"]) for s in studies] == [("sweep-test", ["maximize", "maximize"])]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 # ---- in-process: a local Ray for cheap real tasks and the conditioned sweep ----------------------------------------
 @pytest.fixture(scope="module")
 def local_ray():
@@ -258,7 +275,7 @@ def test_conditioned_sweep_is_a_grid_evaluation(killed: dict, local_ray) -> None
     result = sweep.run_sweep(cfg, progress=False)
     front = result.front
     assert result.pipeline is not None and result.n_complete == 4 and front.meta["conditioned"] is True
-    assert front.weights().tolist() == [[0.0, 1.0], [1 / 3, 2 / 3], [2 / 3, 1 / 3], [1.0, 0.0]]
+    np.testing.assert_allclose(front.weights(), [[0.0, 1.0], [1 / 3, 2 / 3], [2 / 3, 1 / 3], [1.0, 0.0]])
     assert len({p.model_uri for p in front.points}) == 1 and front.meta["models_trained"] == 1
     assert [s.study_name for s in optuna.get_all_study_summaries(killed["storage"])] == ["sweep-test"]  # no study
     (registered,) = result.registered
@@ -272,6 +289,19 @@ def test_conditioned_sweep_is_a_grid_evaluation(killed: dict, local_ray) -> None
 
     direct = PanaceaPolicy.load(base_cache_dir(cfg), adapter, ("helpful", "concise"))
     assert out.text == direct.generate(["how do i learn guitar?"], np.array([0.3, 0.7]), max_new_tokens=16)[0]
+
+    # `pareto compare`: the sweep's set of per-weight models next to the one conditioned model.
+    from typer.testing import CliRunner
+
+    from pareto.cli import app
+
+    sweep_run = killed["study"].user_attrs["mlflow_run_id"]
+    res = CliRunner().invoke(app, ["compare", sweep_run, result.run_id, "--tracking-uri", killed["uri"]])
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[2]: line.split() for line in res.stdout.splitlines() if f"({sweep_run[:8]})" in line
+            or f"({result.run_id[:8]})" in line}
+    assert rows["per_weight_dpo"][3] == str(N_TRIALS) and rows["panacea"][3] == "1"
+    assert rows["panacea"][5] == f"{front.metrics['hypervolume']:.4g}"
 
 
 @pytest.mark.parametrize(("override", "needle"), [
@@ -306,3 +336,23 @@ def test_search_space_hand_cases() -> None:
     # Optuna's multi-objective default is TPE: NSGA-II must be asked for explicitly, and is.
     cfg = config_from_dict(CONFIG)
     assert isinstance(sweep.make_sampler(cfg.sweep, 0), optuna.samplers.NSGAIISampler)
+
+
+def test_study_identity_and_one_driver_at_a_time(tmp_path: Path) -> None:
+    cfg = config_from_dict(CONFIG, [f"state_dir={tmp_path}"])
+    study = sweep.open_study(cfg)
+    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)  # set explicitly (Optuna's default is TPE)
+    assert [t.state.name for t in study.trials] == ["WAITING"] * 3  # the λ grid is queued first, once
+    assert len(sweep.open_study(cfg).trials) == 3  # reopened by the same process: nothing queued twice
+    other = subprocess.Popen(["sleep", "60"])  # a live process on this host claims the study
+    try:
+        study.set_user_attr("driver", {"host": socket.gethostname(), "pid": other.pid})
+        with pytest.raises(RuntimeError, match=f"being driven by process {other.pid}"):
+            sweep.open_study(cfg)
+    finally:
+        other.kill()
+        other.wait()
+    sweep.open_study(cfg)  # a dead driver's claim is void: resuming is allowed
+    changed = config_from_dict({**CONFIG, "objectives": ["helpful", "harmless"]}, [f"state_dir={tmp_path}"])
+    with pytest.raises(RuntimeError, match="was made with objectives=\\['helpful', 'concise'\\]"):
+        sweep.open_study(changed)

@@ -83,10 +83,20 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict:
     client.log_text(rid, front.to_json(), "fronts/panacea.json")
     client.log_dict(rid, {"weights": [[1, 0, 0]] * 4, "values": oracle.tolist()}, "oracle/front.json")
     client.set_terminated(rid)
+    sweep = client.create_run(exp, start_time=1_500_000, tags={**tags, tracking.PIPELINE_TAG: "sweep"},
+                              run_name="sweep-k3")
+    sid = sweep.info.run_id
+    sweep_points = tuple(FrontPoint(w, v, (0.01,) * 3, model_uri=f"runs:/{sid}-trial{i}/adapter")
+                         for i, (w, v) in enumerate(K3_POINTS.items()))
+    sweep_front = Front("per_weight_dpo", K3, sweep_points, (0.0, 0.0, 0.0),
+                        meta={"conditioned": False, "models_trained": 6, "train_seconds": 60.0})
+    client.log_text(sid, sweep_front.to_json(), "fronts/per_weight_dpo.json")
+    client.set_terminated(sid)
     crashed = client.create_run(exp, start_time=2_000_000, tags={tracking.PIPELINE_TAG: "pipeline"},
                                 run_name="crashed")
     client.set_terminated(crashed.info.run_id, status="FAILED")
-    return {"uri": uri, "run_id": rid, "crashed": crashed.info.run_id, "front": front}
+    return {"uri": uri, "run_id": rid, "crashed": crashed.info.run_id, "front": front, "sweep": sid,
+            "sweep_front": sweep_front}
 
 
 @pytest.fixture(autouse=True)
@@ -260,6 +270,23 @@ def test_three_sliders_stay_on_the_simplex(monkeypatch: pytest.MonkeyPatch, synt
     at.radio(key="page").set_value("Explore").run()
     assert at.selectbox(key="run").value == synthetic["run_id"]
     assert tuple(s.value for s in at.slider) == pytest.approx((0.2, 0.35, 0.45), abs=1e-12)
+
+
+def test_a_sweep_is_explored_like_a_run(monkeypatch: pytest.MonkeyPatch, synthetic: dict) -> None:
+    at = app(monkeypatch, synthetic["uri"])
+    run = at.selectbox(key="run")
+    crashed, sweep, pipeline = run.options  # newest first; a sweep says so, an unfinished run too
+    assert crashed.startswith("crashed · ") and crashed.endswith(f"{synthetic['crashed'][:8]} (failed)")
+    assert sweep.startswith("sweep · sweep-k3 · ") and sweep.endswith(synthetic["sweep"][:8])
+    assert pipeline.startswith("synthetic-k3 · ") and pipeline.endswith(synthetic["run_id"][:8])
+    run.select(synthetic["sweep"]).run()
+    at.slider(key="w_concise").set_value(1.0).run()
+    # A per-weight sweep serves λ with its front's query point: here the concise vertex's model.
+    point = synthetic["sweep_front"].query((0.0, 0.0, 1.0))
+    assert point.weights == (0.0, 0.0, 1.0)
+    served = trace(chart(at), ex.SERVED)
+    assert (served["x"][0], served["y"][0], served["z"][0]) == point.values
+    assert any(f"`{point.model_uri}`" in m.value for m in at.markdown)
 
 
 def test_parallel_coordinates_marks_the_served_point(monkeypatch: pytest.MonkeyPatch, synthetic: dict) -> None:

@@ -91,7 +91,8 @@ def test_explorer_renders_and_answers_in_chromium(ui_url: str) -> None:
             page.get_by_role("button", name="Ask").click()
             page.wait_for_function("() => document.body.innerText.includes('answered by runs:/')")
             expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1)  # the answer's scores
-            page.wait_for_timeout(1500)  # let plotly finish drawing the answer's marker before the picture
+            expect(page.locator(".js-plotly-plot .legendtext", has_text="your answer")).to_have_count(1)
+            page.wait_for_timeout(1000)  # let plotly finish its transition before the picture
             explore = ARTIFACTS / "ui-explore.png"
             page.screenshot(path=str(explore))
 

@@ -1,4 +1,4 @@
-"""pareto front explorer: pick a tracked pipeline run, see its fronts, slide λ, ask the model that serves it.
+"""pareto front explorer: pick a tracked pipeline run or sweep, see its fronts, slide λ, ask the model that serves it.
 
 Started by `pareto ui` (Streamlit on 127.0.0.1). Reads MLflow and the run's artifacts only, through
 `pareto.serving` and `pareto.tracking`; no training code is imported.
@@ -21,7 +21,7 @@ from ui import explorer as ex  # noqa: E402
 from ui import store  # noqa: E402
 
 GUIDANCE = (
-    "No pareto pipeline run in the MLflow tracking store at `{uri}` yet.\n\n"
+    "No pareto pipeline run or sweep in the MLflow tracking store at `{uri}` yet.\n\n"
     "Run `pareto quickstart` (about 3 minutes on 2 CPU cores), then reload this page. To explore another "
     "store, start the explorer with `pareto ui --tracking-uri URI` or set `MLFLOW_TRACKING_URI`."
 )
@@ -66,7 +66,8 @@ def explore(uri: str, runs: list[store.RunInfo]) -> None:
     infos = {r.run_id: r for r in runs}
     if st.session_state.get("run") not in infos:
         st.session_state.pop("run", None)
-    run_id = st.sidebar.selectbox("pipeline run", list(infos), format_func=lambda i: infos[i].label, key="run")
+    run_id = st.sidebar.selectbox("run (pipeline or sweep)", list(infos), format_func=lambda i: infos[i].label,
+                                  key="run")
     try:
         served = store.served_run(run_id, uri)
     except LookupError as err:
@@ -190,10 +191,10 @@ def compare(uri: str, exps: list[tuple[str, str]], exp_id: str) -> None:
     # Set through the state, not `default=`, so keeping it across pages raises no Streamlit warning; runs
     # deleted since the last rerun drop out of the selection.
     st.session_state["compare_runs"] = [i for i in st.session_state.get("compare_runs", mine[:3]) if i in infos]
-    chosen = st.multiselect("pipeline runs", list(infos), key="compare_runs",
+    chosen = st.multiselect("runs (pipelines and sweeps)", list(infos), key="compare_runs",
                             format_func=lambda i: f"{infos[i][0]} / {infos[i][1].label}")
     if not chosen:
-        st.info("Pick one or more pipeline runs.")
+        st.info("Pick one or more runs.")
         return
     entries = []
     for run_id in chosen:

@@ -140,23 +140,30 @@ def front_figure(front: Front, view: str, highlight: int | None = None, oracle: 
         idx = np.flatnonzero(keep)
         if len(idx):
             fig.add_trace(_scatter(values[idx], k, mode="markers", name=f"{front.method} {label}",
-                                   opacity=opacity, marker={"size": 11 if k == 2 else 6, "color": _BLUE},
+                                   opacity=opacity, marker={"size": 11 if k == 2 else 7, "color": _BLUE},
                                    hovertext=[hover[i] for i in idx], hoverinfo="text"))
     if highlight is not None:
-        fig.add_trace(_scatter(values[[highlight]], k, mode="markers", name=SERVED,
-                               marker={"size": 20 if k == 2 else 10, "color": "rgba(0,0,0,0)", "symbol":
-                                       "star" if k == 2 else "diamond-open", "line": {"color": _RED, "width": 3}},
+        # 2-D: an open star around the point; 3-D markers draw no outline, so a solid red one on top.
+        marker = ({"size": 20, "color": "rgba(0,0,0,0)", "symbol": "star", "line": {"color": _RED, "width": 3}}
+                  if k == 2 else {"size": 11, "color": _RED, "symbol": "diamond"})
+        fig.add_trace(_scatter(values[[highlight]], k, mode="markers", name=SERVED, marker=marker,
                                hovertext=[hover[highlight]], hoverinfo="text"))
     if answer is not None:
         fig.add_trace(_scatter(np.asarray([answer], dtype=float), k, mode="markers", name=ANSWER,
                                marker={"size": 14 if k == 2 else 7, "color": _GREEN, "symbol": "diamond"}))
     axes = {"xaxis_title": names[0], "yaxis_title": names[1]}
     if k == 3:
-        fig.update_layout(scene={"xaxis_title": names[0], "yaxis_title": names[1], "zaxis_title": names[2]})
+        fig.update_layout(scene=_scene(names))
         axes = {}
     fig.update_layout(title=title, height=520, margin={"l": 10, "r": 10, "t": 50, "b": 10},
                       legend={"orientation": "h", "y": -0.15}, **axes)
     return fig
+
+
+def _scene(names: Sequence[str]) -> dict:
+    # A cube seen from the (+, +, +) octant: the front's corner (all objectives high) faces the viewer.
+    return {"xaxis_title": names[0], "yaxis_title": names[1], "zaxis_title": names[2], "aspectmode": "cube",
+            "camera": {"eye": {"x": 1.5, "y": 1.5, "z": 0.95}}}
 
 
 def _parallel(front: Front, highlight: int | None, title: str) -> go.Figure:
@@ -201,7 +208,7 @@ def overlay_figure(fronts: Sequence[tuple[str, Front]], oracle: Sequence | None 
                                        hovertext=[_hover(front, i) for i in idx], hoverinfo="text"))
     names = fronts[0][1].objectives
     if k == 3:
-        fig.update_layout(scene={"xaxis_title": names[0], "yaxis_title": names[1], "zaxis_title": names[2]})
+        fig.update_layout(scene=_scene(names))
     else:
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[1])
     fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h"})

@@ -20,6 +20,7 @@ from pareto.serving import ServedRun
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+KINDS = ("pipeline", "sweep")  # top-level runs that log fronts/*.json and the models behind them
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,13 @@ class RunInfo:
     started: str
     methods: str
     objectives: str
+    kind: str = "pipeline"
 
     @property
     def label(self) -> str:
-        return f"{self.name} · {self.started} · {self.run_id[:8]}" + ("" if self.status == "FINISHED"
-                                                                        else f" ({self.status.lower()})")
+        kind = "" if self.kind == "pipeline" else f"{self.kind} · "
+        status = "" if self.status == "FINISHED" else f" ({self.status.lower()})"
+        return f"{kind}{self.name} · {self.started} · {self.run_id[:8]}{status}"
 
 
 def tracking_uri() -> str:
@@ -44,8 +47,8 @@ def tracking_uri() -> str:
 
 @st.cache_data(ttl=15, show_spinner=False)
 def experiments(uri: str) -> list[tuple[str, str]]:
-    """(id, name) of the experiments holding pareto pipeline runs."""
-    return [(e.experiment_id, e.name) for e in tracking.list_experiments(uri)]
+    """(id, name) of the experiments holding pareto pipeline runs or sweeps."""
+    return [(e.experiment_id, e.name) for e in tracking.list_experiments(uri, KINDS)]
 
 
 @st.cache_data(ttl=15, show_spinner=False)
@@ -53,10 +56,11 @@ def runs(uri: str, experiment_id: str) -> list[RunInfo]:
     import datetime as dt
 
     out = []
-    for r in tracking.list_pipeline_runs(uri, experiment_id):
+    for r in tracking.list_pipeline_runs(uri, experiment_id, KINDS):
         started = dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         out.append(RunInfo(r.info.run_id, r.info.run_name or r.info.run_id[:8], r.info.status, started,
-                           r.data.tags.get("pareto.methods", ""), r.data.tags.get("pareto.objectives", "")))
+                           r.data.tags.get("pareto.methods", ""), r.data.tags.get("pareto.objectives", ""),
+                           r.data.tags.get(tracking.PIPELINE_TAG, "pipeline")))
     return out
 
 

@@ -147,7 +147,9 @@ runs = mlflow.search_runs(experiment_names=["quickstart"], filter_string="attrib
                           order_by=["attributes.start_time DESC"])
 parents = runs[runs["tags.mlflow.parentRunId"].isna()] if "tags.mlflow.parentRunId" in runs else runs
 row = parents.iloc[0]
-methods = sorted({c.split("/")[0].removeprefix("metrics.") for c in parents.columns if c.endswith("/hypervolume")})
+# The parent run logs `<method>/hypervolume`; nested runs' columns (`oracle/...`) are empty on it.
+methods = sorted(c.removeprefix("metrics.").split("/")[0] for c in parents.columns
+                 if c.startswith("metrics.") and c.endswith("/hypervolume") and row[c] == row[c])
 table = {m: {"hypervolume": float(row[f"metrics.{m}/hypervolume"]), "igd": float(row.get(f"metrics.{m}/igd", "nan"))}
          for m in methods}
 print(f"run {row['run_id']}: " + ", ".join(f"{m} HV {v['hypervolume']:.4f} IGD {v['igd']:.4f}" for m, v in table.items()))

@@ -303,10 +303,10 @@ def drive_optuna(study: optuna.Study, space: SearchSpace, submit: Submit, finish
     orphans = sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number)
     inflight: dict[Any, tuple[optuna.Trial, dict]] = {}
     done = len(complete_trials(study))
-    excess = done + len(orphans) - n_trials
-    for t in orphans[len(orphans) - max(excess, 0):] if excess > 0 else []:
+    keep = max(0, min(len(orphans), n_trials - done))
+    for t in orphans[keep:]:
         study.tell(t.number, state=TrialState.FAIL)  # n_trials was lowered: close what is no longer wanted
-    orphans = orphans[: len(orphans) - max(excess, 0)]
+    orphans = orphans[:keep]
     bar = tqdm(total=n_trials, initial=done, desc="sweep", unit="trial", disable=not progress)
     while True:
         while len(inflight) < concurrency and done + len(inflight) < n_trials:
@@ -464,7 +464,7 @@ def run_sweep(cfg: ExperimentConfig, progress: bool = True) -> SweepResult:
 
     parent_id = _parent_run(study, uri)
     with mlflow.start_run(run_id=parent_id) if parent_id else mlflow.start_run(
-            experiment_id=exp_id, run_name=f"{cfg.name}-sweep-{name}") as parent:
+            experiment_id=exp_id, run_name=f"sweep-{name}") as parent:
         if parent_id is None:
             study.set_user_attr("mlflow_run_id", parent.info.run_id)
             study.set_user_attr("mlflow_experiment", cfg.experiment_name)

@@ -289,10 +289,10 @@ class Front:
         return cls.from_dict(d)
 
     def save(self, path: Any) -> None:
-        """Write :meth:`to_json` to ``path``."""
-        from pathlib import Path
+        """Write :meth:`to_json` to ``path`` atomically (a kill mid-save leaves the previous file)."""
+        from pareto.io import atomic_write_text
 
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: Any) -> Front:

@@ -49,6 +49,7 @@ def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = Non
         total.steps += result.steps
         total.seconds += result.seconds
         total.tokens += result.tokens
-        total.history.append({"step": total.steps, f"best_step/{objective}": float(result.best_step)})
+        total.history.append({"step": total.steps, f"best_step/{objective}": float(result.best_step),
+                              f"best_val_metric/{objective}": result.best_metric})
     model.eval()
     return SoupsPolicy(model, tokenizer, objectives, merge=cfg.merge), total

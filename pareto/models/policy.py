@@ -89,13 +89,21 @@ class Batch:
 def encode_pairs(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str], responses: Sequence[str],
                  max_length: int) -> Batch:
     """Tokenise (prompt, response) into one right-padded batch with a mask over the response tokens."""
-    rows, masks = [], []
-    for prompt, response in zip(prompts, responses, strict=True):
-        p = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        r = tokenizer(response_text(tokenizer, response), add_special_tokens=False)["input_ids"]
-        ids = (p + r)[:max_length]
-        rows.append(ids)
-        masks.append(([0] * len(p) + [1] * len(r))[:max_length])
+    return pad_batch(tokenizer, [encode_pair(tokenizer, p, r, max_length) for p, r in zip(prompts, responses,
+                                                                                          strict=True)])
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerFast, prompt: str, response: str,
+                max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + response (truncated to max_length) and the response mask over them."""
+    p = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    r = tokenizer(response_text(tokenizer, response), add_special_tokens=False)["input_ids"]
+    return (p + r)[:max_length], ([0] * len(p) + [1] * len(r))[:max_length]
+
+
+def pad_batch(tokenizer: PreTrainedTokenizerFast, encoded: Sequence[tuple[list[int], list[int]]]) -> Batch:
+    """One right-padded Batch from `encode_pair` outputs."""
+    rows, masks = [e[0] for e in encoded], [e[1] for e in encoded]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
@@ -127,11 +135,12 @@ def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, exampl
     model.train()
     losses: list[float] = []
     bar = tqdm(total=steps_total, desc="sft", unit="step", mininterval=2.0)
+    # tokenise every example once, not once per epoch (per-step tokenising was ~9% of SFT time, py-spy)
+    encoded = [encode_pair(tokenizer, prompt, response, max_length) for prompt, response in examples]
     for _ in range(epochs):
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            chunk = [examples[i] for i in order[start:start + batch_size]]
-            batch = encode_pairs(tokenizer, [c[0] for c in chunk], [c[1] for c in chunk], max_length)
+            batch = pad_batch(tokenizer, [encoded[i] for i in order[start:start + batch_size]])
             logp, n = token_logprobs(model, batch)
             loss = -(logp.sum() / n.sum())
             optim.zero_grad()

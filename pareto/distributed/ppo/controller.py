@@ -333,9 +333,10 @@ class PPORun:
         lam = batch["weights"]
         beta = kl_ctl.coef
         if mcfg.critic == "per_objective":
-            heads = torch.cat([token_rewards(whitened, mask), -kl_tok.unsqueeze(-1)], dim=-1)  # K objectives + KL
+            # K objective heads + one for the KL penalty (already scaled by β, so its mixing weight is 1)
+            heads = torch.cat([token_rewards(whitened, mask), -beta * kl_tok.unsqueeze(-1)], dim=-1)
             adv_heads, returns = gae(heads, values, mask, mcfg.gamma, mcfg.gae_lambda)
-            mix = torch.cat([lam, torch.full((lam.shape[0], 1), beta)], dim=1)
+            mix = torch.cat([lam, torch.ones(lam.shape[0], 1)], dim=1)
             advantages = (adv_heads * mix[:, None, :]).sum(-1)
             score = (whitened * lam).sum(-1)
         else:

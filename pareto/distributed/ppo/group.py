@@ -85,7 +85,7 @@ class ActorGroup:
 
         try:
             bundle = {k: v for k, v in (("CPU", ppo.trainer.cpus), ("GPU", ppo.trainer.gpus)) if v > 0}
-            self.pg = placement_group([bundle or {"CPU": 0.01}] * ppo.trainer.count, strategy=ppo.placement_strategy,
+            self.pg = placement_group([bundle] * ppo.trainer.count, strategy=ppo.placement_strategy,
                                       name=f"{self.tag}-trainers")
             if not self.pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
                 raise RuntimeError(f"could not place {ppo.trainer.count} trainer ranks of {bundle} within "
