@@ -99,9 +99,9 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     examples = task.sft_examples()
     tokenizer = train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in examples], 300)
     cfg = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=1, vocab_size=300,
-                          max_length=96)
+                          max_length=256)  # a 300-token vocabulary spells long answers in many tokens
     model = build_tiny_model(cfg, tokenizer, seed=0)
-    sft_train(model, tokenizer, examples[:480], epochs=1, lr=3e-3, batch_size=16, max_length=96, seed=0)
+    sft_train(model, tokenizer, examples[:480], epochs=1, lr=3e-3, batch_size=16, max_length=256, seed=0)
     path = tmp_path_factory.mktemp("tiny-lm") / "base"
     save_model(model, tokenizer, path)
     return path
@@ -123,7 +123,7 @@ def tiny_fit_context(tiny_lm: Path):
         idx = [task.objectives.index(o) for o in objectives]
         pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:n_pairs], idx)
         return FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:n_val],
-                          reward=TaskOracle(task, tuple(objectives)), objectives=tuple(objectives), max_length=96,
+                          reward=TaskOracle(task, tuple(objectives)), objectives=tuple(objectives), max_length=256,
                           seed=seed, gen={"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": 1.0},
                           task=task)
 

@@ -61,7 +61,7 @@ def test_one_objective_gradients_reach_only_its_head(tiny_lm, pairs) -> None:
     model, tok = build(tiny_lm)
     head = multihead(model)
     index = [i for i in range(len(pairs)) if pairs.better[i, 0] >= 0][:4]
-    logp = head_pair_logps(model, tok, pairs, index, [0] * len(index), K, 96)
+    logp = head_pair_logps(model, tok, pairs, index, [0] * len(index), K, 256)
     ref = logp.detach() - 0.3  # any fixed reference: the loss is non-trivial
     losses, mask = per_objective_dpo_losses(logp, ref, pairs.better[index][:, [0]], beta=0.5)
     masked_objective_means(losses, mask).sum().backward()
@@ -75,7 +75,7 @@ def test_one_objective_gradients_reach_only_its_head(tiny_lm, pairs) -> None:
 def test_mixed_batch_leaves_the_untagged_head_alone(tiny_lm, pairs) -> None:
     model, tok = build(tiny_lm)
     head = multihead(model)
-    logp = head_pair_logps(model, tok, pairs, [0, 1, 2, 3], [0, 2, 0, 2], K, 96)
+    logp = head_pair_logps(model, tok, pairs, [0, 1, 2, 3], [0, 2, 0, 2], K, 256)
     logp.sum().backward()
     assert torch.count_nonzero(head.head_B.grad[1]) == 0 and torch.count_nonzero(head.head_A.grad[1]) == 0
     assert head.head_B.grad[0].abs().sum() > 0 and head.head_B.grad[2].abs().sum() > 0

@@ -44,7 +44,7 @@ def tcheby_run(tiny_lm) -> tuple:
     names = ("helpful", "harmless", "concise")
     pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:16], [0, 1, 2])  # fits in 60 steps
     ctx = FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:2],
-                     reward=TaskOracle(task, names), objectives=names, max_length=96, seed=0,
+                     reward=TaskOracle(task, names), objectives=names, max_length=256, seed=0,
                      gen={"max_new_tokens": 4, "do_sample": False, "temperature": 1.0})
     cfg = PanaceaConfig(aggregation="tchebycheff", vertex_prob=0.5, nll_weight=0.0, lr=1e-2, max_steps=60,
                         eval_every=1000, batch_size=8, lora_rank=4, target_modules=["q_proj", "v_proj", "down_proj"])

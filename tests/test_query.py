@@ -123,9 +123,13 @@ def test_cli_names_the_version_it_used(served: dict) -> None:
     assert data["version"] == served["version"][(0.0, 1.0)] and data["registered_model"] == "pareto-query-test"
     direct = PerWeightPolicy.load(served["base"], {"w0": ((0.0, 1.0), served["adapters"][(0.0, 1.0)])}, OBJ)
     assert data["answer"] == direct.generate([PROMPT], np.asarray((0.0, 1.0)), max_new_tokens=12)[0]
-    bad = subprocess.run([_exe("pareto"), "query", "--experiment", "query-test", "--weights", "0.5,0.6", "--prompt",
-                          PROMPT, "--tracking-uri", served["uri"]], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "must sum to 1" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    from typer.testing import CliRunner
+
+    from pareto.cli import app
+
+    bad = CliRunner().invoke(app, ["query", "--experiment", "query-test", "--weights", "0.5,0.6", "--prompt", PROMPT,
+                                   "--tracking-uri", served["uri"]])
+    assert bad.exit_code == 2 and "must sum to 1" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_conditioned_model_competes_at_its_evaluated_values(mlflow_server: str, tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_ric_loss_is_the_nll_of_the_response_tokens_only(tiny_lm) -> None:
     """RiC's SFT loss, by hand from the logits: the prompt and its reward tags are context, never targets."""
     model, tok = load_policy(tiny_lm)
     prompt, response = format_prompt("how do i bake bread?", NAMES, (1.0, -0.5, 0.3)), "mix flour and water."
-    batch = encode_pairs(tok, [prompt], [response], 96)
+    batch = encode_pairs(tok, [prompt], [response], 256)
     logp, n = token_logprobs(model, batch)
     ids = batch.input_ids[0]
     n_prompt = len(tok(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -140,7 +140,7 @@ def test_fit_offline_and_one_online_round_then_round_trip(tiny_fit_context, tmp_
     rounds = [h for h in result.history if "online_round" in h]
     assert len(rounds) == 1 and rounds[0]["online_generated"] == 8 and 0 < rounds[0]["online_kept"] <= 8, rounds
     assert [h["step"] for h in result.history if "val_metric" in h] == [0, 6, result.steps]  # 48/8 offline steps
-    assert any("online_loss" in h for h in result.history) and result.steps > 6
+    assert any("online_loss" in h for h in result.history) and result.steps > 6 and result.cpu_seconds > 0
     # the mapping's range is the observed range of the (oracle-scored, z-scored) training labels
     assert all(lo < 0 < hi for lo, hi in zip(policy.low, policy.high, strict=True))
     lam = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])

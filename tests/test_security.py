@@ -186,7 +186,8 @@ def test_logged_params_have_no_secrets(tmp_path: Path) -> None:
                             "serving": {"url": "http://tok:sk-live-0123456789@127.0.0.1:8000"}})
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
+    # an explicit experiment: an earlier test may leave another store's experiment active in this process
+    with mlflow.start_run(experiment_id=MlflowClient(uri).create_experiment("security")) as run:
         mlflow.log_params(cfg.flat())
     params = MlflowClient(uri).get_run(run.info.run_id).data.params
     assert params["tracking.uri"] == "https://alice:***@mlflow.example.com"

@@ -115,7 +115,7 @@ def test_fit_trains_one_adapter_per_objective_and_round_trips(tiny_fit_context, 
     ctx = tiny_fit_context(n_pairs=24)
     cfg = SoupsConfig(max_steps=3, eval_every=3, batch_size=4, lr=5e-3, target_modules=TARGETS, lora_rank=4)
     policy, result = load_method("soups").fit(ctx, cfg)
-    assert result.models == 3 and result.steps == 9
+    assert result.models == 3 and result.steps == 9 and result.cpu_seconds > 0
     for o in OBJECTIVES:  # one loss series per adapter, each trained on its own objective only
         rows = [h for h in result.history if f"{o}/loss" in h]
         assert len(rows) == 3 and all(h[f"{o}/lambda/{o}"] == 1.0 for h in rows)
@@ -133,3 +133,43 @@ def test_fit_trains_one_adapter_per_objective_and_round_trips(tiny_fit_context, 
 def test_config_file_validates() -> None:
     cfg = load_config(ROOT / "configs" / "soups.yaml")
     assert list(cfg.methods.enabled()) == ["soups"] and cfg.methods.soups.merge == "delta"
+
+
+@pytest.mark.parametrize("kind", ["soups", "mah_dpo", "ric"])
+def test_served_run_loads_each_conditioned_kind(tiny_lm, tmp_path: Path, kind: str) -> None:
+    """A tracked run whose front records policy_kind is served by the right policy class, answering like it."""
+    import mlflow
+
+    from pareto.front.types import Front, FrontPoint
+    from pareto.models.rewards_in_context import RiCPolicy
+    from pareto.serving import ServedRun
+    from tests.test_mah_dpo import build
+
+    if kind == "soups":
+        model, tok, _ = soup_model(tiny_lm)
+        policy = SoupsPolicy(model, tok, OBJECTIVES)
+    elif kind == "mah_dpo":
+        from pareto.models.multihead import MultiHeadPolicy
+
+        model, tok = build(tiny_lm)
+        policy = MultiHeadPolicy(model, tok, OBJECTIVES)
+    else:
+        model, tok = load_policy(tiny_lm)
+        policy = RiCPolicy(model, tok, OBJECTIVES, low=[-1.0, -1.0, -1.0], high=[1.0, 1.0, 1.0])
+    policy.save(tmp_path / "adapter")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(tiny_lm), "base_model")
+    client.log_artifacts(run.info.run_id, str(tmp_path / "adapter"), "adapter")
+    model_uri = f"runs:/{run.info.run_id}/adapter"
+    points = tuple(FrontPoint(tuple(w), (0.5, 0.5, 0.5), (0.01, 0.01, 0.01), model_uri) for w in np.eye(3))
+    front = Front(kind, OBJECTIVES, points, (0.0, 0.0, 0.0), meta={"conditioned": True, "policy_kind": kind})
+    client.log_text(run.info.run_id, front.to_json(), f"fronts/{kind}.json")
+    served = ServedRun(run.info.run_id, uri, cache_dir=tmp_path / "cache")
+    lam = [0.2, 0.3, 0.5]
+    text, choice = served.answer(kind, "how do i bake bread?", lam, max_new_tokens=10)
+    assert choice.conditioned and choice.served_weights == tuple(lam)
+    assert type(served.policy(choice)) is type(policy)
+    assert text == policy.generate(["how do i bake bread?"], np.array(lam), max_new_tokens=10)[0]

@@ -136,7 +136,10 @@ def method_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle
         policy.save(Path(tmp) / "adapter")
         adapter = pack(Path(tmp) / "adapter")
     return {"method": method, "weights": weights, "adapter": adapter, "history": result.history,
-            "best_step": result.best_step, "steps": result.steps, "train_seconds": result.seconds,
+            "best_step": result.best_step, "steps": result.steps,
+            # CPU-seconds, not wall: compute comparisons must not depend on what else the machine runs
+            "train_seconds": getattr(result, "cpu_seconds", 0.0) or result.seconds,
+            "train_wall_seconds": result.seconds,
             "tokens_per_second": result.tokens_per_second, "eval_seconds": eval_seconds,
             "points": [p.to_dict() for p in points],
             "models_trained": getattr(result, "models", 1), "policy_kind": getattr(policy, "kind", None)}

@@ -84,7 +84,8 @@ class TrainResult:
     best_step: int = 0
     best_metric: float = float("-inf")
     steps: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0      # wall time
+    cpu_seconds: float = 0.0  # process CPU time: the compute a method costs, whatever else runs on the machine
     tokens: int = 0
     models: int = 1  # models (adapters) this result trained, e.g. K for Rewarded Soups
 
@@ -133,7 +134,7 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
         return bad_checks >= cfg.patience
 
     best_state, bad_checks = snapshot(), 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     check(0)  # the untouched (SFT) model is the fallback: training never returns something worse on validation
     model.train()
     bar = tqdm(total=cfg.max_steps, desc=desc, unit="step", mininterval=2.0)
@@ -178,6 +179,7 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
                 break
     bar.close()
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in best_state.items():

@@ -27,7 +27,14 @@ from pareto.config import RiCConfig
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator
 from pareto.methods.panacea import validation_weights
-from pareto.models.policy import generate, load_policy, repetition_rate, sft_train
+from pareto.models.policy import (
+    generate,
+    load_policy,
+    prompt_text,
+    repetition_rate,
+    response_text,
+    sft_train,
+)
 from pareto.models.rewards_in_context import RiCPolicy, format_prompt
 from pareto.objectives import RunningZScore
 
@@ -39,6 +46,14 @@ def offline_samples(prompts: Sequence[str], responses: Sequence[tuple[str, str]]
     if limit is not None and len(seen) > limit:
         seen = [seen[i] for i in np.sort(rng.choice(len(seen), size=limit, replace=False))]
     return [p for p, _ in seen], [r for _, r in seen]
+
+
+def within_context(tokenizer, examples: Sequence[tuple[str, str]], max_length: int) -> list[tuple[str, str]]:
+    """The (conditioned prompt, response) examples that fit the model context (the reward tags make prompts longer;
+    a truncated example would train on half a response)."""
+    prompts = tokenizer([prompt_text(tokenizer, p) for p, _ in examples], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([response_text(tokenizer, r) for _, r in examples], add_special_tokens=False)["input_ids"]
+    return [e for e, p, r in zip(examples, prompts, responses, strict=True) if len(p) + len(r) <= max_length]
 
 
 def sample_targets(rng: np.random.Generator, n: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -65,7 +80,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
     rng = np.random.default_rng(ctx.seed)
     torch.manual_seed(ctx.seed)
     result = TrainResult()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
 
     # ---- offline data: responses of the training pairs with their z-scored reward vectors -----------------------
     prompts, responses = offline_samples(ctx.pairs.prompts, ctx.pairs.responses, cfg.offline_samples, rng)
@@ -87,7 +102,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
     step = 0
 
     def check() -> None:
-        """Validate the current adapter; remember it (and its reward range) when it is the best eligible one."""
+        """Validate the current model; remember it (and its reward range) when it is the best eligible one."""
         model.eval()
         metric, info, eligible = validate(step)
         result.history.append({"step": step, "val_metric": metric, "val_eligible": float(eligible), **info})
@@ -98,6 +113,10 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
 
     def train(examples: list[tuple[str, str]], epochs: int, lr: float, phase: str) -> None:
         nonlocal step
+        fitting = within_context(tokenizer, examples, max_length)
+        if len(fitting) < len(examples):
+            result.history.append({"step": step, f"{phase}_dropped_too_long": float(len(examples) - len(fitting))})
+        examples = fitting
 
         def log(i: int, loss: float) -> None:
             result.history.append({"step": step + i, "sft_loss": loss, f"{phase}_loss": loss})
@@ -143,7 +162,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
         train(examples, cfg.online_epochs, cfg.online_lr, "online")
         check()
 
-    if best:  # restore the best validated adapter and the reward range it was trained with
+    if best:  # restore the best validated weights and the reward range they were trained with
         with torch.no_grad():
             params = dict(model.named_parameters())
             for name, value in best["state"].items():
@@ -152,4 +171,5 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
     model.eval()
     result.steps = step
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     return policy, result

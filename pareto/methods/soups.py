@@ -48,6 +48,7 @@ def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = Non
                                                              if key != "step"}} for row in result.history]
         total.steps += result.steps
         total.seconds += result.seconds
+        total.cpu_seconds += result.cpu_seconds
         total.tokens += result.tokens
         total.history.append({"step": total.steps, f"best_step/{objective}": float(result.best_step),
                               f"best_val_metric/{objective}": result.best_metric})

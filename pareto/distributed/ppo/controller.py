@@ -191,7 +191,13 @@ class PPORun:
                     self.close()
             if result is None:  # stopped at until_step
                 continue
-            result["base_points"] = [p.to_dict() for p in base_points]
+            result["base_points"] = base_points["points"]
+            rows = result.pop("oracle_rows")
+            if rows is not None and base_points["oracle_rows"] is not None:
+                result["vs_sft"] = compare_to_base(result["points"], rows, base_points)
+                result["history"][-1].update({f"vs_sft/{k}_{i}": float(c[k]) for i, c in enumerate(result["vs_sft"])
+                                              for k in ("gain", "z")})
+                tqdm.write(vs_sft_table(self.output_key(unit), result["vs_sft"], self.cfg.objectives))
             save_result(unit.dir, result, result["adapter"])
             outputs[self.output_key(unit)] = result
         return outputs
@@ -205,7 +211,8 @@ class PPORun:
         return self.group is not None and not self.group.all_alive()
 
     # ---- evaluation -----------------------------------------------------------------------------------------
-    def _evaluate(self, grid: np.ndarray) -> list[PointEval]:
+    def _evaluate(self, grid: np.ndarray) -> tuple[list[PointEval], list[list] | None]:
+        """Points of the λ grid, plus each point's per-prompt oracle vectors (for the paired test against SFT)."""
         ev, group = self.cfg.evaluation, self.group
         calls = itertools.count()
         memo: dict = {}
@@ -221,18 +228,20 @@ class PPORun:
             return memo["value"][name]
 
         names = group.evaluate_scores(self.eval_prompts[:1], [""]).keys()
-        return evaluate_grid(generate, self.eval_prompts, grid, {n: functools.partial(score, n) for n in names})
+        points = evaluate_grid(generate, self.eval_prompts, grid, {n: functools.partial(score, n) for n in names})
+        if "oracle" not in names:
+            return points, None
+        rows = memo["value"]["oracle"].reshape(len(points), len(self.eval_prompts), -1)
+        return points, rows.tolist()
 
-    def _base_points(self) -> list[PointEval]:
+    def _base_points(self) -> dict:
         """The SFT base on the method's λ grid (engines are at version 0 = base until their first sync)."""
         path = self.root / "base_eval.json"
-        if path.is_file():
-            return [PointEval.from_dict(p) for p in json.loads(path.read_text())]
-        assert ray.get(self.group.engines[0].info.remote())["version"] == 0
-        grid = np.concatenate([u.grid for u in self.units()])
-        points = self._evaluate(grid)
-        path.write_text(json.dumps([p.to_dict() for p in points]))
-        return points
+        if not path.is_file():
+            assert ray.get(self.group.engines[0].info.remote())["version"] == 0
+            points, rows = self._evaluate(np.concatenate([u.grid for u in self.units()]))
+            path.write_text(json.dumps({"points": [p.to_dict() for p in points], "oracle_rows": rows}))
+        return json.loads(path.read_text())
 
     # ---- one unit ---------------------------------------------------------------------------------------------
     def _train_unit(self, unit: Unit, until_step: int | None) -> dict | None:
@@ -285,13 +294,14 @@ class PPORun:
             bar.close()
 
         start = time.perf_counter()
-        points = self._evaluate(unit.grid)
+        points, oracle_rows = self._evaluate(unit.grid)
         eval_seconds = time.perf_counter() - start
         history[-1] = {**history[-1], "restarts": float(self.restarts), "resumed_from_step": float(resumed_from)}
         return {"method": self.name, "weights": unit.weights, "adapter": group.save_policy(unit.weights),
                 "history": history, "best_step": step, "steps": step, "train_seconds": seconds,
                 "tokens_per_second": tokens / max(seconds, 1e-9), "eval_seconds": eval_seconds,
-                "points": [p.to_dict() for p in points], "lambda_schedule": schedule, "restarts": self.restarts,
+                "points": [p.to_dict() for p in points], "oracle_rows": oracle_rows,
+                "lambda_schedule": schedule, "restarts": self.restarts,
                 "resumed_from_step": resumed_from, "final_version": version, "models_trained": 1,
                 "policy_kind": "panacea" if self.conditioned else None}  # serving loads Panacea-PPO as Panacea
 
@@ -376,6 +386,34 @@ class PPORun:
                "timing/training": t_train, "timing/sync": t_sync, "timing/step": t_step,
                "tokens_per_second": n_tok / max(t_gen, 1e-9), "step_tokens_per_second": n_tok / max(t_step, 1e-9)}
         return row, np.unique(lam_prompts, axis=0).tolist()
+
+
+def compare_to_base(points: list[dict], rows: list, base: dict) -> list[dict]:
+    """λ-scalarized oracle reward of the trained policy vs the SFT base, per grid λ, on the same eval prompts.
+
+    z_paired uses per-prompt differences (the same prompts answered by both); z uses independent standard errors.
+    """
+    base_rows = {tuple(p["weights"]): np.asarray(r) for p, r in zip(base["points"], base["oracle_rows"], strict=True)}
+    out = []
+    for point, r in zip(points, rows, strict=True):
+        w = np.asarray(point["weights"])
+        ours, theirs = np.asarray(r) @ w, base_rows[tuple(point["weights"])] @ w
+        n, diff = len(ours), ours - theirs
+        se_paired = max(float(diff.std(ddof=1)) / n**0.5, 1e-9)
+        se = max(float(np.sqrt(ours.var(ddof=1) / n + theirs.var(ddof=1) / n)), 1e-9)
+        out.append({"weights": list(point["weights"]), "policy": float(ours.mean()), "base": float(theirs.mean()),
+                    "gain": float(diff.mean()), "se": se, "z": float(diff.mean()) / se, "se_paired": se_paired,
+                    "z_paired": float(diff.mean()) / se_paired})
+    return out
+
+
+def vs_sft_table(name: str, rows: list[dict], objectives: list[str]) -> str:
+    lines = [f"{name}: λ-scalarized oracle reward vs the SFT base (λ over {', '.join(objectives)})"]
+    for c in rows:
+        lam = ", ".join(f"{w:.2f}" for w in c["weights"])
+        lines.append(f"  λ=({lam})  policy {c['policy']:.3f}  base {c['base']:.3f}  gain {c['gain']:+.3f}  "
+                     f"z={c['z']:.1f} (paired {c['z_paired']:.1f})")
+    return "\n".join(lines)
 
 
 def run_ppo_method(cfg: ExperimentConfig, method: str, base: Bundle, reward: Bundle | None, grid: np.ndarray,
