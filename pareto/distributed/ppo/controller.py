@@ -384,7 +384,8 @@ class PPORun:
                "timing/reference": max(o["seconds"] for o in ref_out),
                "timing/experience": max(o["seconds"] for o in exp_out), "timing/scoring_wall": t_score,
                "timing/training": t_train, "timing/sync": t_sync, "timing/step": t_step,
-               "tokens_per_second": n_tok / max(t_gen, 1e-9), "step_tokens_per_second": n_tok / max(t_step, 1e-9)}
+               "generation_tokens_per_second": n_tok / max(t_gen, 1e-9),
+               "step_tokens_per_second": n_tok / max(t_step, 1e-9)}
         return row, np.unique(lam_prompts, axis=0).tolist()
 
 
