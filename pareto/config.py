@@ -260,8 +260,9 @@ class RiCConfig(Strict):
     origin_samples: int = Field(1000, ge=0, description="offline samples (quantile-filtered) mixed into each round")
     quantile: float = Field(0.7, gt=0, lt=1, description="keep a generation above this quantile on any objective")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of online generations")
-    mapping: Literal["linf", "l2", "linear"] = Field("linf", description="λ -> desired rewards (closed form over "
-                                                                          "the observed reward range)")
+    mapping: Literal["linf", "l2", "linear", "auto"] = Field(
+        "linf", description="λ -> desired rewards, a closed form over the observed reward range (linf: the paper's); "
+                            "auto: the one with the best held-out front (reward model, validation prompts)")
     val_prompts: int = Field(24, ge=2)
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
 

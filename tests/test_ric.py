@@ -135,11 +135,15 @@ def test_ric_loss_is_the_nll_of_the_response_tokens_only(tiny_lm) -> None:
 def test_fit_offline_and_one_online_round_then_round_trip(tiny_fit_context, tmp_path: Path) -> None:
     ctx = tiny_fit_context(n_pairs=40)
     cfg = RiCConfig(epochs=1, batch_size=8, lr=5e-3, offline_samples=48, online_rounds=1, online_prompts=8,
-                    online_epochs=1, origin_samples=8, lora_rank=4, target_modules=["q_proj", "v_proj"])
+                    online_epochs=1, origin_samples=8, lora_rank=4, target_modules=["q_proj", "v_proj"],
+                    mapping="auto")
     policy, result = load_method("ric").fit(ctx, cfg)
     rounds = [h for h in result.history if "online_round" in h]
     assert len(rounds) == 1 and rounds[0]["online_generated"] == 8 and 0 < rounds[0]["online_kept"] <= 8, rounds
     assert [h["step"] for h in result.history if "val_metric" in h] == [0, 6, result.steps]  # 48/8 offline steps
+    chosen = next(h for h in result.history if "mapping_index" in h)  # auto: the best held-out mapping is kept
+    scores = {m: chosen[f"mapping_val_metric/{m}"] for m in ("linf", "l2", "linear")}
+    assert policy.mapping == max(scores, key=scores.get) == ("linf", "l2", "linear")[int(chosen["mapping_index"])]
     assert any("online_loss" in h for h in result.history) and result.steps > 6 and result.cpu_seconds > 0
     # the mapping's range is the observed range of the (oracle-scored, z-scored) training labels
     assert all(lo < 0 < hi for lo, hi in zip(policy.low, policy.high, strict=True))
@@ -149,6 +153,7 @@ def test_fit_offline_and_one_online_round_then_round_trip(tiny_fit_context, tmp_
     policy.save(tmp_path / "adapter")
     loaded = load_conditioned("ric", ctx.base_dir, tmp_path / "adapter", ctx.objectives)
     assert isinstance(loaded, RiCPolicy) and (loaded.low, loaded.high) == (policy.low, policy.high)
+    assert loaded.mapping == policy.mapping
     assert loaded.conditioned_prompts(prompts, lam) == policy.conditioned_prompts(prompts, lam)
     assert loaded.generate(prompts, lam, max_new_tokens=8) == before
     with pytest.raises(ValueError, match="trained for objectives"):

@@ -24,6 +24,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from pareto.config import RiCConfig
+from pareto.front.grid import preference_grid
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator
 from pareto.methods.panacea import validation_weights
@@ -35,7 +36,7 @@ from pareto.models.policy import (
     response_text,
     sft_train,
 )
-from pareto.models.rewards_in_context import RiCPolicy, format_prompt
+from pareto.models.rewards_in_context import MAPPINGS, RiCPolicy, format_prompt
 from pareto.objectives import RunningZScore
 
 
@@ -95,7 +96,8 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
                           lora_dropout=0.0, task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
-    policy = RiCPolicy(model, tokenizer, objectives, low, high, cfg.mapping, normalizer.state_dict())
+    mapping = "linf" if cfg.mapping == "auto" else cfg.mapping
+    policy = RiCPolicy(model, tokenizer, objectives, low, high, mapping, normalizer.state_dict())
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)
     best: dict = {}
@@ -169,7 +171,28 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
                 params[name].copy_(value)
         policy.low, policy.high = best["low"], best["high"]
     model.eval()
+    if cfg.mapping == "auto":
+        choose_mapping(policy, ctx, cfg, result, step)
     result.steps = step
     result.seconds = time.perf_counter() - start
     result.cpu_seconds = time.process_time() - cpu_start
     return policy, result
+
+
+def choose_mapping(policy: RiCPolicy, ctx: FitContext, cfg: RiCConfig, result: TrainResult, step: int) -> None:
+    """Pick the λ → reward mapping with the best held-out front: inference only, scored by the reward model.
+
+    The mappings agree at the simplex vertices, so they are compared on the edge midpoints and the centre too.
+    """
+    k = len(ctx.objectives)
+    weights = np.vstack([preference_grid(k, n_points=2 * k), np.full((1, k), 1.0 / k)])
+    validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, weights, ctx.reward,
+                               cfg.max_repetition)
+    scores = {}
+    for mapping in MAPPINGS:
+        policy.mapping = mapping
+        metric, _, eligible = validate(step)
+        scores[mapping] = metric if eligible else float("-inf")
+    policy.mapping = max(MAPPINGS, key=lambda m: scores[m])  # ties keep the earlier (the paper's linf first)
+    result.history.append({"step": step, "mapping_index": float(MAPPINGS.index(policy.mapping)),
+                           **{f"mapping_val_metric/{m}": v for m, v in scores.items()}})
