@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -70,22 +71,64 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
 
 
+def wait_job_agent(dashboard: str, timeout: float) -> None:
+    """The Jobs API answers before the head's job agent has registered ("No available agent to submit job"): submit
+    a no-op job until one is accepted and finishes, so the tests' real submissions never race the agent."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(1.0)
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        if time.time() > deadline:
+            raise TimeoutError(f"the no-op probe job {job} did not finish within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real Ray cluster head (`ray start --head`) on 127.0.0.1 with the Jobs API."""
+    """A real Ray cluster head (`ray start --head`) on 127.0.0.1 with the Jobs API.
+
+    Started with `--block` in its own process group and stopped by signalling that group: `ray stop` would kill
+    every Ray cluster on the machine, including other test sessions' and a developer's own."""
     gcs, dash = free_port(), free_port()
     temp = tmp_path_factory.mktemp("ray")
-    subprocess.run(
-        [_exe("ray"), "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
-        check=True, capture_output=True, timeout=120,
+    proc = subprocess.Popen(
+        [_exe("ray"), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
+        stdout=open(temp / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     info = {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}
     try:
-        wait_http(f"{info['dashboard']}/api/version", timeout=60)
+        wait_http(f"{info['dashboard']}/api/version", timeout=120)
+        wait_job_agent(info["dashboard"], timeout=180)
         yield info
     finally:
-        subprocess.run([_exe("ray"), "stop", "--force"], capture_output=True, timeout=60)
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, then SIGKILL what is left of it (Ray's agents may outlive the first signal)."""
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the leader may exit before its children
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Ray-side orchestration: pipeline stages as Ray tasks, sweeps, and PPO actor groups."""
