@@ -44,6 +44,22 @@ def _load(config: Path, overrides: list[str] | None) -> ExperimentConfig:
         raise  # unreachable
 
 
+def job_config(argv: list[str] | None, doc: str | None, what: str) -> ExperimentConfig | None:
+    """Parse `--config PATH [--set key=value ...]` for a `ray_jobs/` entry point; None after printing a one-line
+    error (the caller exits 2), so a bad config fails before the job takes any cluster resources."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help=what)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override: key=value")
+    args = parser.parse_args(argv)
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
 def summary(result, cfg: ExperimentConfig) -> str:
     """The closing report of a pipeline run: fronts, where they are tracked, how to look at them."""
     lines = [f"pareto: {cfg.name} (seed {cfg.seed}) finished in {result.seconds:.0f} s",
@@ -193,8 +209,11 @@ def compare(
                                                           "and latest sweep")] = None,
     experiment: Annotated[str | None, typer.Option(help="the experiment to compare within")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+    plot: Annotated[Path, typer.Option(help="overlay plot of the fronts: a PNG here and an interactive HTML "
+                                            "next to it")] = Path("pareto-compare.png"),
 ) -> None:
-    """Compare methods: models trained, training compute, hypervolume, IGD, inner product (one row per front)."""
+    """Compare methods: models trained, training compute, hypervolume, IGD, inner product (one row per front),
+    and an overlay plot of all the fronts on the task's oracle front."""
     from mlflow.tracking import MlflowClient
 
     from pareto import tracking
@@ -217,8 +236,12 @@ def compare(
                 raise LookupError(f"no pareto run or sweep at {uri}; run `pareto quickstart` or `pareto sweep` first")
         fronts = [(f"{r.info.run_name} ({r.info.run_id[:8]})", f) for r in found
                   for f in tracking.load_fronts(r, uri)]
+        oracle = next((o for r in found if (o := tracking.load_oracle_front(r.info.run_id, uri))), None)
     except LookupError as err:
         _fail(str(err))
+    if len({f.objectives for _, f in fronts}) > 1:
+        _fail("runs: the fronts have different objectives "
+              f"({sorted({', '.join(f.objectives) for _, f in fronts})}); compare runs of the same objectives")
     rows = compare_table(fronts)
     cells = [list(COMPARE_COLUMNS)] + [[_cell(row[c]) for c in COMPARE_COLUMNS] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COMPARE_COLUMNS))]
@@ -227,6 +250,20 @@ def compare(
                                                                                                 strict=True))))
         if j == 0:
             typer.echo("  ".join("-" * w for w in widths))
+    written = _overlay_plot(fronts, oracle, plot)
+    typer.echo(f"\noverlay plot: {written[0]} (interactive: {written[1]})")
+
+
+def _overlay_plot(fronts: list, oracle: tuple | None, path: Path) -> tuple[Path, Path]:
+    """Every (run, method) front on one chart; fronts are relabelled by run when several runs are compared."""
+    import dataclasses
+
+    from pareto.front.plot import plot_front_html, plot_front_png
+
+    several_runs = len({label for label, _ in fronts}) > 1
+    drawn = [dataclasses.replace(f, method=f"{label} · {f.method}") if several_runs else f
+             for label, f in fronts]
+    return plot_front_png(drawn, path, oracle), plot_front_html(drawn, path.with_suffix(".html"), oracle)
 
 
 def _cell(value: object) -> str:

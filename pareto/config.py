@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # Tasks the embedded registry knows, with the objectives they define (kept here so validation needs no compute).
 KNOWN_TASKS: dict[str, tuple[str, ...]] = {"tiny-hh": ("helpful", "harmless", "concise")}
@@ -200,6 +208,18 @@ class RewardModelConfig(Strict):
     min_accuracy: float = Field(0.85, ge=0, le=1, description="held-out pairwise accuracy required per objective")
     hf: list[HFRewardModelConfig] = Field(default_factory=list,
                                           description="Hugging Face reward models (ids or paths) scoring objectives")
+    tie_weight: float = Field(0.0, ge=0, description="weight of a tie term in the Bradley–Terry loss: pairs tied on "
+                                                     "an objective (label -1) are fit to equal scores; only where -1 "
+                                                     "is a real tie (tiny-hh: harmless on safe prompts), not a "
+                                                     "missing label")
+
+    @model_serializer(mode="wrap")
+    def _without_default_tie(self, handler: Any) -> dict:
+        # left out at its default, so the cache keys (digests) of configs that do not use it stay as they were
+        data = handler(self)
+        if self.tie_weight == 0.0:
+            data.pop("tie_weight", None)
+        return data
 
 
 class DPOConfig(Strict):
@@ -260,9 +280,11 @@ class RiCConfig(Strict):
     origin_samples: int = Field(1000, ge=0, description="offline samples (quantile-filtered) mixed into each round")
     quantile: float = Field(0.7, gt=0, lt=1, description="keep a generation above this quantile on any objective")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of online generations")
-    mapping: Literal["linf", "l2", "linear", "auto"] = Field(
-        "linf", description="λ -> desired rewards, a closed form over the observed reward range (linf: the paper's); "
-                            "auto: the one with the best held-out front (reward model, validation prompts)")
+    mapping: Literal["linf", "l2", "linear", "front", "auto"] = Field(
+        "linf", description="λ -> desired rewards: a closed form over the observed reward range (linf: the paper's), "
+                            "or front: the mean of the observed reward vectors best under λ; auto: the one whose "
+                            "held-out front (reward model, validation prompts) keeps each objective highest at its "
+                            "own vertex, with the largest hypervolume")
     val_prompts: int = Field(24, ge=2)
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
 
@@ -297,7 +319,8 @@ class MODPOConfig(DPOConfig):
 
 # ---- PPO (RLHF on Ray actors): MORLHF (one policy per λ) and Panacea-PPO (one SVD-LoRA policy for every λ) -------
 PPO_METHODS = ("morlhf", "panacea_ppo")
-REWARD_SOURCES = ("learned", "length", "oracle")  # learned reward-model head, or a rule-based objective
+# learned (the MiniLM reward-model head), hf (a reward_model.hf sequence-classifier), or a rule-based objective
+REWARD_SOURCES = ("learned", "hf", "length", "oracle")
 
 
 class PPOMethodConfig(Strict):
@@ -363,6 +386,38 @@ class ActorShare(Strict):
     threads: int = Field(1, ge=1, description="torch threads inside each actor")
 
 
+class PPOVLLMConfig(Strict):
+    """The vLLM rollout engine (`ppo.engine: vllm`): a vLLM OpenAI-compatible server reached over HTTP, the policy
+    synced to it as versioned LoRA adapters (`/v1/load_lora_adapter`)."""
+
+    url: str | None = Field(None, description="an existing server serving the same base model (it must see "
+                                              "adapter_dir); null = each rollout engine starts one from `venv`")
+    venv: str | None = Field(None, description="the vLLM virtual environment (scripts/vllm_env.sh); default "
+                                               "$PARETO_VLLM_VENV or ~/.cache/pareto/vllm-venv")
+    adapter_dir: str | None = Field(None, description="where synced adapters are written; default: the temp dir")
+    max_lora_rank: int | None = Field(None, description="vLLM max_lora_rank; null = the policy's (padded) rank")
+    max_loras: int = Field(8, ge=1, description="adapters in one engine batch (distinct λ per rollout batch)")
+    max_model_len: int | None = Field(None, ge=16, description="null = the base model's context")
+    extra_args: list[str] = Field(default_factory=list,
+                                  description="more server arguments, e.g. [--gpu-memory-utilization, '0.3']")
+    startup_timeout: float = Field(900.0, gt=0, description="seconds for a started server to become ready")
+    request_timeout: float = Field(600.0, gt=0, description="seconds per HTTP request")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000")
+        return v
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, v: int | None) -> int | None:
+        if v is not None and v not in VLLM_LORA_RANKS:
+            raise ValueError(f"vLLM allows only {list(VLLM_LORA_RANKS)}")
+        return v
+
+
 class PPOConfig(Strict):
     """Actors, resource shares, checkpoints and fault tolerance of PPO methods; the same keys scale to GPUs."""
 
@@ -370,11 +425,14 @@ class PPOConfig(Strict):
     rollout: ActorShare = ActorShare(count=2, cpus=0.25, threads=1)
     reward: ActorShare = ActorShare(count=1, cpus=0.25, threads=2)
     reference: ActorShare = ActorShare(count=1, cpus=0.25, threads=2)
-    engine: Literal["transformers", "vllm"] = Field("transformers", description="rollout engine (vllm needs a GPU)")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="rollout engine: transformers generate, or a vLLM server (see ppo.vllm)")
+    vllm: PPOVLLMConfig = PPOVLLMConfig()
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of trainers")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    reward_sources: dict[str, Literal["learned", "length", "oracle"]] = Field(
-        default_factory=dict, description="objective -> learned (default), length (rule: shorter is better) or "
+    reward_sources: dict[str, Literal["learned", "hf", "length", "oracle"]] = Field(
+        default_factory=dict, description="objective -> learned (default: the MiniLM reward model's head), hf (the "
+                                          "reward_model.hf entry scoring it), length (rule: shorter is better) or "
                                           "oracle (the synthetic task's rule)")
     checkpoint_every: int = Field(10, ge=1, description="PPO steps between atomic checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
@@ -633,9 +691,12 @@ class ExperimentConfig(Strict):
                 raise _FieldError(f"ppo.reward_sources.{name}",
                                   f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
             if source == "oracle" and self.task.dataset is not None:
-                raise _FieldError(f"ppo.reward_sources.{name}", "a real dataset has no oracle; use learned or length")
-        if ppo.engine == "vllm" and ppo.rollout.gpus <= 0:
-            raise _FieldError("ppo.engine", "vllm rollouts need a GPU: set ppo.rollout.gpus > 0 or use transformers")
+                raise _FieldError(f"ppo.reward_sources.{name}",
+                                  "a real dataset has no oracle; use learned, hf or length")
+            if source == "hf" and not any(name in rm.objectives for rm in self.reward_model.hf):
+                raise _FieldError(f"ppo.reward_sources.{name}",
+                                  f"{name!r} has source hf but no reward_model.hf entry scores it; add it to one's "
+                                  "objectives, or use learned/length")
         if ppo.backend == "nccl" and ppo.trainer.gpus <= 0:
             raise _FieldError("ppo.backend", "nccl needs GPU trainer ranks: set ppo.trainer.gpus > 0, or use gloo/auto")
         if ppo.trainer.cpus <= 0 and ppo.trainer.gpus <= 0:

@@ -11,24 +11,18 @@ folder). Submitting the same job again resumes the study; `pareto sweep` runs th
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pareto.config import ConfigError, load_config
+from pareto.cli import job_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML with a sweep section")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override: key=value")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = job_config(argv, __doc__, "experiment YAML with a sweep section")
+    if cfg is None:
         return 2
     if cfg.sweep is None:
-        print(f"error: {args.config}: no sweep section; add one (see configs/sweep_quickstart.yaml)", file=sys.stderr)
+        print("error: sweep: the config has no sweep section; add one (see configs/sweep_quickstart.yaml)",
+              file=sys.stderr)
         return 2
     from pareto.distributed.sweep import run_sweep, summary
 

@@ -8,23 +8,15 @@ Inside a job Ray sets RAY_ADDRESS, so the pipeline joins the cluster; `pareto ru
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pareto.cli import summary
-from pareto.config import ConfigError, load_config
+from pareto.cli import job_config, summary
 from pareto.distributed.pipeline import run_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override: key=value")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = job_config(argv, __doc__, "experiment YAML")
+    if cfg is None:
         return 2
     print(summary(run_pipeline(cfg), cfg))
     return 0

@@ -100,9 +100,12 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     every Ray cluster on the machine, including other test sessions' and a developer's own."""
     gcs, dash = free_port(), free_port()
     temp = tmp_path_factory.mktemp("ray")
+    # Every port ours: the job agent's default 52365 (and the client server's 10001) may belong to another Ray on
+    # the machine, and then the agent dies and no job can be submitted ("No available agent to submit job").
     proc = subprocess.Popen(
         [_exe("ray"), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
+         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--ray-client-server-port={free_port()}", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=open(temp / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     info = {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}

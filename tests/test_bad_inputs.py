@@ -216,20 +216,56 @@ def test_bad_dataset(tmp_path: Path, content, needles: list[str]) -> None:
     assert files_under(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="gap: encode_pairs truncates a response past max_length silently; the "
-                                       "loaders/policy owners should reject it with a one-line error")
-def test_response_longer_than_context_is_an_error() -> None:
-    from pareto.models.policy import encode_pairs
+# A response longer than the model's context: `encode_pair` would truncate it (training on half a response, or on
+# none of it), so the rows are checked against the context when they are loaded, before any compute.
+def test_row_longer_than_context_is_an_error() -> None:
+    from pareto.data.loaders import DatasetError
+    from pareto.models.policy import check_fits_context, encode_pair, train_tokenizer
 
-    class Tok:  # a character tokenizer: one id per character (the tiny model's tokenizer is trained per task)
-        def encode(self, text: str) -> list[int]:
-            return [ord(c) % 200 + 3 for c in text]
+    corpus = [f"User: tell me about item {i}\nAssistant: item {i} is fine" for i in range(50)]
+    tok = train_tokenizer(corpus, 300)
+    rows = [("train split, pair 0 response_0", "tell me about item 3", "item 3 is fine"),
+            ("train split, pair 1 response_1", "tell me about item 7, please", "item seven " * 30)]
+    lengths = [len(encode_pair(tok, p, r, 10**6)[0]) for _, p, r in rows]  # the untruncated encodings
+    assert lengths[0] < lengths[1]
+    check_fits_context(tok, rows, lengths[1])  # exactly at the limit: fits
+    check_fits_context(tok, rows[:1], lengths[0])
+    with pytest.raises(DatasetError) as err:
+        check_fits_context(tok, rows, lengths[1] - 1, field="model.tiny.max_length")
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in ["train split, pair 1 response_1", "'tell me about item 7, please'", f"is {lengths[1]} tokens",
+                   f"model.tiny.max_length={lengths[1] - 1}", "(1 of 2 rows", f"at least {lengths[1]}",
+                   "shorten or drop"]:
+        assert needle in message, (needle, message)
+    with pytest.raises(DatasetError, match=r"pair 1 response_1 .* \(2 of 2 rows"):  # the longest row is named
+        check_fits_context(tok, rows, lengths[0] - 1)
 
-        pad_token_id = 0
-        eos_token_id = 1
 
-    with pytest.raises(ValueError, match="max_length"):
-        encode_pairs(Tok(), ["prompt"], ["x" * 500], 64)
+def test_task_rows_are_checked_against_the_configured_context() -> None:
+    """The pipeline's check: the task's SFT examples and training pairs under the base model's tokenizer."""
+    from pareto.config import config_from_dict
+    from pareto.data.loaders import DatasetError
+    from pareto.distributed.stages import check_context
+
+    check_context(config_from_dict(QUICK))  # the quickstart fits its 128-token context
+    with pytest.raises(DatasetError) as err:
+        check_context(config_from_dict(_with("model.tiny.max_length", 40)))
+    message = str(err.value)
+    assert "task tiny-hh train split, SFT example" in message and "model.tiny.max_length=40" in message
+    # without SFT (an HF-style base is not SFT-trained) the training pairs are still checked
+    with pytest.raises(DatasetError, match=r"train split, pair \d+ response_[01] .* model.tiny.max_length=40"):
+        check_context(config_from_dict(_with("model.sft", "never", _with("model.tiny.max_length", 40))))
+
+
+def test_run_with_rows_longer_than_context_fails_before_compute(tmp_path: Path) -> None:
+    state, db = tmp_path / "state", tmp_path / "mlflow.db"
+    proc = run_cli(["run", str(ROOT / "configs" / "quickstart.yaml"), "--set", "model.tiny.max_length=32",
+                    "--set", f"state_dir={state}", "--set", f"tracking.uri=sqlite:///{db}"], state, tmp_path)
+    assert_one_line_error(proc, "SFT example", "tokens, longer than model.tiny.max_length=32",
+                          "raise model.tiny.max_length to at least", "shorten or drop")
+    assert files_under(state) == [] and not db.exists()  # no MLflow store, run, cache or checkpoint
+    assert "Ray" not in proc.stderr  # stopped before Ray started
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
@@ -315,3 +351,16 @@ def test_bad_panacea_adapter(tmp_path: Path, damage) -> None:
     with pytest.raises(CheckpointError) as err:
         load_panacea(base(), tmp_path / "adapter")
     assert "\n" not in str(err.value) and "adapter_model.safetensors" in str(err.value)
+
+
+def test_a_real_dataset_recipe_is_refused_by_run_before_compute(tmp_path: Path) -> None:
+    """Real-dataset recipes validate and plan, but `pareto run` cannot train them yet: one line, exit 2, and
+    nothing written (no MLflow store, no Ray)."""
+    state = tmp_path / "state"
+    proc = subprocess.run([*PARETO, "run", str(ROOT / "configs/recipes/panacea-dpo-pku-saferlhf.yaml"),
+                           "--set", f"state_dir={state}", "--set", f"tracking.uri=sqlite:///{state / 'm.db'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: task.dataset:") and "remove task.dataset" in lines[0]
+    assert not state.exists() or not any(state.iterdir())

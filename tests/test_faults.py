@@ -7,6 +7,7 @@ store (its own function-scoped fixture: the session server of conftest stays up 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,3 +181,154 @@ def test_kill_during_save_leaves_the_previous_good_copy(tmp_path: Path, kind: st
     # What the kill left is a hidden temporary sibling, never the target name.
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != target.name]
     assert leftovers and all(name.startswith(f".{target.name}.") for name in leftovers)
+
+
+# ---- disk full, file-size limit, read-only filesystem, permissions: real OS errors in a child process ------------
+# The child makes a previous good copy, snapshots the folder, turns the fault on, tries the save through the real
+# writer, and snapshots again. Faults are real kernel errors: RLIMIT_FSIZE with SIGXFSZ ignored (EFBIG), a 64 KiB
+# tmpfs in a private mount namespace (ENOSPC; remounted read-only: EROFS), and a read-only folder with the
+# DAC-override capabilities dropped, so that it fails for root too (EACCES; CI runs as root).
+WRITE_CHILD = textwrap.dedent("""
+    import hashlib, json, os, resource, signal, subprocess, sys
+    from pathlib import Path
+
+    target, kind, fault = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    folder = target.parent
+    if fault in ("enospc", "erofs"):  # we are root of our own user + mount namespace: a private, tiny tmpfs
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], check=True)
+
+    from pareto import io
+    from pareto.io import StateDirError
+
+    def save():  # the writer under test, with new content far over every limit below
+        if kind == "file":
+            io.atomic_write_bytes(target, b"NEW" * 400_000)
+        elif kind == "front":
+            front.save(target)
+        elif kind == "checkpoint":
+            save_model(model, tokenizer, target)
+        elif kind == "cache":  # what the pipeline's cache store does with a stage's bundle
+            unpack({"model.safetensors": b"N" * 1_200_000, "DONE": b"ok"}, target)
+        elif kind == "state":
+            io.ensure_writable_dir(target)
+
+    # build every payload before the fault: only the save itself may meet it
+    if kind == "front":
+        from pareto.front.types import Front, FrontPoint
+        front = Front("m", ("a", "b"), tuple(FrontPoint((i / 4999, 1 - i / 4999), (float(i), -float(i)), (0.0, 0.0))
+                                             for i in range(5000)), (-1.0, -1.0))
+    elif kind == "checkpoint":
+        from pareto.config import TinyModelConfig
+        from pareto.models.policy import build_tiny_model, save_model, train_tokenizer
+        tokenizer = train_tokenizer(["User: hello there\\nAssistant: general kenobi"] * 20, 300)
+        model = build_tiny_model(TinyModelConfig(hidden_size=64, intermediate_size=64, num_heads=1, vocab_size=300),
+                                 tokenizer, 0)
+    elif kind == "cache":
+        from pareto.distributed.bundle import unpack
+
+    # the previous good copy
+    if kind in ("file", "front"):
+        io.atomic_write_bytes(target, b"OLD")
+    elif kind in ("checkpoint", "cache"):
+        with io.atomic_dir(target) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"OLD")
+            (tmp / "DONE").write_bytes(b"ok")
+
+    def snapshot():
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+                for p in sorted(folder.rglob("*"))}  # hidden temporaries included
+
+    before = snapshot()
+    if fault == "efbig":
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us instead of failing the write
+        limit = 0 if kind == "state" else 16384  # the state folder's write probe is 2 bytes
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    elif fault == "erofs":
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    elif fault == "eacces":
+        folder.chmod(0o555)
+    try:
+        save()
+        error = None
+    except StateDirError as exc:
+        error = str(exc)
+    finally:
+        if fault == "eacces":
+            folder.chmod(0o755)
+    print(json.dumps({"error": error, "before": before, "after": snapshot()}))
+""")
+
+# (fault, words the fix must contain)
+FAULTS = {"efbig": ("File too large", "file-size limit"), "enospc": ("No space left on device", "free disk space"),
+          "erofs": ("Read-only file system", "read-only"), "eacces": ("Permission denied", "permissions")}
+WRITE_FAULT_ROWS = [("efbig", "file"), ("efbig", "front"), ("efbig", "checkpoint"), ("efbig", "cache"),
+                    ("efbig", "state"), ("enospc", "file"), ("enospc", "front"), ("enospc", "checkpoint"),
+                    ("enospc", "cache"), ("erofs", "file"), ("erofs", "checkpoint"), ("eacces", "file"),
+                    ("eacces", "front"), ("eacces", "cache")]
+
+
+def _fault_prefix(fault: str, tmp_path: Path) -> list[str]:
+    """The command prefix that lets the fault happen for real, or skip with why it cannot here."""
+    if fault in ("enospc", "erofs"):
+        probe = tmp_path / "mount-probe"
+        probe.mkdir()
+        ok = shutil.which("unshare") and subprocess.run(
+            ["unshare", "-Urm", "mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(probe)],
+            capture_output=True).returncode == 0
+        probe.rmdir()
+        if not ok:
+            pytest.skip("a real full/read-only filesystem needs a private mount namespace (unshare -Urm), "
+                        "which this machine does not allow")
+        return ["unshare", "-Urm"]
+    if fault == "eacces" and os.geteuid() == 0:  # root ignores file modes: drop the capabilities that allow it
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
+        return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    return []
+
+
+@pytest.mark.parametrize(("fault", "kind"), WRITE_FAULT_ROWS, ids=[f"{f}-{k}" for f, k in WRITE_FAULT_ROWS])
+def test_refused_write_is_one_clear_error_and_keeps_the_previous_copy(tmp_path: Path, fault: str, kind: str) -> None:
+    import json
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    target = folder / {"file": "cache.bin", "front": "front.json", "checkpoint": "base", "cache": "base-0a1b",
+                       "state": "state"}[kind]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # nothing but the save itself writes under the fault
+    proc = subprocess.run([*_fault_prefix(fault, tmp_path), sys.executable, "-c", WRITE_CHILD, str(target), kind,
+                           fault], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    reason, fix = FAULTS[fault]
+    message = out["error"]
+    assert message is not None, "the save succeeded: the fault did not happen"
+    assert "\n" not in message and str(target) in message and reason in message and fix in message, message
+    assert "PARETO_HOME" in message
+    # the previous good copy is intact and no temporary is left: the folder is byte for byte what it was
+    if kind == "state":
+        assert out["after"].pop("state") == "dir"  # the folder itself may be made; the write probe is gone
+    assert out["after"] == out["before"]
+    if kind != "state":
+        assert out["before"], "no previous copy was made"
+
+
+def test_write_error_for_a_real_disk_full_error() -> None:
+    """/dev/full fails every write with ENOSPC: the kernel's own error, turned into the one-line message."""
+    from pareto.io import write_error
+
+    with pytest.raises(OSError) as err, open("/dev/full", "wb", buffering=0) as full:
+        full.write(b"x")
+    message = str(write_error("/state/cache/base-1/model.safetensors", err.value))
+    assert message.startswith("cannot write '/state/cache/base-1/model.safetensors' (No space left on device); "
+                              "free disk space on that filesystem")
+    assert "\n" not in message and "PARETO_HOME" in message and "unchanged" in message
+
+
+def test_a_bug_inside_an_atomic_dir_keeps_its_type(tmp_path: Path) -> None:
+    """Only refused writes are turned into StateDirError; other errors (bugs, bad values) pass through unchanged."""
+    with pytest.raises(KeyError), atomic_dir(tmp_path / "ckpt"):
+        raise KeyError("bug")
+    with pytest.raises(FileNotFoundError), atomic_dir(tmp_path / "ckpt"):
+        open(tmp_path / "missing-input")  # noqa: SIM115 - a read error is not a write error
+    assert list(tmp_path.iterdir()) == []

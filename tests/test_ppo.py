@@ -32,9 +32,7 @@ from pareto.distributed.ppo.controller import compare_to_base
 from pareto.distributed.ppo.group import NAMESPACE, ActorGroup, get_all
 from pareto.models.policy import build_tiny_model, save_model, train_tokenizer
 from tests.conftest import ROOT, _exe
-
-pytestmark = pytest.mark.skip(reason="PPO on Ray is work in progress (issue 4): stop/restart resume "
-                              "is not yet bit-identical; re-enable when it is")
+from tests.test_hf_reward import gpt2_rm  # noqa: F401 (fixture: a tiny GPT-2 reward model saved locally)
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "vocab_size": 512}
 
@@ -236,6 +234,29 @@ def test_weight_sync_makes_the_engine_generate_with_the_new_version(local_ray, b
         group.shutdown()
 
 
+def test_hf_reward_model_scores_its_objective_in_the_reward_worker(local_ray, base, gpt2_rm: Path,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    """ppo.reward_sources: hf — a Hugging Face sequence classifier (built and saved here) scores `helpful` inside
+    the reward actor, next to the length rule, in one reward vector [B, K]."""
+    from pareto.models.hf_reward import HFRewardModel
+
+    data = small_cfg(tmp_path).model_dump(mode="json")
+    data["reward_model"]["hf"] = [{"model": str(gpt2_rm), "objectives": ["helpful"], "template": "hh",
+                                   "dtype": "float32"}]
+    data["ppo"]["reward_sources"] = {"concise": "length"}  # helpful: hf by default, a reward_model.hf entry scores it
+    cfg = config_from_dict(data)
+    group = ActorGroup(cfg, "panacea_ppo", ray.put(base), None, "hf-reward-test", 0, seed=0, n_heads=3)
+    try:
+        prompts = [p.text for p in load_task("tiny-hh").prompts("train")[:3]]
+        texts = ["Sure, here is how.", "No.", "Mix flour and water, knead, rest and bake it."]
+        (out,) = get_all(group.score_refs(prompts, texts))
+        want = HFRewardModel(cfg.reward_model.hf[0], device="cpu").score(prompts, texts)[:, 0]
+        torch.testing.assert_close(out["reward"][:, 0], want, atol=1e-5, rtol=1e-4)
+        assert out["reward"][:, 1].tolist() == [-4.0, -1.0, -9.0]
+    finally:
+        group.shutdown()
+
+
 def test_morlhf_trains_one_policy_per_lambda(local_ray, base, tmp_path: Path) -> None:
     cfg = small_cfg(tmp_path, "morlhf", max_steps=2, critic="scalar", scalarizer="tchebycheff")
     out = run(cfg, base, tmp_path / "M", method="morlhf")
@@ -253,7 +274,7 @@ JOB_CONFIG = {
     "model": {"tiny": {**TINY, "sft_epochs": 2}},
     "reward_model": {"epochs": 20, "min_accuracy": 0.8},
     "methods": {
-        "panacea_ppo": {"max_steps": 8, "prompts_per_step": 4, "samples_per_prompt": 2, "minibatches": 2,
+        "panacea_ppo": {"max_steps": 16, "prompts_per_step": 4, "samples_per_prompt": 2, "minibatches": 2,
                         "preferences_per_step": 2, "max_new_tokens": 16},
         "morlhf": {"max_steps": 2, "prompts_per_step": 4, "samples_per_prompt": 2, "minibatches": 2,
                    "max_new_tokens": 16},
@@ -268,15 +289,21 @@ import glob, sys, time, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
 pattern = sys.argv[2] + "/checkpoints/panacea_ppo-*/unit-0/latest"
 deadline = time.time() + 900
+victim = None
 while time.time() < deadline:
+    # find the rank first (a GCS query, slow on a busy machine), so the kill lands right after the checkpoint
+    if victim is None:
+        for a in ray.util.list_named_actors(all_namespaces=True):
+            if a["namespace"] == "pareto" and "panacea_ppo" in a["name"] and a["name"].endswith("-trainer-1"):
+                victim = (a["name"], ray.get_actor(a["name"], namespace="pareto"))
+        time.sleep(0.2)
+        continue
     found = glob.glob(pattern)
-    if found and open(found[0]).read().strip() == "step-000002":
+    if found and 2 <= int(open(found[0]).read().strip().removeprefix("step-")) < 16:  # mid-run, after a checkpoint
+        ray.kill(victim[1])
+        print("killed", victim[0], flush=True)
         break
     time.sleep(0.02)
-for a in ray.util.list_named_actors(all_namespaces=True):
-    if a["namespace"] == "pareto" and "panacea_ppo" in a["name"] and a["name"].endswith("-trainer-1"):
-        ray.kill(ray.get_actor(a["name"], namespace="pareto"))
-        print("killed", a["name"])
 """
 
 
@@ -318,9 +345,9 @@ def test_ray_job_submit_with_a_killed_actor(ray_head: dict, mlflow_server: str, 
     for metric in ("kl", "timing/generation", "timing/training", "timing/sync",
                    "generation_tokens_per_second"):
         history = client.get_metric_history(pan.info.run_id, metric)
-        assert sorted(m.step for m in history) == list(range(1, 9)), metric  # every step exactly once
+        assert sorted(m.step for m in history) == list(range(1, 17)), metric  # every step exactly once
     # resumed from a periodic checkpoint (which one depends on when the kill landed), never from scratch
-    assert pan.data.metrics["restarts"] == 1 and pan.data.metrics["resumed_from_step"] in (2, 4, 6)
+    assert pan.data.metrics["restarts"] == 1 and pan.data.metrics["resumed_from_step"] in range(2, 16, 2)
 
     # served like the DPO methods: Panacea-PPO as one Panacea model (λ set in place), MORLHF per λ
     from pareto.serving import ServedRun

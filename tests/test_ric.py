@@ -14,6 +14,7 @@ from pareto.methods.ric import above_quantile, offline_samples, sample_targets
 from pareto.models.conditioned import load_conditioned
 from pareto.models.policy import encode_pairs, load_policy, token_logprobs
 from pareto.models.rewards_in_context import (
+    MAPPINGS,
     RiCPolicy,
     format_prompt,
     format_value,
@@ -80,6 +81,27 @@ def test_l2_and_linear_mappings_hand_worked() -> None:
         preference_to_rewards([0.5, 0.5], lo, hi, "gauss")
 
 
+def test_front_mapping_hand_worked() -> None:
+    """front: the mean of the top fraction of observed vectors under λ · (r − low)/(high − low)."""
+    observed = np.array([[2.0, -1.0], [1.0, 1.0], [-1.0, 3.0], [0.0, 0.0]])
+    lo, hi = observed.min(0), observed.max(0)  # spans 3 and 4
+    # λ = (1, 0): normalised first coordinates 1, 2/3, 0, 1/3 → the top one is (2, −1)
+    np.testing.assert_allclose(preference_to_rewards([1.0, 0.0], lo, hi, "front", observed, top=0.25), [2.0, -1.0])
+    # λ = (0.5, 0.5): scores (1 + 0)/2, (2/3 + 1/2)/2, (0 + 1)/2, (1/3 + 1/4)/2 → (1, 1) first, then (2, −1) and
+    # (−1, 3) tie at 0.5 (the earlier wins): the top half is the mean of (1, 1) and (2, −1)
+    np.testing.assert_allclose(preference_to_rewards([0.5, 0.5], lo, hi, "front", observed, top=0.5), [1.5, 0.0])
+    batch = preference_to_rewards(np.array([[0.0, 1.0], [1.0, 0.0]]), lo, hi, "front", observed, top=0.25)
+    np.testing.assert_allclose(batch, [[-1.0, 3.0], [2.0, -1.0]])
+    # a vertex asks for a combination that was observed, not (max, min) of the box: (2, −1) here, (2, −1) for linf
+    # too, but with a third objective the closed forms put the others at their minimum jointly
+    obs3 = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.5]])
+    lo3, hi3 = obs3.min(0), obs3.max(0)
+    np.testing.assert_allclose(preference_to_rewards([1, 0, 0], lo3, hi3, "front", obs3, top=0.3), [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(preference_to_rewards([1, 0, 0], lo3, hi3, "linf"), [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="needs the observed reward vectors"):
+        preference_to_rewards([1.0, 0.0], lo, hi, "front")
+
+
 def test_policy_maps_lambda_into_the_observed_range() -> None:
     policy = RiCPolicy(None, None, NAMES, low=[-2.2, -2.7, -2.7], high=[2.4, 2.4, 2.9])
     prompts = policy.conditioned_prompts(["hi", "yo"], np.array([[1.0, 0.0, 0.0], [0.2, 0.2, 0.6]]))
@@ -141,9 +163,12 @@ def test_fit_offline_and_one_online_round_then_round_trip(tiny_fit_context, tmp_
     rounds = [h for h in result.history if "online_round" in h]
     assert len(rounds) == 1 and rounds[0]["online_generated"] == 8 and 0 < rounds[0]["online_kept"] <= 8, rounds
     assert [h["step"] for h in result.history if "val_metric" in h] == [0, 6, result.steps]  # 48/8 offline steps
-    chosen = next(h for h in result.history if "mapping_index" in h)  # auto: the best held-out mapping is kept
-    scores = {m: chosen[f"mapping_val_metric/{m}"] for m in ("linf", "l2", "linear")}
-    assert policy.mapping == max(scores, key=scores.get) == ("linf", "l2", "linear")[int(chosen["mapping_index"])]
+    # auto: the best held-out mapping among those that keep each objective highest at its own vertex
+    chosen = next(h for h in result.history if "mapping_index" in h)
+    scores = {m: chosen[f"mapping_val_metric/{m}"] for m in MAPPINGS}
+    pool = [m for m in MAPPINGS if chosen[f"mapping_controllable/{m}"] == 1.0 and scores[m] > -np.inf] or MAPPINGS
+    assert policy.mapping == max(pool, key=scores.get) == MAPPINGS[int(chosen["mapping_index"])]
+    assert policy.observed is not None and policy.observed.shape[1] == 3  # the labels the model was trained on
     assert any("online_loss" in h for h in result.history) and result.steps > 6 and result.cpu_seconds > 0
     # the mapping's range is the observed range of the (oracle-scored, z-scored) training labels
     assert all(lo < 0 < hi for lo, hi in zip(policy.low, policy.high, strict=True))
@@ -153,7 +178,7 @@ def test_fit_offline_and_one_online_round_then_round_trip(tiny_fit_context, tmp_
     policy.save(tmp_path / "adapter")
     loaded = load_conditioned("ric", ctx.base_dir, tmp_path / "adapter", ctx.objectives)
     assert isinstance(loaded, RiCPolicy) and (loaded.low, loaded.high) == (policy.low, policy.high)
-    assert loaded.mapping == policy.mapping
+    assert loaded.mapping == policy.mapping and np.array_equal(loaded.observed, policy.observed)
     assert loaded.conditioned_prompts(prompts, lam) == policy.conditioned_prompts(prompts, lam)
     assert loaded.generate(prompts, lam, max_new_tokens=8) == before
     with pytest.raises(ValueError, match="trained for objectives"):

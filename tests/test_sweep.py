@@ -265,7 +265,7 @@ def test_optuna_driver_reuses_orphans_by_number(local_ray, tmp_path: Path) -> No
     assert len(first) + len(second) - len(running & set(first)) == 7  # each trial ran to completion exactly once
 
 
-def test_conditioned_sweep_is_a_grid_evaluation(killed: dict, local_ray) -> None:
+def test_conditioned_sweep_is_a_grid_evaluation(killed: dict, local_ray, tmp_path: Path) -> None:
     """Panacea is one model for every λ: `sweep` trains it once and evaluates it on the λ grid (no study)."""
     from pareto.models.conditioned import PanaceaPolicy
 
@@ -296,8 +296,14 @@ def test_conditioned_sweep_is_a_grid_evaluation(killed: dict, local_ray) -> None
     from pareto.cli import app
 
     sweep_run = killed["study"].user_attrs["mlflow_run_id"]
-    res = CliRunner().invoke(app, ["compare", sweep_run, result.run_id, "--tracking-uri", killed["uri"]])
+    plot = tmp_path / "cmp.png"
+    res = CliRunner().invoke(app, ["compare", sweep_run, result.run_id, "--tracking-uri", killed["uri"],
+                                   "--plot", str(plot)])
     assert res.exit_code == 0, res.output
+    # the overlay: a real PNG, and an HTML whose traces name both runs' fronts
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"overlay plot: {plot}" in res.stdout
+    html = plot.with_suffix(".html").read_text()
+    assert f"({sweep_run[:8]}) · per_weight_dpo" in html and f"({result.run_id[:8]}) · panacea" in html
     rows = {line.split()[2]: line.split() for line in res.stdout.splitlines() if f"({sweep_run[:8]})" in line
             or f"({result.run_id[:8]})" in line}
     assert rows["per_weight_dpo"][3] == str(N_TRIALS) and rows["panacea"][3] == "1"

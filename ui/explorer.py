@@ -129,12 +129,7 @@ def front_figure(front: Front, view: str, highlight: int | None = None, oracle: 
     if view not in views(k):
         raise ValueError(f"view: {view!r} is not available for {k} objectives; choose one of {views(k)}")
     fig = go.Figure()
-    if oracle is not None and len(oracle):
-        o = np.asarray(oracle, dtype=float)
-        o = o[np.argsort(o[:, 0], kind="stable")]
-        fig.add_trace(_scatter(o, k, mode="lines" if k == 2 else "markers", name=ORACLE,
-                               line={"color": _GREY, "width": 2} if k == 2 else None,
-                               marker={"size": 2, "color": _GREY} if k == 3 else None, hoverinfo="skip"))
+    _add_oracle(fig, oracle, k)
     hover = [_hover(front, i) for i in range(len(front))]
     for label, keep, opacity in (("non-dominated", mask, 1.0), ("dominated", ~mask, _DIM)):
         idx = np.flatnonzero(keep)
@@ -158,6 +153,17 @@ def front_figure(front: Front, view: str, highlight: int | None = None, oracle: 
     fig.update_layout(title=title, height=520, margin={"l": 10, "r": 10, "t": 50, "b": 10},
                       legend={"orientation": "h", "y": -0.15}, **axes)
     return fig
+
+
+def _add_oracle(fig: go.Figure, oracle: Sequence | None, k: int) -> None:
+    """The oracle front in grey under the measured points: a line for 2 objectives, a point cloud for 3."""
+    if oracle is None or not len(oracle):
+        return
+    o = np.asarray(oracle, dtype=float)
+    o = o[np.argsort(o[:, 0], kind="stable")]
+    fig.add_trace(_scatter(o, k, mode="lines" if k == 2 else "markers", name=ORACLE,
+                           line={"color": _GREY, "width": 2} if k == 2 else None,
+                           marker={"size": 2, "color": _GREY} if k == 3 else None, hoverinfo="skip"))
 
 
 def _scene(names: Sequence[str]) -> dict:
@@ -189,12 +195,7 @@ def overlay_figure(fronts: Sequence[tuple[str, Front]], oracle: Sequence | None 
         raise ValueError(f"fronts: an overlay is drawn for 2 or 3 objectives, got {k}")
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
     fig = go.Figure()
-    if oracle is not None and len(oracle):
-        o = np.asarray(oracle, dtype=float)
-        o = o[np.argsort(o[:, 0], kind="stable")]
-        fig.add_trace(_scatter(o, k, mode="lines" if k == 2 else "markers", name=ORACLE,
-                               line={"color": _GREY, "width": 2} if k == 2 else None,
-                               marker={"size": 2, "color": _GREY} if k == 3 else None, hoverinfo="skip"))
+    _add_oracle(fig, oracle, k)
     for n, (label, front) in enumerate(fronts):
         values, mask = front.values(), front.nondominated_mask()
         color = palette[n % len(palette)]

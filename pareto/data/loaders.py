@@ -302,35 +302,31 @@ def _compare(a: float | None, b: float | None, lower_is_better: bool = False) ->
 Parsed = Iterator[tuple[int, PreferencePair | RowError]]
 
 
-def _pairs_pku(rows: Iterable[tuple[int, Row | RowError]], objectives: Sequence[str],
-               labels: dict[str, str]) -> Parsed:
+def _pairs_two_responses(rows: Iterable[tuple[int, Row | RowError]], objectives: Sequence[str],
+                         labels: dict[str, str], allow_missing: bool) -> Parsed:
+    """Rows with `prompt`, `response_0`, `response_1` and one binary label column per objective."""
     for number, row in rows:
         if isinstance(row, RowError):
             yield number, row
             continue
         try:
             prompt, r0, r1 = _text(row, "prompt"), _text(row, "response_0"), _text(row, "response_1")
-            better = tuple(_binary_label(row, labels[o]) if o in labels else -1 for o in objectives)
-        except RowError as err:
-            yield number, err
-            continue
-        yield number, PreferencePair(prompt, r0, r1, better)
-
-
-def _pairs_jsonl(rows: Iterable[tuple[int, Row | RowError]], objectives: Sequence[str],
-                 labels: dict[str, str]) -> Parsed:
-    for number, row in rows:
-        if isinstance(row, RowError):
-            yield number, row
-            continue
-        try:
-            prompt, r0, r1 = _text(row, "prompt"), _text(row, "response_0"), _text(row, "response_1")
-            better = tuple(_binary_label(row, labels[o], allow_missing=True) if o in labels else -1
+            better = tuple(_binary_label(row, labels[o], allow_missing=allow_missing) if o in labels else -1
                            for o in objectives)
         except RowError as err:
             yield number, err
             continue
         yield number, PreferencePair(prompt, r0, r1, better)
+
+
+def _pairs_pku(rows: Iterable[tuple[int, Row | RowError]], objectives: Sequence[str],
+               labels: dict[str, str]) -> Parsed:
+    return _pairs_two_responses(rows, objectives, labels, allow_missing=False)
+
+
+def _pairs_jsonl(rows: Iterable[tuple[int, Row | RowError]], objectives: Sequence[str],
+                 labels: dict[str, str]) -> Parsed:
+    return _pairs_two_responses(rows, objectives, labels, allow_missing=True)
 
 
 def split_hh_transcript(transcript: str) -> tuple[str, str]:

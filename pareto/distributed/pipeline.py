@@ -106,6 +106,7 @@ def _front(method: str, cfg: ExperimentConfig, points: list[PointEval], scorer: 
 def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult:
     start = time.perf_counter()
     state = ensure_writable_dir(cfg.state_path())  # fail before compute: read-only / full / not a folder
+    stages.check_context(cfg)  # every training row fits the context: before MLflow, Ray or any training
     uri = tracking.tracking_uri(cfg.tracking.uri, state)
     exp_id = tracking.setup(uri, cfg.experiment_name, state)
     init_ray(cfg)

@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pareto.config import ExperimentConfig
+from pareto.config import PPO_METHODS, ConfigError, ExperimentConfig
 from pareto.data import load_task
 from pareto.distributed.bundle import Bundle, pack, unpack
 from pareto.evaluation import evaluate_grid
 from pareto.methods import FitContext, load_method
 from pareto.methods.dpo import PairSet
-from pareto.models.policy import build_tiny_model, load_policy, save_model, set_seed, sft_train, train_tokenizer
+from pareto.models.policy import (
+    build_tiny_model,
+    check_fits_context,
+    load_policy,
+    load_tokenizer,
+    save_model,
+    set_seed,
+    sft_train,
+    train_tokenizer,
+)
 from pareto.models.reward import LearnedVectorReward, TextEncoder, pair_text, train_reward_model
 
 
@@ -44,6 +54,42 @@ def _objective_index(cfg: ExperimentConfig, task) -> list[int]:
     return [task.objectives.index(o) for o in cfg.objectives]
 
 
+def base_tokenizer(cfg: ExperimentConfig, examples: list[tuple[str, str]]):
+    """The base policy's tokenizer: trained on the task corpus for the tiny LM (deterministic: the same one the
+    SFT stage saves), loaded for a Hugging Face id or path. Cheap: no model weights."""
+    if cfg.model.base == "tiny":
+        return train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in examples], cfg.model.tiny.vocab_size)
+    return load_tokenizer(cfg.model.base)
+
+
+def check_context(cfg: ExperimentConfig, task=None) -> None:
+    """Every training row fits the model's context (`model.tiny.max_length`), or one-line `DatasetError`.
+
+    Run by the pipeline driver before Ray and MLflow start: the SFT examples (when the base is SFT-trained) and the
+    training preference pairs, both responses (when a method trains on them; the PPO methods only take prompts).
+    """
+    if cfg.task.dataset is not None:
+        raise ConfigError("task.dataset: `pareto run` and `pareto sweep` train on the embedded tiny-hh task in this "
+                          "version; a real-dataset recipe validates and plans (`pareto validate CONFIG --plan`) but "
+                          "its training stages are not wired yet; remove task.dataset to run on tiny-hh")
+    task = task or load_task(cfg.task.name, seed=cfg.seed)
+    examples = task.sft_examples()
+    rows = []
+    if cfg.model.needs_sft:
+        rows += [(f"task {cfg.task.name} train split, SFT example {i}", p, r) for i, (p, r) in enumerate(examples)]
+    if any(name not in PPO_METHODS for name in cfg.methods.enabled()):
+        pairs = task.preference_pairs("train", cfg.task.pairs_per_prompt, cfg.task.label_noise, seed=cfg.seed)
+        rows += [(f"task {cfg.task.name} train split, pair {i} response_{j}", pair.prompt, response)
+                 for i, pair in enumerate(pairs) for j, response in enumerate((pair.response_0, pair.response_1))]
+    try:
+        tokenizer = base_tokenizer(cfg, examples)
+    except OSError as exc:  # a hub model the driver cannot see (offline head node): the workers load it, unchecked
+        warnings.warn(f"context check skipped: tokenizer of model.base={cfg.model.base!r} not loadable here "
+                      f"({str(exc).splitlines()[0][:120]})", stacklevel=2)
+        return
+    check_fits_context(tokenizer, rows, cfg.model.tiny.max_length, "model.tiny.max_length")
+
+
 def sft_stage(cfg: ExperimentConfig) -> dict:
     """The base policy: the tiny LM built from the task corpus, or a Hugging Face id / local path; then SFT on
     every response style of the task when `model.sft` asks for it."""
@@ -53,7 +99,7 @@ def sft_stage(cfg: ExperimentConfig) -> dict:
     tiny = cfg.model.tiny
     start = time.perf_counter()
     if cfg.model.base == "tiny":
-        tokenizer = train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in examples], tiny.vocab_size)
+        tokenizer = base_tokenizer(cfg, examples)
         model = build_tiny_model(tiny, tokenizer, cfg.seed)
     else:
         model, tokenizer = load_policy(cfg.model.base, cfg.model.dtype)
@@ -84,7 +130,7 @@ def reward_stage(cfg: ExperimentConfig) -> dict:
     rm_cfg = cfg.reward_model
     trained = train_reward_model(encoder, names, train, held_out, epochs=rm_cfg.epochs, lr=rm_cfg.lr, seed=cfg.seed,
                                  weight_decay=rm_cfg.weight_decay, hidden=(rm_cfg.hidden_size,),
-                                 length_feature=rm_cfg.length_feature)
+                                 length_feature=rm_cfg.length_feature, tie_weight=rm_cfg.tie_weight)
     reward = LearnedVectorReward(encoder, trained.model, names)
     prompts = [p.prompt for p in train for _ in (0, 1)]
     responses = [r for p in train for r in (p.response_0, p.response_1)]

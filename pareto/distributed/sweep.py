@@ -62,6 +62,7 @@ from pareto.evaluation import PointEval  # noqa: E402
 from pareto.front.grid import n_das_dennis, preference_grid  # noqa: E402
 from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
 from pareto.front.types import Front, FrontPoint  # noqa: E402
+from pareto.io import ensure_writable_dir  # noqa: E402
 
 _log = logging.getLogger(__name__)
 SWEEP_TAG_VALUE = "sweep"
@@ -449,6 +450,8 @@ def run_sweep(cfg: ExperimentConfig, progress: bool = True) -> SweepResult:
     if cfg.sweep is None:
         raise ValueError("the config has no sweep section; add one (see configs/sweep_quickstart.yaml)")
     mcfg = getattr(cfg.methods, cfg.sweep.method)
+    ensure_writable_dir(cfg.state_path())  # fail before compute, as `pareto run` does
+    stages.check_context(cfg)
     if not mcfg.per_weight:
         return _grid_sweep(cfg, progress)
     start = time.perf_counter()

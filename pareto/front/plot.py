@@ -65,6 +65,15 @@ def _label(front: Front) -> str:
     return f"{front.method} (HV={_hv(front):.4g})"
 
 
+def _title(fronts: list[Front]) -> str:
+    # Several fronts: the legend carries each one's hypervolume, so the title stays short enough to fit.
+    if len(fronts) == 1:
+        return f"Pareto front — {_label(fronts[0])}"
+    scorers = {f.scorer for f in fronts}
+    scored = f"{scorers.pop()} scores; " if len(scorers) == 1 else ""
+    return f"{len(fronts)} Pareto fronts ({scored}hypervolume in the legend)"
+
+
 def _prepare(path: Any) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +132,7 @@ def plot_front_png(fronts: Any, path: Any, oracle_front: Any = None, *, dpi: int
     oracle = _oracle_values(oracle_front, k)
     from matplotlib.figure import Figure
 
-    title = "Pareto front — " + ", ".join(_label(f) for f in fronts)
+    title = _title(fronts)
     if k == 2:
         fig = Figure(figsize=(6.5, 5.5))
         ax = fig.add_subplot(1, 1, 1)
@@ -287,7 +296,7 @@ def plot_front_html(fronts: Any, path: Any, oracle_front: Any = None) -> Path:
                     **common,
                 )
             fig.add_trace(trace)
-    title = "Pareto front — " + ", ".join(_label(f) for f in fronts)
+    title = _title(fronts)
     if k == 2:
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[1])
     elif k == 3:

@@ -17,13 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
 
 from pareto.config import MODPOConfig
 from pareto.methods import FitContext
-from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods.dpo import PairSet, TrainResult, front_validator, train_dpo
+from pareto.methods.per_weight import lora_policy
 from pareto.models.conditioned import PerWeightPolicy, adapter_name
-from pareto.models.policy import load_policy
 from pareto.objectives import VectorReward
 from pareto.objectives.losses import modpo_offset
 
@@ -69,12 +68,7 @@ def fit(ctx: FitContext, cfg: MODPOConfig, weights: Sequence[float] | None = Non
         keep = np.random.default_rng(ctx.seed).choice(len(pairs), size=cfg.margin_pairs, replace=False)
         pairs = pairs.subset(np.sort(keep))
     rewards = pair_rewards(ctx.reward, pairs)
-    model, tokenizer = load_policy(ctx.base_dir)
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
-                      lora_dropout=0.0, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora, adapter_name=adapter_name(0))
-    with model.disable_adapter():
-        pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
+    model, tokenizer = lora_policy(ctx, cfg, pairs)
     train_pairs = margin_pairs(pairs, rewards, lam, k, cfg.scalarizer)
     policy = PerWeightPolicy(model, tokenizer, objectives, {adapter_name(0): lam})
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, lam[None, :],

@@ -11,11 +11,22 @@ from collections.abc import Sequence
 import numpy as np
 from peft import LoraConfig, get_peft_model
 
-from pareto.config import PerWeightConfig
+from pareto.config import DPOConfig, PerWeightConfig
 from pareto.methods import FitContext
-from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
 from pareto.models.conditioned import PerWeightPolicy, adapter_name
 from pareto.models.policy import load_policy
+
+
+def lora_policy(ctx: FitContext, cfg: DPOConfig, pairs: PairSet):
+    """The base model with one fresh LoRA adapter, and `pairs.ref_logp` filled from the base (adapter off)."""
+    model, tokenizer = load_policy(ctx.base_dir)
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora, adapter_name=adapter_name(0))
+    with model.disable_adapter():
+        pairs.ref_logp = reference_logps(model, tokenizer, pairs, ctx.max_length)
+    return model, tokenizer
 
 
 def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None = None
@@ -25,12 +36,7 @@ def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None =
         raise ValueError("per_weight_dpo trains one model per λ: pass weights")
     objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
     lam = np.asarray(weights, dtype=np.float64)
-    model, tokenizer = load_policy(ctx.base_dir)
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
-                      lora_dropout=0.0, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora, adapter_name=adapter_name(0))
-    with model.disable_adapter():
-        pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
+    model, tokenizer = lora_policy(ctx, cfg, pairs)
     policy = PerWeightPolicy(model, tokenizer, objectives, {adapter_name(0): lam})
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, lam[None, :],
                                ctx.reward, cfg.max_repetition)

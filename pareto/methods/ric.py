@@ -24,7 +24,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from pareto.config import RiCConfig
+from pareto.evaluation import evaluate_grid
 from pareto.front.grid import preference_grid
+from pareto.front.metrics import hypervolume
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator
 from pareto.methods.panacea import validation_weights
@@ -97,7 +99,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
                           lora_dropout=0.0, task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     mapping = "linf" if cfg.mapping == "auto" else cfg.mapping
-    policy = RiCPolicy(model, tokenizer, objectives, low, high, mapping, normalizer.state_dict())
+    policy = RiCPolicy(model, tokenizer, objectives, low, high, mapping, normalizer.state_dict(), observed=z)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)
     best: dict = {}
@@ -111,7 +113,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
         if eligible and metric > result.best_metric:
             result.best_metric, result.best_step = metric, step
             best.update(state={n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-                        low=list(policy.low), high=list(policy.high))
+                        low=list(policy.low), high=list(policy.high), observed=policy.observed)
 
     def train(examples: list[tuple[str, str]], epochs: int, lr: float, phase: str) -> None:
         nonlocal step
@@ -154,7 +156,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
         labels_seen.append(obtained[keep])
         # relabelled generations can reach beyond the offline range: the mapping follows the observed range
         seen = np.vstack(labels_seen)
-        policy.low, policy.high = seen.min(0).tolist(), seen.max(0).tolist()
+        policy.low, policy.high, policy.observed = seen.min(0).tolist(), seen.max(0).tolist(), seen
         mixed = rng.choice(origin, size=min(cfg.origin_samples, len(origin)), replace=False)
         examples = [offline[i] for i in mixed] + [(format_prompt(p, objectives, o), t) for p, t, o in online]
         result.history.append({"step": step, "online_round": float(r + 1), "online_generated": float(len(texts)),
@@ -169,7 +171,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
             params = dict(model.named_parameters())
             for name, value in best["state"].items():
                 params[name].copy_(value)
-        policy.low, policy.high = best["low"], best["high"]
+        policy.low, policy.high, policy.observed = best["low"], best["high"], best["observed"]
     model.eval()
     if cfg.mapping == "auto":
         choose_mapping(policy, ctx, cfg, result, step)
@@ -180,19 +182,28 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
 
 
 def choose_mapping(policy: RiCPolicy, ctx: FitContext, cfg: RiCConfig, result: TrainResult, step: int) -> None:
-    """Pick the λ → reward mapping with the best held-out front: inference only, scored by the reward model.
+    """Pick the λ → reward mapping on held-out prompts, inference only, scored by the reward model: among the
+    mappings whose front keeps every objective highest at its own vertex (the controllability a user slides λ
+    for), the one with the largest hypervolume; if none does, the largest hypervolume.
 
-    The mappings agree at the simplex vertices, so they are compared on the edge midpoints and the centre too.
+    Compared on the vertices, the edge midpoints and the centre (the closed forms agree at the vertices; `front`
+    does not).
     """
     k = len(ctx.objectives)
     weights = np.vstack([preference_grid(k, n_points=2 * k), np.full((1, k), 1.0 / k)])
-    validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, weights, ctx.reward,
-                               cfg.max_repetition)
-    scores = {}
+    vertex_rows = [int(np.flatnonzero((weights == np.eye(k)[i]).all(1))[0]) for i in range(k)]
+    scores, controllable = {}, {}
     for mapping in MAPPINGS:
         policy.mapping = mapping
-        metric, _, eligible = validate(step)
-        scores[mapping] = metric if eligible else float("-inf")
-    policy.mapping = max(MAPPINGS, key=lambda m: scores[m])  # ties keep the earlier (the paper's linf first)
+        points = evaluate_grid(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, weights,
+                               {"rm": ctx.reward}, n_samples=0)
+        means = np.array([p.mean["rm"] for p in points])
+        fluent = np.mean([p.repetition_rate for p in points]) <= cfg.max_repetition
+        at_vertices = means[vertex_rows]  # [K vertices, K objectives]
+        controllable[mapping] = bool((np.diag(at_vertices)[:, None] >= at_vertices.T).all())
+        scores[mapping] = hypervolume(means, [-3.0] * k) if fluent else float("-inf")
+    pool = [m for m in MAPPINGS if controllable[m] and scores[m] > float("-inf")] or list(MAPPINGS)
+    policy.mapping = max(pool, key=lambda m: scores[m])  # ties keep the earlier (the paper's linf first)
     result.history.append({"step": step, "mapping_index": float(MAPPINGS.index(policy.mapping)),
-                           **{f"mapping_val_metric/{m}": v for m, v in scores.items()}})
+                           **{f"mapping_val_metric/{m}": v for m, v in scores.items()},
+                           **{f"mapping_controllable/{m}": float(c) for m, c in controllable.items()}})

@@ -95,10 +95,48 @@ def encode_pairs(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str], res
 
 def encode_pair(tokenizer: PreTrainedTokenizerFast, prompt: str, response: str,
                 max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + response (truncated to max_length) and the response mask over them."""
+    """Token ids of prompt + response (truncated to max_length) and the response mask over them.
+
+    Truncation is only a guard here: training data is checked against the context when it is loaded
+    (`check_fits_context`, run by the pipeline before any compute), so a row never loses its response silently.
+    """
     p = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     r = tokenizer(response_text(tokenizer, response), add_special_tokens=False)["input_ids"]
     return (p + r)[:max_length], ([0] * len(p) + [1] * len(r))[:max_length]
+
+
+def pair_token_counts(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
+                      responses: Sequence[str]) -> list[int]:
+    """Tokens of each prompt + response exactly as `encode_pair` builds them (before any truncation)."""
+    p = tokenizer([prompt_text(tokenizer, x) for x in prompts], add_special_tokens=False)["input_ids"]
+    r = tokenizer([response_text(tokenizer, x) for x in responses], add_special_tokens=False)["input_ids"]
+    return [len(a) + len(b) for a, b in zip(p, r, strict=True)]
+
+
+def check_fits_context(tokenizer: PreTrainedTokenizerFast, rows: Sequence[tuple[str, str, str]], max_length: int,
+                       field: str = "model.tiny.max_length") -> None:
+    """Refuse training rows longer than the model's context, before any compute.
+
+    `rows` are (where, prompt, response), `where` naming the row (e.g. "train pair 17 response_1"). `encode_pair`
+    truncates to `max_length`, which would silently train on half a response (or on none of it); this check runs
+    when the data is loaded instead and raises a one-line `DatasetError` naming the longest row, its token count,
+    the limit and the fix.
+    """
+    from pareto.data.loaders import DatasetError
+
+    if not rows:
+        return
+    counts = pair_token_counts(tokenizer, [r[1] for r in rows], [r[2] for r in rows])
+    over = [i for i, n in enumerate(counts) if n > max_length]
+    if not over:
+        return
+    worst = max(over, key=lambda i: counts[i])
+    where, prompt, _ = rows[worst]
+    start = " ".join(prompt.split())[:40]
+    raise DatasetError(
+        f"{where} (prompt starts {start!r}) is {counts[worst]} tokens, longer than "
+        f"{field}={max_length} ({len(over)} of {len(rows)} rows are); raise {field} to at least {max(counts)}, "
+        "or shorten or drop the long rows (they would be truncated silently)")
 
 
 def pad_batch(tokenizer: PreTrainedTokenizerFast, encoded: Sequence[tuple[list[int], list[int]]]) -> Batch:
@@ -166,14 +204,20 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path:
         tokenizer.save_pretrained(tmp)
 
 
-def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A causal LM and its tokenizer from a local directory or a Hugging Face id (offline: from the local cache)."""
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
+    """The tokenizer of a local directory or a Hugging Face id, set up as `load_policy` uses it (cheap: no weights)."""
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A causal LM and its tokenizer from a local directory or a Hugging Face id (offline: from the local cache)."""
+    tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype))
     model.eval()
     return model, tokenizer

@@ -209,15 +209,27 @@ class MultiHeadRewardModel(nn.Module):
                 "length_feature": self.length_feature, "dropout": self.dropout}
 
 
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: torch.Tensor,
+                       ties: torch.Tensor | None = None, tie_weight: float = 0.0) -> torch.Tensor:
     """Per-objective Bradley–Terry loss `[K]` from scores `[P, K]` and a labelled-pair mask `[P, K]`.
 
     loss_k = mean over pairs labelled for k of -log σ(r_chosen - r_rejected); unlabelled (tie) entries
     contribute nothing, and an objective with no labelled pair gets loss 0.
+
+    With tie_weight > 0 and a tie mask `[P, K]`, loss_k also gets tie_weight × the mean over pairs tied on k of
+    the cross-entropy to a 50/50 preference, -½ log σ(Δ) - ½ log σ(-Δ) - log 2 (0 at Δ = 0). Without it a head
+    never sees the pairs it should be indifferent on (harmlessness on safe prompts) and may score them
+    arbitrarily, which a policy optimised against it then exploits.
     """
     mask = mask.to(r_chosen.dtype)
-    nll = F.softplus(-(r_chosen - r_rejected))  # == -log σ(Δ), numerically stable
-    return (nll * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+    delta = r_chosen - r_rejected
+    nll = F.softplus(-delta)  # == -log σ(Δ), numerically stable
+    loss = (nll * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+    if tie_weight > 0 and ties is not None:
+        ties = ties.to(delta.dtype)
+        tie_nll = 0.5 * (F.softplus(delta) + F.softplus(-delta)) - math.log(2.0)
+        loss = loss + tie_weight * (tie_nll * ties).sum(0) / ties.sum(0).clamp(min=1.0)
+    return loss
 
 
 class _PairLike(Protocol):
@@ -288,11 +300,14 @@ def train_reward_model(
     dropout: float = 0.0,
     patience: int | None = 15,
     progress: bool = False,
+    tie_weight: float = 0.0,
 ) -> RewardTrainResult:
     """Fit K Bradley–Terry heads on frozen embeddings; keep the epoch with the best mean val accuracy.
 
     The encoder is frozen, so all texts are embedded once up front and training is a few seconds of
     AdamW on `[P, 384 (+1)]` tensors. Deterministic given `seed` (init, shuffling and dropout).
+    tie_weight > 0 also fits tied pairs (label -1) to equal scores (see `bradley_terry_loss`); only where -1
+    means a real tie, not a missing label.
     """
     names = tuple(names)
     if not train_pairs:
@@ -310,7 +325,7 @@ def train_reward_model(
         model = MultiHeadRewardModel(k, embed_dim=encoder.dim, hidden=hidden, length_feature=length_feature,
                                      dropout=dropout)
         history, best_epoch = _fit(model, names, (e0, e1, y), (v0, v1, vy), epochs, lr, weight_decay,
-                                   batch_size, patience, seed)
+                                   batch_size, patience, seed, tie_weight)
     acc, _ = _evaluate(model, v0, v1, vy)
     return RewardTrainResult(model=model, accuracy={nm: float(a) for nm, a in zip(names, acc, strict=True)},
                              history=history, best_epoch=best_epoch)
@@ -327,6 +342,7 @@ def _fit(
     batch_size: int,
     patience: int | None,
     seed: int,
+    tie_weight: float = 0.0,
 ) -> tuple[list[dict[str, float]], int]:
     """AdamW mini-batch loop; leaves `model` holding its best-validation state. -> (history, best epoch)."""
     (e0, e1, y), (v0, v1, vy), k = train, val, len(names)
@@ -344,7 +360,7 @@ def _fit(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             chosen, rejected, mask = _chosen_rejected(model, e0[idx], e1[idx], y[idx])
-            per_obj = bradley_terry_loss(chosen, rejected, mask)
+            per_obj = bradley_terry_loss(chosen, rejected, mask, y[idx] < 0, tie_weight)
             loss = per_obj.mean()  # objectives weigh equally whatever their label counts
             opt.zero_grad(set_to_none=True)
             loss.backward()

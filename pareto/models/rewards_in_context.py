@@ -8,7 +8,10 @@ keeps every number the same width):
 
 `parse_prompt` inverts `format_prompt` exactly (the tag block is removed with `removesuffix`; RiC's `rstrip` strips
 a *character set* and eats into the prompt). A preference λ becomes desired rewards with the paper's closed-form
-mapping over the reward range *observed* in the training data (the reference evaluation uses a N(0, 1) box).
+mapping over the reward range *observed* in the training data (the reference evaluation uses a N(0, 1) box), or
+with the `front` mapping: the mean of the observed reward vectors that score best under λ, so the model is always
+asked for a combination it has seen (the closed forms ask a vertex for the minimum of every other objective, a
+combination that may never occur together: no response is both unhelpful and harmful on tiny-hh).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pareto.models.policy import generate, load_policy
 
 RIC_MARKER = "pareto.ric.v1"
 META_FILE = "meta.json"
-MAPPINGS = ("linf", "l2", "linear")
+MAPPINGS = ("linf", "l2", "linear", "front")
+FRONT_TOP = 0.02  # the `front` mapping averages this top fraction of the observed vectors under λ
 
 
 def format_value(value: float) -> str:
@@ -58,13 +62,16 @@ def parse_prompt(text: str, objectives: Sequence[str]) -> tuple[str, tuple[float
 
 
 def preference_to_rewards(weights: Sequence[float] | np.ndarray, low: Sequence[float], high: Sequence[float],
-                          mapping: str = "linf") -> np.ndarray:
-    """RiC's closed-form map from λ ([K] or [B, K]) to desired rewards inside the observed range [low, high].
+                          mapping: str = "linf", observed: np.ndarray | None = None,
+                          top: float = FRONT_TOP) -> np.ndarray:
+    """Map λ ([K] or [B, K]) to desired rewards inside the observed range [low, high].
 
     linf (the paper's): the largest weight's objective asks for its maximum; every other objective i asks for
       low_i + min(K·λ_i, 1)·(high_i − low_i)  (it reaches the maximum once λ_i ≥ 1/K).
     l2:     low + λ/‖λ‖₂ · (high − low)   (the maximiser of λ·r over an ℓ2 ball; RiC's evaluation script)
     linear: low + λ · (high − low)
+    front:  the mean of the `top` fraction (at least one) of the `observed` reward vectors [N, K] ranked by
+      λ · (r − low)/(high − low); ties rank by order of appearance.
     """
     lam = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
@@ -72,6 +79,16 @@ def preference_to_rewards(weights: Sequence[float] | np.ndarray, low: Sequence[f
     if lo.shape != (k,) or hi.shape != (k,):
         raise ValueError(f"low/high need {k} values, got {lo.shape} and {hi.shape}")
     span = hi - lo
+    if mapping == "front":
+        if observed is None or len(observed) == 0:
+            raise ValueError("mapping 'front' needs the observed reward vectors; this policy has none saved "
+                             "(retrain it, or choose linf, l2 or linear)")
+        obs = np.asarray(observed, dtype=np.float64).reshape(-1, k)
+        scores = lam @ ((obs - lo) / np.where(span > 0, span, 1.0)).T  # [B, N]
+        n_top = max(1, int(np.ceil(top * len(obs))))
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :n_top]
+        out = obs[best].mean(axis=1)
+        return out[0] if np.ndim(weights) == 1 else out
     if mapping == "linf":
         frac = np.minimum(k * lam, 1.0)
         frac[np.arange(len(lam)), lam.argmax(1)] = 1.0
@@ -91,16 +108,19 @@ class RiCPolicy:
     kind = "ric"
 
     def __init__(self, model, tokenizer, objectives: Sequence[str], low: Sequence[float], high: Sequence[float],
-                 mapping: str = "linf", normalizer: dict | None = None) -> None:
+                 mapping: str = "linf", normalizer: dict | None = None,
+                 observed: np.ndarray | Sequence[Sequence[float]] | None = None) -> None:
         if mapping not in MAPPINGS:
             raise ValueError(f"unknown mapping {mapping!r}; choose one of {MAPPINGS}")
         self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
         self.low, self.high = [float(x) for x in low], [float(x) for x in high]
         self.mapping = mapping
         self.normalizer = normalizer or {}  # the z-score stats the tags are in (saved for reference)
+        # the reward vectors the model was trained on (tag units), for the `front` mapping
+        self.observed = None if observed is None else np.asarray(observed, dtype=np.float64)
 
     def desired_rewards(self, weights: np.ndarray) -> np.ndarray:
-        return preference_to_rewards(weights, self.low, self.high, self.mapping)
+        return preference_to_rewards(weights, self.low, self.high, self.mapping, self.observed)
 
     def conditioned_prompts(self, prompts: Sequence[str], weights: np.ndarray) -> list[str]:
         weights = np.asarray(weights, dtype=np.float64)
@@ -118,6 +138,7 @@ class RiCPolicy:
             self.tokenizer.save_pretrained(path)
         meta = {"marker": RIC_MARKER, "objectives": list(self.objectives), "low": self.low, "high": self.high,
                 "mapping": self.mapping, "normalizer": self.normalizer,
+                "observed": None if self.observed is None else self.observed.tolist(),
                 "format": format_prompt("{prompt}", self.objectives, [0.0] * len(self.objectives))}
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -131,4 +152,5 @@ class RiCPolicy:
         else:  # fully fine-tuned: the directory is a whole model with its tokenizer
             model, tokenizer = load_policy(adapter_dir)
         model.eval()
-        return cls(model, tokenizer, objectives, meta["low"], meta["high"], meta["mapping"], meta.get("normalizer"))
+        return cls(model, tokenizer, objectives, meta["low"], meta["high"], meta["mapping"], meta.get("normalizer"),
+                   meta.get("observed"))

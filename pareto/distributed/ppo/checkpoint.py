@@ -13,7 +13,6 @@ os.replace, so a kill at any moment leaves the previous checkpoint intact and `l
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from pareto.io import atomic_write_text
 
 FORMAT = "pareto.ppo.checkpoint.v1"
 TENSOR_FILES = ("policy", "critic", "optimizer", "rng")
@@ -53,15 +54,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 # ---- writing and reading ------------------------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(unit_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict,
                     keep: int = 2) -> Path:
     """Write step-NNNNNN atomically, point `latest` at it, keep the newest `keep` checkpoints."""
@@ -72,14 +64,15 @@ def save_checkpoint(unit_dir: Path, step: int, tensors: dict[str, dict[str, torc
     try:
         for group, values in tensors.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(tmp / f"{group}.safetensors"))
+        # inside the hidden temp dir: it becomes visible only with the rename below
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, "step": step, **state}))
-        if final.exists():  # a re-run of the same step (after a resume) replaces it
+        if final.exists():  # left by a run killed before `latest` moved to it (so `latest` is older): replace it
             shutil.rmtree(final)
         tmp.rename(final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_text(unit_dir / "latest", name)
+    atomic_write_text(unit_dir / "latest", name)
     for old in sorted(p for p in unit_dir.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

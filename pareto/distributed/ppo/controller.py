@@ -44,6 +44,7 @@ from pareto.distributed.ppo.checkpoint import (
 from pareto.distributed.ppo.common import collate
 from pareto.distributed.ppo.group import ActorGroup, check_cluster, get_all
 from pareto.evaluation import PointEval, evaluate_grid
+from pareto.io import atomic_write_text
 from pareto.methods import load_method
 from pareto.objectives import RunningZScore
 from pareto.objectives.rl import (
@@ -240,7 +241,8 @@ class PPORun:
         if not path.is_file():
             assert ray.get(self.group.engines[0].info.remote())["version"] == 0
             points, rows = self._evaluate(np.concatenate([u.grid for u in self.units()]))
-            path.write_text(json.dumps({"points": [p.to_dict() for p in points], "oracle_rows": rows}))
+            # atomic: a run killed mid-write must not leave a truncated file that every resume then fails to parse
+            atomic_write_text(path, json.dumps({"points": [p.to_dict() for p in points], "oracle_rows": rows}))
         return json.loads(path.read_text())
 
     # ---- one unit ---------------------------------------------------------------------------------------------

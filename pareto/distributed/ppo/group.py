@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pareto.config import ActorShare, ExperimentConfig
 from pareto.distributed.ppo.rollout import engine_class
 from pareto.distributed.ppo.trainer import TrainerRank
-from pareto.distributed.ppo.workers import ReferenceWorker, RewardWorker
+from pareto.distributed.ppo.workers import ReferenceWorker, RewardWorker, reward_sources
 
 NAMESPACE = "pareto"  # named actors, so an operator (or a fault test) can find them: ray.get_actor(name, NAMESPACE)
 PLACEMENT_TIMEOUT_S = 900
@@ -95,11 +95,15 @@ class ActorGroup:
                      n_heads, ppo.trainer.threads, _device(ppo.trainer),
                      scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
                 for i in range(ppo.trainer.count)]
+            engine_args = (ppo.vllm,) if ppo.engine == "vllm" else ()
             self.engines = [make(engine_class(ppo.engine), ppo.rollout, "rollout", i, base_ref, method, mcfg,
-                                 objectives, seed, ppo.rollout.threads, _device(ppo.rollout))
+                                 objectives, seed, ppo.rollout.threads, _device(ppo.rollout), *engine_args)
                             for i in range(ppo.rollout.count)]
-            self.rewards = [make(RewardWorker, ppo.reward, "reward", i, reward_ref, objectives, ppo.reward_sources,
-                                 task, cfg.seed, ppo.reward.threads) for i in range(ppo.reward.count)]
+            sources = reward_sources(cfg)
+            hf = [spec for spec in cfg.reward_model.hf if any(sources[o] == "hf" for o in spec.objectives)]
+            self.rewards = [make(RewardWorker, ppo.reward, "reward", i, reward_ref, objectives, sources, task,
+                                 cfg.seed, ppo.reward.threads, hf, _device(ppo.reward))
+                            for i in range(ppo.reward.count)]
             self.references = [make(ReferenceWorker, ppo.reference, "reference", i, base_ref, seed,
                                     ppo.reference.threads, _device(ppo.reference)) for i in range(ppo.reference.count)]
             host, port = ray.get(self.trainers[0].address.remote())
@@ -111,6 +115,11 @@ class ActorGroup:
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def shutdown(self) -> None:
+        # engines first, politely: a vLLM engine stops the server it started (a killed one's server dies with it)
+        try:
+            get_all([e.close.remote() for e in getattr(self, "engines", [])], timeout=60)
+        except Exception:  # dead or stuck engines: killed below all the same
+            pass
         for actor in self.actors:
             try:
                 ray.kill(actor)

@@ -1,11 +1,13 @@
 """Rollout engines: generate with the policy at an explicit weight version, λ injected with the batch.
 
-`TransformersRolloutEngine` (the default, CPU or GPU) and `VLLMRolloutEngine` (GPU only, used when vLLM is
-importable) share one interface:
+`TransformersRolloutEngine` (the default, CPU or GPU) and `VLLMRolloutEngine` (`ppo.engine: vllm`, in
+`vllm_engine.py`: a vLLM OpenAI-compatible server reached over HTTP, weights synced as versioned LoRA adapters)
+share one interface:
 
     load_weights(version, tensors) -> version   the trainer's trainable weights, tagged with a version
     generate(prompts, weights, ...) -> dict     token ids, texts, per-token log-probs, and the version used
     save_policy() -> bundle                     the current policy as a saved adapter (bytes)
+    close()                                     free what the engine holds outside its process (a vLLM server)
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class TransformersRolloutEngine:
                  device: str = "cpu") -> None:
         setup_worker(threads, seed)
         self.method, self.mcfg, self.objectives = load_method(method), mcfg, tuple(objectives)
-        base_model, self.tokenizer = load_policy(unpack_tmp(base, "base"))
+        self.base_dir = unpack_tmp(base, "base")
+        base_model, self.tokenizer = load_policy(self.base_dir)
         self.model = self.method.build_policy(base_model, len(objectives), mcfg).to(device).eval()
         self.device = device
         self.version = 0  # the freshly built adapter is a zero change: version 0 is the base policy
@@ -89,84 +92,19 @@ class TransformersRolloutEngine:
         return {"prompt_ids": prompt_ids, "response_ids": response_ids, "texts": texts, "logprobs": logprobs,
                 "finished": finished, "version": self.version, "seconds": time.perf_counter() - start}
 
+    def close(self) -> None:
+        """Nothing outside this process to free."""
+
     def save_policy(self, weights: Sequence[float] | None = None) -> Bundle:
         with tempfile.TemporaryDirectory() as tmp:
             self.method.save_policy(self.model, self.tokenizer, self.objectives, weights, Path(tmp) / "adapter")
             return pack(Path(tmp) / "adapter")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# vLLM: GPU only. NOT exercised by the test suite (no GPU or vLLM on the CI machines); kept small on purpose.
-# Weights arrive like for the transformers engine; for each (version, λ) the policy is exported as a plain LoRA
-# adapter (Panacea: `export_lora` at λ; MORLHF: the LoRA itself) and served through vLLM's LoRA support.
-# ---------------------------------------------------------------------------------------------------------------
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-class VLLMRolloutEngine(TransformersRolloutEngine):
-    """vLLM generation behind the same interface (untested here: needs vLLM and a GPU)."""
-
-    def __init__(self, base: Bundle, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
-                 device: str = "cpu") -> None:
-        if not vllm_available():
-            raise RuntimeError("ppo.engine=vllm needs the vllm package and a GPU; use ppo.engine=transformers")
-        from vllm import LLM
-
-        from pareto.models.svd_lora import next_vllm_rank
-
-        super().__init__(base, method, mcfg, objectives, seed, threads, device="cpu")  # the copy we export from
-        self.base_dir = self.model.peft_config[self.model.active_adapter].base_model_name_or_path
-        self.tmp = Path(tempfile.mkdtemp(prefix="pareto-vllm-"))
-        self.llm = LLM(model=str(self.base_dir), enable_lora=True, seed=seed, dtype="float32",
-                       max_lora_rank=next_vllm_rank(self.model.peft_config[self.model.active_adapter].r))
-        self._loras: dict[tuple, object] = {}  # (version, λ) -> LoRARequest
-
-    def _adapter(self, lam: tuple[float, ...] | None):
-        """The policy at (current version, λ) as a plain LoRA adapter on disk, registered once with vLLM."""
-        from vllm.lora.request import LoRARequest
-
-        from pareto.models.svd_lora import PanaceaLoraConfig, export_lora
-
-        key = (self.version, lam)
-        if key not in self._loras:
-            lora_id = len(self._loras) + 1
-            path = self.tmp / f"lora-{lora_id}"
-            if isinstance(self.model.peft_config[self.model.active_adapter], PanaceaLoraConfig):
-                export_lora(self.model, lam, path)
-            else:
-                self.model.save_pretrained(str(path))
-                path = next(p.parent for p in path.rglob("adapter_config.json"))
-            self._loras[key] = LoRARequest(f"pareto-{lora_id}", lora_id, str(path))
-        return self._loras[key]
-
-    def generate(self, prompts: Sequence[str], weights: np.ndarray | None, max_new_tokens: int,
-                 temperature: float = 1.0, do_sample: bool = True, seed: int | None = None) -> dict:
-        from vllm import SamplingParams
-
-        start = time.perf_counter()
-        rows = [None] * len(prompts) if weights is None else [tuple(map(float, w)) for w in np.asarray(weights)]
-        texts_in = [prompt_text(self.tokenizer, p) for p in prompts]
-        params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
-                                seed=seed, logprobs=0)
-        out: dict = {k: [None] * len(prompts) for k in ("prompt_ids", "response_ids", "texts", "logprobs",
-                                                        "finished")}
-        for lam in dict.fromkeys(rows):  # one vLLM call per distinct λ (one LoRA adapter each)
-            idx = [i for i, r in enumerate(rows) if r == lam]
-            results = self.llm.generate([texts_in[i] for i in idx], params, lora_request=self._adapter(lam))
-            for i, res in zip(idx, results, strict=True):
-                comp = res.outputs[0]
-                out["prompt_ids"][i] = list(res.prompt_token_ids)
-                out["response_ids"][i] = list(comp.token_ids)
-                out["texts"][i] = comp.text.strip()
-                out["logprobs"][i] = [next(iter(lp.values())).logprob for lp in (comp.logprobs or [])]
-                out["finished"][i] = comp.finish_reason == "stop"
-        return {**out, "version": self.version, "seconds": time.perf_counter() - start}
-
-
 def engine_class(name: str) -> type:
-    return VLLMRolloutEngine if name == "vllm" else TransformersRolloutEngine
+    """ppo.engine -> the rollout engine class (vLLM's is imported only when asked for)."""
+    if name == "vllm":
+        from pareto.distributed.ppo.vllm_engine import VLLMRolloutEngine
+
+        return VLLMRolloutEngine
+    return TransformersRolloutEngine
