@@ -19,16 +19,25 @@ from benchmarks.common import one_thread, row, skipped
 from benchmarks.fixtures import OBJECTIVES, tiny_base, tiny_pairs
 
 BATCH, MAX_LENGTH, STEPS, WARMUP = 8, 128, 24, 4
+MAH_ROUNDS = 3
 LAMBDA = np.array([0.5, 0.3, 0.2])
 
 
+def _steps(stamps: list[float]) -> list[float]:
+    return np.diff(stamps)[WARMUP:].tolist()
+
+
 def _median_step(stamps: list[float]) -> float:
-    gaps = np.diff(stamps)[WARMUP:]
-    return float(statistics.median(gaps))
+    return float(statistics.median(_steps(stamps)))
 
 
 def _ours(kind: str) -> float:
     """Median seconds per step of train_dpo for `kind` in {panacea, lora, mah_dpo}."""
+    return float(statistics.median(_our_steps(kind)))
+
+
+def _our_steps(kind: str) -> list[float]:
+    """Seconds of each train_dpo step after the warm-up, for `kind` in {panacea, lora, mah_dpo}."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -93,7 +102,7 @@ def _ours(kind: str) -> float:
         train_dpo(model, tok, pairs, cfg, objectives=OBJECTIVES, sample_weights=lambda rng: LAMBDA,
                   apply_weights=apply_weights, validate=lambda step: (0.0, {}, True), max_length=MAX_LENGTH,
                   desc=f"bench-{kind}", **extra)
-    return _median_step(stamps)
+    return _steps(stamps)
 
 
 def _trl() -> float:
@@ -153,6 +162,7 @@ def run() -> dict[str, Any]:
     tpp = _tokens_per_pair()
     step = {kind: _ours(kind) for kind in ("panacea", "lora")}
     rows = []
+    details_extra: dict[str, Any] = {}
     try:
         import trl
 
@@ -168,12 +178,21 @@ def run() -> dict[str, Any]:
     try:
         from pareto.methods import mah_dpo  # noqa: F401
 
-        step["mah_dpo"] = _ours("mah_dpo")
-        ratio = step["mah_dpo"] / step["lora"]
-        rows.append(row("MAH-DPO time/step vs plain LoRA DPO", step["mah_dpo"], step["lora"], "≤ 1.2×",
-                        ratio <= 1.2, "s/step", ratio))
+        # its own alternated runs (LoRA, MAH-DPO, LoRA, ...): a ~20 % target needs both sides under the same load,
+        # which one LoRA run a minute earlier (before TRL) does not give on a shared machine. The figure is the
+        # median over rounds of each round's ratio, so one round hit by a burst of load does not decide it.
+        rounds: list[dict[str, list[float]]] = []
+        for _ in range(MAH_ROUNDS):
+            rounds.append({kind: _our_steps(kind) for kind in ("lora", "mah_dpo")})
+        ratio = float(np.median([statistics.median(r["mah_dpo"]) / statistics.median(r["lora"]) for r in rounds]))
+        mah = statistics.median([t for r in rounds for t in r["mah_dpo"]])
+        lora = statistics.median([t for r in rounds for t in r["lora"]])
+        step["mah_dpo"], step["lora_alternated"] = mah, lora
+        rows.append(row("MAH-DPO time/step vs plain LoRA DPO", mah, lora, "≤ 1.2×", ratio <= 1.2, "s/step", ratio,
+                        note=f"K={len(OBJECTIVES)} heads; median of {MAH_ROUNDS} alternated rounds' ratios"))
+        details_extra = {"mah_vs_lora_step_seconds": rounds}
     except ImportError:
         rows.append(skipped("MAH-DPO time/step vs plain DPO", "≤ 1.2×", "pareto.methods.mah_dpo missing"))
     return {"name": "dpo_throughput", "rows": rows,
             "details": {"median_step_seconds": step, "tokens_per_pair": tpp, "batch_pairs": BATCH,
-                        "max_length": MAX_LENGTH, "steps": STEPS, "warmup_steps": WARMUP}}
+                        "max_length": MAX_LENGTH, "steps": STEPS, "warmup_steps": WARMUP, **details_extra}}

@@ -218,3 +218,27 @@ def test_fit_save_and_load_round_trip(tiny_fit_context, tmp_path: Path) -> None:
 def test_config_file_validates() -> None:
     cfg = load_config(ROOT / "configs" / "mah_dpo.yaml")
     assert list(cfg.methods.enabled()) == ["mah_dpo"] and isinstance(cfg.methods.mah_dpo, MAHDPOConfig)
+
+
+def test_per_row_routing_gives_each_row_its_own_head(tiny_lm) -> None:
+    # one-hot rows take the routed path (only the routed head's delta is computed): it must equal both each head
+    # materialised alone and the general mixing path, logits and gradients
+    model, tok = build(tiny_lm)
+    ids = tok(["User: how do i bake bread?\nAssistant: mix flour"] * K, return_tensors="pt")["input_ids"]
+    head = multihead(model)
+    with head_weights(np.eye(K)):
+        routed = model(input_ids=ids).logits
+    routed.sum().backward()
+    routed_grads = head.head_A.grad.clone(), head.head_B.grad.clone()
+    model.zero_grad()
+    general = []
+    for h in range(K):
+        alone = _full_head_model(model, h)(input_ids=ids[h:h + 1]).logits.detach()
+        assert torch.allclose(routed[h:h + 1], alone, atol=1e-5)
+        with head_weights(np.eye(K)[h]):  # one λ for the batch: the general path
+            general.append(model(input_ids=ids[h:h + 1]).logits)
+    general = torch.cat(general)
+    assert torch.allclose(routed, general, atol=1e-5)
+    general.sum().backward()
+    assert torch.allclose(routed_grads[0], head.head_A.grad, atol=1e-4)
+    assert torch.allclose(routed_grads[1], head.head_B.grad, atol=1e-4)

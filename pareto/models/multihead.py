@@ -92,17 +92,25 @@ class MultiHeadLMHead(nn.Module):
             raise RuntimeError("MultiHeadLMHead needs preference weights: wrap the call in "
                                "`with head_weights(λ):` (pareto.models.multihead)")
         lam = lam.to(hidden.dtype).to(hidden.device)
-        # z[b, t, h, r] = A_h h_{b,t}: K·r numbers per token; the V-sized product below is one matmul over (h, r),
-        # so no [K, B, T, V] logits are ever materialised.
-        z = torch.einsum("btd,hrd->bthr", hidden, self.head_A)
-        if lam.dim() == 1:
-            z = z * lam[None, None, :, None]
-        else:
-            if lam.shape[0] != hidden.shape[0]:
-                raise ValueError(f"head weights have {lam.shape[0]} rows but the batch has {hidden.shape[0]}")
-            z = z * lam[:, None, :, None]
-        delta = torch.einsum("bthr,hvr->btv", z, self.head_B)
-        return self.base(hidden) + self.scaling * delta
+        if lam.dim() == 2 and lam.shape[0] != hidden.shape[0]:
+            raise ValueError(f"head weights have {lam.shape[0]} rows but the batch has {hidden.shape[0]}")
+        logits = self.base(hidden)
+        if lam.dim() == 2 and hidden.dim() == 3 and bool(((lam > 0).sum(-1) == 1).all()):
+            # Every row routed to one head (MAH-DPO training): only that head's r-rank delta is computed, per row,
+            # instead of all K with zero weights (a third of the V-sized work at K = 3; the other heads' gradients
+            # stay exactly zero). The add into the shared logits is fused into the batched matmul.
+            heads = lam.argmax(-1)
+            z = torch.bmm(hidden, self.head_A[heads].transpose(1, 2)) * self.scaling  # [B, T, r]
+            return torch.baddbmm(logits, z, self.head_B[heads].transpose(1, 2))
+        # z[..., h, r] = s·λ_h·A_h h: K·r numbers per token; the V-sized product is one matmul over (h, r) with the
+        # add into the shared logits fused (addmm), so no [K, B, T, V] logits or scaled [B, T, V] copies are made.
+        k, r, d = self.head_A.shape
+        z = (hidden.reshape(-1, d) @ self.head_A.reshape(k * r, d).T).view(*hidden.shape[:-1], k, r)
+        scale = lam * self.scaling
+        z = z * (scale[None, None, :, None] if lam.dim() == 1 else scale[:, None, :, None])
+        b = self.head_B.transpose(1, 2).reshape(k * r, -1)  # [K·r, V]
+        v = b.shape[1]
+        return torch.addmm(logits.reshape(-1, v), z.reshape(-1, k * r), b).view(*logits.shape)
 
     def single_head_logits(self, hidden: torch.Tensor, head: int) -> torch.Tensor:
         """Head `head` alone: W h + s·B_h A_h h (what a one-hot λ must reproduce)."""
