@@ -332,3 +332,19 @@ def test_a_bug_inside_an_atomic_dir_keeps_its_type(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError), atomic_dir(tmp_path / "ckpt"):
         open(tmp_path / "missing-input")  # noqa: SIM115 - a read error is not a write error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_actor_model_copies_of_dead_processes_are_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A PPO actor killed with SIGKILL cannot delete its unpacked model copy; the next unpack removes the copies of
+    processes that are gone (a real exited child's pid) and keeps the live ones'."""
+    from pareto.distributed.ppo import common
+
+    monkeypatch.setattr(common, "UNPACK_ROOT", tmp_path)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{int(child.stdout)}-base-x"
+    alive = tmp_path / f"{os.getppid()}-base-y"  # our parent is running
+    for d in (dead, alive):
+        (d / "base").mkdir(parents=True)
+    path = common.unpack_tmp({"config.json": b"{}"}, "base")
+    assert (path / "config.json").read_bytes() == b"{}" and path.parent.name.startswith(f"{os.getpid()}-base-")
+    assert not dead.exists() and alive.exists()

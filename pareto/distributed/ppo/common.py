@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +21,32 @@ def setup_worker(threads: int, seed: int) -> None:
     torch.manual_seed(seed)
 
 
+UNPACK_ROOT = Path(tempfile.gettempdir()) / "pareto-ppo"
+
+
 def unpack_tmp(bundle: Bundle, name: str) -> Path:
-    """A bundle unpacked into a private temp dir that lives as long as the actor process."""
-    root = Path(tempfile.mkdtemp(prefix=f"pareto-ppo-{name}-"))
+    """A bundle unpacked into a private temp dir that lives as long as the actor process.
+
+    The dir is named after the process id and removed at exit; an actor killed with SIGKILL cannot clean up, so
+    every new unpack first removes the dirs of processes that are gone (else each restart leaks a model copy)."""
+    UNPACK_ROOT.mkdir(parents=True, exist_ok=True)
+    for stale in UNPACK_ROOT.iterdir():
+        pid = stale.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{name}-", dir=UNPACK_ROOT))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     return unpack(bundle, root / name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
