@@ -1,6 +1,6 @@
 """Run the benchmarks and regenerate benchmarks/RESULTS.md.
 
-    python -m benchmarks.run                  # every benchmark (about 15 minutes on 2 cores)
+    python -m benchmarks.run                  # every benchmark (about 20 minutes on 2 quiet cores)
     python -m benchmarks.run switch_latency   # just some; RESULTS.md is rebuilt from every JSON in results/
     python -m benchmarks.run --table          # only rebuild RESULTS.md
 """
@@ -16,7 +16,7 @@ import traceback
 
 from benchmarks.common import RESULTS, skipped, write_result
 
-# name -> module; the order runs the cheap ones first and feeds quickstart's fronts to front_per_compute
+# name -> module; the cheap ones first, the two end-to-end runs (quickstart, every method side by side) last
 BENCHMARKS = {
     "switch_latency": "benchmarks.switch_latency",
     "vector_reward": "benchmarks.vector_reward",

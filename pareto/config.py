@@ -12,15 +12,15 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_serializer,
     model_validator,
 )
@@ -386,36 +386,43 @@ class ActorShare(Strict):
     threads: int = Field(1, ge=1, description="torch threads inside each actor")
 
 
+# vLLM's max_lora_rank must be one of these (pareto.models.svd_lora.VLLM_LORA_RANKS; repeated here: core imports
+# no torch-heavy module).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _http_url(v: str | None) -> str | None:
+    if v is not None and not v.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000")
+    return v
+
+
+def _vllm_rank(v: int) -> int:
+    if v not in VLLM_LORA_RANKS:
+        raise ValueError(f"vLLM allows only {list(VLLM_LORA_RANKS)}")
+    return v
+
+
+ServerURL = Annotated[str | None, AfterValidator(_http_url)]
+VLLMRank = Annotated[int, AfterValidator(_vllm_rank)]
+
+
 class PPOVLLMConfig(Strict):
     """The vLLM rollout engine (`ppo.engine: vllm`): a vLLM OpenAI-compatible server reached over HTTP, the policy
     synced to it as versioned LoRA adapters (`/v1/load_lora_adapter`)."""
 
-    url: str | None = Field(None, description="an existing server serving the same base model (it must see "
+    url: ServerURL = Field(None, description="an existing server serving the same base model (it must see "
                                               "adapter_dir); null = each rollout engine starts one from `venv`")
     venv: str | None = Field(None, description="the vLLM virtual environment (scripts/vllm_env.sh); default "
                                                "$PARETO_VLLM_VENV or ~/.cache/pareto/vllm-venv")
     adapter_dir: str | None = Field(None, description="where synced adapters are written; default: the temp dir")
-    max_lora_rank: int | None = Field(None, description="vLLM max_lora_rank; null = the policy's (padded) rank")
+    max_lora_rank: VLLMRank | None = Field(None, description="vLLM max_lora_rank; null = the policy's (padded) rank")
     max_loras: int = Field(8, ge=1, description="adapters in one engine batch (distinct λ per rollout batch)")
     max_model_len: int | None = Field(None, ge=16, description="null = the base model's context")
     extra_args: list[str] = Field(default_factory=list,
                                   description="more server arguments, e.g. [--gpu-memory-utilization, '0.3']")
     startup_timeout: float = Field(900.0, gt=0, description="seconds for a started server to become ready")
     request_timeout: float = Field(600.0, gt=0, description="seconds per HTTP request")
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000")
-        return v
-
-    @field_validator("max_lora_rank")
-    @classmethod
-    def _rank(cls, v: int | None) -> int | None:
-        if v is not None and v not in VLLM_LORA_RANKS:
-            raise ValueError(f"vLLM allows only {list(VLLM_LORA_RANKS)}")
-        return v
 
 
 class PPOConfig(Strict):
@@ -479,11 +486,6 @@ class ResourcesConfig(Strict):
     cluster: ClusterConfig | None = Field(None, description="the GPU cluster a real-scale recipe is planned for")
 
 
-# vLLM's max_lora_rank must be one of these (pareto.models.svd_lora.VLLM_LORA_RANKS; repeated here: core imports
-# no torch-heavy module).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
 class ServingConfig(Strict):
     """How answers are generated when a front is served (`pareto query`, the UI): transformers+PEFT in process,
     or vLLM. vLLM serves LoRA methods (Panacea at λ, per-weight models, Rewarded Soups) as exported adapters;
@@ -492,26 +494,12 @@ class ServingConfig(Strict):
     backend: Literal["hf", "vllm-server", "vllm-offline"] = Field(
         "hf", description="hf (transformers+PEFT, default), vllm-server (an OpenAI-compatible vLLM server), "
                           "vllm-offline (vLLM's engine in process: only where vllm is importable)")
-    url: str | None = Field(None, description="vllm-server: its base URL, e.g. http://127.0.0.1:8000; null = start "
+    url: ServerURL = Field(None, description="vllm-server: its base URL, e.g. http://127.0.0.1:8000; null = start "
                                               "one on 127.0.0.1 from `venv` (it must see the adapter files)")
     venv: str | None = Field(None, description="the vLLM virtual environment (scripts/vllm_env.sh); default "
                                                "$PARETO_VLLM_VENV or ~/.cache/pareto/vllm-venv")
-    max_lora_rank: int = Field(64, description="vLLM max_lora_rank of a server or engine started here; an adapter "
+    max_lora_rank: VLLMRank = Field(64, description="vLLM max_lora_rank of a server or engine started here; an adapter "
                                                "of higher rank is refused")
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000")
-        return v
-
-    @field_validator("max_lora_rank")
-    @classmethod
-    def _rank(cls, v: int) -> int:
-        if v not in VLLM_LORA_RANKS:
-            raise ValueError(f"vLLM allows only {list(VLLM_LORA_RANKS)}")
-        return v
 
 
 # ---- sweeps: a multi-objective search (Optuna or pymoo) over λ and hyper-parameters of a per-weight method ------

@@ -48,6 +48,16 @@ def _exe(name: str) -> str:
     return str(found) if found.exists() else (shutil.which(name) or name)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _disconnect_ray_after_module() -> Iterator[None]:
+    """A module that ran a pipeline in-process leaves its local Ray connected; the next module's own `ray.init`
+    would then fail ("called ray.init twice"), so every module ends disconnected."""
+    yield
+    ray = sys.modules.get("ray")  # only if the module used Ray at all
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server (SQLite backend, proxied artifacts) on 127.0.0.1."""
@@ -132,6 +142,17 @@ def _stop_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # the leader may exit before its children
     except ProcessLookupError:
         pass
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The python of the separate vLLM venv (built by scripts/vllm_env.sh if missing), or skip with the reason."""
+    from pareto.generation.vllm_server import VLLMError, ensure_vllm_env
+
+    try:
+        return ensure_vllm_env(timeout=float(os.environ.get("PARETO_VLLM_BUILD_TIMEOUT", "1800")))
+    except VLLMError as err:
+        pytest.skip(f"the vLLM environment could not be built: {err}")
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,7 @@ def small_cfg(state: Path, method: str = "panacea_ppo", **method_over):
 
 @pytest.fixture(scope="module")
 def local_ray():
+    ray.shutdown()  # a test that ran a pipeline in this process may have left its Ray connected
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
              log_to_driver=False)
     yield

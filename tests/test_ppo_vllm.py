@@ -20,7 +20,6 @@ import torch
 from pareto.config import PPOVLLMConfig
 from pareto.data import load_task
 from pareto.distributed.ppo.rollout import TransformersRolloutEngine
-from pareto.generation.vllm_server import VLLMError, ensure_vllm_env
 from tests.test_ppo import base, local_ray, run, small_cfg  # noqa: F401 (fixtures)
 
 pytestmark = [
@@ -31,14 +30,6 @@ pytestmark = [
 ]
 OBJECTIVES = ("helpful", "concise")
 MAX_NEW = 8
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    try:
-        return ensure_vllm_env(timeout=float(os.environ.get("PARETO_VLLM_BUILD_TIMEOUT", "1800")))
-    except VLLMError as err:
-        pytest.skip(f"the vLLM environment could not be built: {err}")
 
 
 @pytest.fixture(scope="module")

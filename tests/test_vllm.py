@@ -17,7 +17,7 @@ import pytest
 
 from pareto.config import ServingConfig
 from pareto.generation.hf import HFGenerator
-from pareto.generation.vllm_server import VLLMError, VLLMServer, ensure_vllm_env, load_tokenizer
+from pareto.generation.vllm_server import VLLMServer, load_tokenizer
 from tests.conftest import ROOT
 
 pytestmark = [
@@ -30,14 +30,6 @@ MAX_NEW = 24
 SERVED_AT_START = ("panacea-0", "per_weight_dpo-1")
 LOADED_AT_RUN_TIME = "panacea-2"
 ADAPTERS = (*SERVED_AT_START, LOADED_AT_RUN_TIME)  # three adapters, two methods, both Panacea vertices
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    try:
-        return ensure_vllm_env(timeout=float(os.environ.get("PARETO_VLLM_BUILD_TIMEOUT", "1800")))
-    except VLLMError as err:
-        pytest.skip(f"the vLLM environment could not be built: {err}")
 
 
 @pytest.fixture(scope="module")
