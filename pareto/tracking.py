@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -167,11 +168,10 @@ class MetricBuffer:
         self.max_wait, self.retry_every = max_wait, retry_every
         self.pending: list = []  # mlflow.entities.Metric, oldest first
         self.down_since: float | None = None
+        self.last_error = "no answer"
         self.client = MlflowClient(uri)
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -181,8 +181,6 @@ class MetricBuffer:
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued, retrying for up to `timeout` s (default: what is left of `max_wait`)."""
-        import time
-
         start = time.monotonic()
         limit = self.max_wait if timeout is None else timeout
         while not self._try_send():
@@ -191,8 +189,6 @@ class MetricBuffer:
             time.sleep(self.retry_every)
 
     def _try_send(self) -> bool:
-        import time
-
         from mlflow.exceptions import MlflowException
 
         # One fast attempt per call: MLflow's own retries (7, exponential backoff) would block for minutes.
@@ -218,12 +214,10 @@ class MetricBuffer:
         return True
 
     def _raise_if_too_long(self) -> None:
-        import time
-
         if self.down_since is not None and time.monotonic() - self.down_since > self.max_wait:
             self._raise(time.monotonic() - self.down_since)
 
     def _raise(self, waited: float) -> None:
         raise TrackingUnavailable(
             f"MLflow at {self.uri} unreachable for {waited:.0f} s; {len(self.pending)} metrics of run {self.run_id} "
-            f"are kept unsent ({getattr(self, 'last_error', 'no answer')}); restart the server and flush again")
+            f"are kept unsent ({self.last_error}); restart the server and flush again")

@@ -29,9 +29,9 @@ from pareto.distributed import stages  # noqa: E402
 from pareto.distributed.bundle import Bundle, pack, unpack  # noqa: E402
 from pareto.evaluation import PointEval  # noqa: E402
 from pareto.front.grid import preference_grid  # noqa: E402
+from pareto.front.metrics import Z_REFERENCE  # noqa: E402
 from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
 from pareto.front.types import Front, FrontPoint  # noqa: E402
-from pareto.io import ensure_writable_dir  # noqa: E402
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -98,15 +98,14 @@ def _front(method: str, cfg: ExperimentConfig, points: list[PointEval], scorer: 
                            model_uri=meta.get("model_uris", {}).get(p.weights, ""),
                            extra={"repetition_rate": p.repetition_rate, "mean_words": p.mean_words})
                 for p in points)
-    reference = cfg.reference_point if scorer == "oracle" else [-3.0] * cfg.k
+    reference = cfg.reference_point if scorer == "oracle" else [Z_REFERENCE] * cfg.k
     return Front(method=method, objectives=tuple(cfg.objectives), points=fps, reference_point=tuple(reference),
                  scorer=scorer, meta={k: v for k, v in meta.items() if k != "model_uris"})
 
 
 def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult:
     start = time.perf_counter()
-    state = ensure_writable_dir(cfg.state_path())  # fail before compute: read-only / full / not a folder
-    stages.check_context(cfg)  # every training row fits the context: before MLflow, Ray or any training
+    state = stages.preflight(cfg)
     uri = tracking.tracking_uri(cfg.tracking.uri, state)
     exp_id = tracking.setup(uri, cfg.experiment_name, state)
     init_ray(cfg)

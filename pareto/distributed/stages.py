@@ -18,6 +18,7 @@ from pareto.config import PPO_METHODS, ConfigError, ExperimentConfig
 from pareto.data import load_task
 from pareto.distributed.bundle import Bundle, pack, unpack
 from pareto.evaluation import evaluate_grid
+from pareto.io import ensure_writable_dir
 from pareto.methods import FitContext, load_method
 from pareto.methods.dpo import PairSet
 from pareto.models.policy import (
@@ -62,17 +63,24 @@ def base_tokenizer(cfg: ExperimentConfig, examples: list[tuple[str, str]]):
     return load_tokenizer(cfg.model.base)
 
 
-def check_context(cfg: ExperimentConfig, task=None) -> None:
-    """Every training row fits the model's context (`model.tiny.max_length`), or one-line `DatasetError`.
-
-    Run by the pipeline driver before Ray and MLflow start: the SFT examples (when the base is SFT-trained) and the
-    training preference pairs, both responses (when a method trains on them; the PPO methods only take prompts).
-    """
+def preflight(cfg: ExperimentConfig) -> Path:
+    """What the drivers (`pareto run`, `pareto sweep`) check before MLflow, Ray or any training starts: a writable
+    state folder, a task the stages can train on, and training rows that fit the context. -> the state folder."""
+    state = ensure_writable_dir(cfg.state_path())  # read-only / full / not a folder
     if cfg.task.dataset is not None:
         raise ConfigError("task.dataset: `pareto run` and `pareto sweep` train on the embedded tiny-hh task in this "
                           "version; a real-dataset recipe validates and plans (`pareto validate CONFIG --plan`) but "
                           "its training stages are not wired yet; remove task.dataset to run on tiny-hh")
-    task = task or load_task(cfg.task.name, seed=cfg.seed)
+    check_context(cfg)
+    return state
+
+
+def check_context(cfg: ExperimentConfig) -> None:
+    """Every training row fits the model's context (`model.tiny.max_length`), or one-line `DatasetError`: the SFT
+    examples (when the base is SFT-trained) and the training preference pairs, both responses (when a method trains
+    on them; the PPO methods only take prompts).
+    """
+    task = load_task(cfg.task.name, seed=cfg.seed)
     examples = task.sft_examples()
     rows = []
     if cfg.model.needs_sft:

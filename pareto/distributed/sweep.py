@@ -60,9 +60,9 @@ from pareto.distributed import pipeline, stages  # noqa: E402
 from pareto.distributed.bundle import unpack  # noqa: E402
 from pareto.evaluation import PointEval  # noqa: E402
 from pareto.front.grid import n_das_dennis, preference_grid  # noqa: E402
+from pareto.front.metrics import Z_REFERENCE  # noqa: E402
 from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
 from pareto.front.types import Front, FrontPoint  # noqa: E402
-from pareto.io import ensure_writable_dir  # noqa: E402
 
 _log = logging.getLogger(__name__)
 SWEEP_TAG_VALUE = "sweep"
@@ -450,8 +450,7 @@ def run_sweep(cfg: ExperimentConfig, progress: bool = True) -> SweepResult:
     if cfg.sweep is None:
         raise ValueError("the config has no sweep section; add one (see configs/sweep_quickstart.yaml)")
     mcfg = getattr(cfg.methods, cfg.sweep.method)
-    ensure_writable_dir(cfg.state_path())  # fail before compute, as `pareto run` does
-    stages.check_context(cfg)
+    stages.preflight(cfg)  # as `pareto run` does, before any compute
     if not mcfg.per_weight:
         return _grid_sweep(cfg, progress)
     start = time.perf_counter()
@@ -633,7 +632,7 @@ def sweep_front(cfg: ExperimentConfig, trials: list[FrozenTrial], scorer: str, m
                                  extra={"trial": t.number, "params": {k: v for k, v in t.params.items()
                                                                       if not k.startswith("w_")},
                                         "repetition_rate": ev["repetition_rate"], "mean_words": ev["mean_words"]}))
-    reference = cfg.reference_point if scorer == "oracle" else [-3.0] * cfg.k
+    reference = cfg.reference_point if scorer == "oracle" else [Z_REFERENCE] * cfg.k
     return Front(method=cfg.sweep.method, objectives=tuple(cfg.objectives), points=tuple(points),
                  reference_point=tuple(reference), scorer=scorer, meta=meta)
 

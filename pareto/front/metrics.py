@@ -74,6 +74,11 @@ def non_dominated_mask(values: Any) -> np.ndarray:
     return mask
 
 
+# The hypervolume reference of fronts scored in z-scored reward-model units: 3 standard deviations below the mean
+# in every objective (the oracle's fronts use the config's evaluation.reference_point instead).
+Z_REFERENCE = -3.0
+
+
 def hypervolume(values: Any, reference_point: Any) -> float:
     """Hypervolume dominated by ``values`` and bounded below by ``reference_point`` (maximisation).
 

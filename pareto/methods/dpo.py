@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from pareto.config import DPOConfig
 from pareto.evaluation import evaluate_grid
-from pareto.front.metrics import hypervolume
+from pareto.front.metrics import Z_REFERENCE, hypervolume
 from pareto.models.policy import encode_pairs, token_logprobs
 from pareto.objectives import VectorReward, aggregate_losses
 from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses
@@ -190,7 +190,7 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
 
 def front_validator(generate: Callable[[list[str], np.ndarray], list[str]], prompts: Sequence[str],
                     weights: np.ndarray, reward: VectorReward, max_repetition: float,
-                    z_reference: float = -3.0) -> Validator:
+                    z_reference: float = Z_REFERENCE) -> Validator:
     """Held-out front metric for early stopping, scored by the learned reward model (never the oracle).
 
     With several λ: hypervolume of the mean z-scored reward vectors against a fixed reference (z_reference

@@ -26,18 +26,11 @@ from peft import LoraConfig, get_peft_model
 from pareto.config import RiCConfig
 from pareto.evaluation import evaluate_grid
 from pareto.front.grid import preference_grid
-from pareto.front.metrics import hypervolume
+from pareto.front.metrics import Z_REFERENCE, hypervolume
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator
 from pareto.methods.panacea import validation_weights
-from pareto.models.policy import (
-    generate,
-    load_policy,
-    prompt_text,
-    repetition_rate,
-    response_text,
-    sft_train,
-)
+from pareto.models.policy import generate, load_policy, pair_token_counts, repetition_rate, sft_train
 from pareto.models.rewards_in_context import MAPPINGS, RiCPolicy, format_prompt
 from pareto.objectives import RunningZScore
 
@@ -54,9 +47,8 @@ def offline_samples(prompts: Sequence[str], responses: Sequence[tuple[str, str]]
 def within_context(tokenizer, examples: Sequence[tuple[str, str]], max_length: int) -> list[tuple[str, str]]:
     """The (conditioned prompt, response) examples that fit the model context (the reward tags make prompts longer;
     a truncated example would train on half a response)."""
-    prompts = tokenizer([prompt_text(tokenizer, p) for p, _ in examples], add_special_tokens=False)["input_ids"]
-    responses = tokenizer([response_text(tokenizer, r) for _, r in examples], add_special_tokens=False)["input_ids"]
-    return [e for e, p, r in zip(examples, prompts, responses, strict=True) if len(p) + len(r) <= max_length]
+    counts = pair_token_counts(tokenizer, [p for p, _ in examples], [r for _, r in examples])
+    return [e for e, n in zip(examples, counts, strict=True) if n <= max_length]
 
 
 def sample_targets(rng: np.random.Generator, n: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -201,7 +193,7 @@ def choose_mapping(policy: RiCPolicy, ctx: FitContext, cfg: RiCConfig, result: T
         fluent = np.mean([p.repetition_rate for p in points]) <= cfg.max_repetition
         at_vertices = means[vertex_rows]  # [K vertices, K objectives]
         controllable[mapping] = bool((np.diag(at_vertices)[:, None] >= at_vertices.T).all())
-        scores[mapping] = hypervolume(means, [-3.0] * k) if fluent else float("-inf")
+        scores[mapping] = hypervolume(means, [Z_REFERENCE] * k) if fluent else float("-inf")
     pool = [m for m in MAPPINGS if controllable[m] and scores[m] > float("-inf")] or list(MAPPINGS)
     policy.mapping = max(pool, key=lambda m: scores[m])  # ties keep the earlier (the paper's linf first)
     result.history.append({"step": step, "mapping_index": float(MAPPINGS.index(policy.mapping)),

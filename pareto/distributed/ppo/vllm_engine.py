@@ -34,6 +34,7 @@ from pareto.distributed.bundle import Bundle
 from pareto.distributed.ppo.rollout import TransformersRolloutEngine
 from pareto.generation.vllm_server import VLLMError, VLLMServer, VLLMServerGenerator, _request, vllm_python
 from pareto.models.policy import prompt_text
+from pareto.models.svd_lora import PanaceaLoraConfig, export_lora, next_vllm_rank
 
 # Run the server with PR_SET_PDEATHSIG, so it gets SIGTERM when the engine's process dies, even by SIGKILL
 # (`ray.kill`): an orphaned server would hold the GPU (or the CPU KV cache) for good. Then it is `python -m`.
@@ -54,8 +55,6 @@ class _ChildServer(VLLMServer):
 
 def adapter_rank(model) -> int:
     """The LoRA rank vLLM must accept for this policy's exported adapters (Panacea pads to a vLLM rank)."""
-    from pareto.models.svd_lora import PanaceaLoraConfig, next_vllm_rank
-
     cfg = model.peft_config[model.active_adapter]
     return next_vllm_rank(cfg.r) if isinstance(cfg, PanaceaLoraConfig) else int(cfg.r)
 
@@ -76,7 +75,7 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
         self.rank = adapter_rank(self.model)
         self.server: VLLMServer | None = None
         if self.cfg.url is None:
-            max_rank = self.cfg.max_lora_rank or next_rank(self.rank)
+            max_rank = self.cfg.max_lora_rank or next_vllm_rank(self.rank)
             if max_rank < self.rank:
                 raise ValueError(f"ppo.vllm.max_lora_rank={max_rank} is below the policy's LoRA rank {self.rank}; "
                                  "raise it or lower methods.<method>.lora_rank")
@@ -124,8 +123,6 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
     def _adapter(self, lam: tuple[float, ...] | None) -> str:
         """The policy at (current version, λ) as a LoRA adapter loaded into the server; its served name."""
         if lam not in self.adapters:
-            from pareto.models.svd_lora import export_lora
-
             name = f"{self.tag}-v{self.version}" + ("" if lam is None else f"-l{len(self.adapters)}")
             path = self.adapter_root / name
             if lam is None:
@@ -201,9 +198,3 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
             self.server.stop()
             self.server = None
         shutil.rmtree(self.adapter_root, ignore_errors=True)
-
-
-def next_rank(r: int) -> int:
-    from pareto.models.svd_lora import next_vllm_rank
-
-    return next_vllm_rank(r)
