@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from pareto.config import ConfigError, ExperimentConfig, load_config
@@ -65,14 +66,55 @@ def summary(result, cfg: ExperimentConfig) -> str:
     lines = [f"pareto: {cfg.name} (seed {cfg.seed}) finished in {result.seconds:.0f} s",
              "reward model held-out accuracy: "
              + ", ".join(f"{k} {v:.3f}" for k, v in result.reward_accuracy.items()), ""]
+    stats = result.task.get("stats", {}) if getattr(result, "task", None) else {}
+    if stats and result.task.get("pairs"):
+        lines.insert(2, data_line(result.task))
     for name, front in result.fronts.items():
         lines += [f"== {name} ({front.meta.get('models_trained', '?')} model(s), "
-                  f"{front.meta.get('train_seconds', 0):.0f} CPU-s of training) — oracle scores", front.table(), ""]
+                  f"{front.meta.get('train_seconds', 0):.0f} CPU-s of training) — {front.scorer.replace('_', ' ')} "
+                  "scores", front.table(), *check_lines(front), ""]
     lines += [f"MLflow run {result.run_id} in experiment {result.experiment!r} at {result.tracking_uri}",
               "  read it back:  pareto front latest --json",
               f"  MLflow UI:     mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1",
               "  explore it:    pareto ui      (then open http://127.0.0.1:8501)"]
     return "\n".join(lines)
+
+
+def data_line(task: dict) -> str:
+    """What the run trained on, and what the length rule and bad rows took away (never silently)."""
+    st = task.get("stats", {})
+    skipped = sum(v for k, v in st.items() if k.endswith("_rows_skipped"))
+    dropped = sum(v for k, v in st.items() if k.endswith("_pairs_dropped"))
+    return (f"data: {task['pairs'].get('train', 0)} train / {task['pairs'].get('val', 0)} val pairs, "
+            f"{task['prompts'].get('eval', 0)} eval prompts; {skipped} bad rows skipped, {dropped} pairs dropped "
+            f"(prompt too long), {st.get('prompts_shortened', 0)} prompts shortened to their last turns, "
+            f"{st.get('train_responses_truncated', 0)} train pairs with a response cut at the budget")
+
+
+def check_lines(front) -> list[str]:
+    """The vertex check (each objective highest at its own vertex, and above the base model there) in standard
+    errors, and how fluent the answers stayed."""
+    from pareto.front.metrics import vertex_separation
+
+    if len(front.points) < 2:
+        return []
+    sep = vertex_separation(front.weights(), front.values(), front.stderr())
+    gains = front.gain_over_base() if front.base_point is not None else None
+    parts = []
+    for i, name in enumerate(front.objectives):
+        at = [j for j, p in enumerate(front.points) if abs(p.weights[i] - 1.0) < 1e-9]
+        if not at:
+            continue
+        text = f"{name} {sep[i]:+.1f} SE over the other vertices"
+        if gains is not None:
+            text += f", {gains[at[0], i]:+.1f} SE over the base model"
+        parts.append(text)
+    lines = ["vertex check: " + "; ".join(parts)] if parts else []
+    reps = [p.extra.get("repetition_rate", 0.0) for p in front.points]
+    empty = [p.extra.get("empty_rate", 0.0) for p in front.points]
+    lines.append(f"fluency: repetition rate {np.mean(reps):.3f} (max {max(reps):.3f}), empty answers "
+                 f"{np.mean(empty):.3f} (max {max(empty):.3f})")
+    return lines
 
 
 @app.command()
@@ -127,7 +169,8 @@ def front(
     experiment: Annotated[str | None, typer.Option(help="restrict 'latest' to this experiment")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
 ) -> None:
-    """Print the fronts a pipeline run logged: method, objectives, hypervolume, IGD and points."""
+    """Print the fronts a pipeline run logged: method, objectives, hypervolume, IGD, the base model's point and
+    the points."""
     from pareto import tracking
 
     try:
@@ -141,6 +184,7 @@ def front(
             {"method": f.method, "objectives": list(f.objectives), "scorer": f.scorer,
              "hypervolume": f.metrics.get("hypervolume"), "igd": f.metrics.get("igd"),
              "reference_point": list(f.reference_point), "metrics": f.metrics,
+             "base_point": f.base_point.to_dict() if f.base_point is not None else None,
              "points": [p.to_dict() for p in f.points]} for f in fronts]}
         typer.echo(json.dumps(payload, indent=2))
     else:
@@ -212,8 +256,9 @@ def compare(
     plot: Annotated[Path, typer.Option(help="overlay plot of the fronts: a PNG here and an interactive HTML "
                                             "next to it")] = Path("pareto-compare.png"),
 ) -> None:
-    """Compare methods: models trained, training compute, hypervolume, IGD, inner product (one row per front),
-    and an overlay plot of all the fronts on the task's oracle front."""
+    """Compare methods: models trained, training compute, hypervolume, the base model's point, IGD, inner product
+    (one row per front), and an overlay plot of all the fronts and their base points (on the task's oracle front
+    when the fronts are scored by it)."""
     from mlflow.tracking import MlflowClient
 
     from pareto import tracking
@@ -250,12 +295,17 @@ def compare(
                                                                                                 strict=True))))
         if j == 0:
             typer.echo("  ".join("-" * w for w in widths))
+    if any(f.base_point is not None for _, f in fronts):
+        typer.echo(f"base: the base model's point ({', '.join(fronts[0][1].objectives)}), by each front's scorer")
+    if any(f.scorer != "oracle" for _, f in fronts):
+        oracle = None  # the oracle front is on the oracle's scale: not under reward-model fronts
     written = _overlay_plot(fronts, oracle, plot)
     typer.echo(f"\noverlay plot: {written[0]} (interactive: {written[1]})")
 
 
 def _overlay_plot(fronts: list, oracle: tuple | None, path: Path) -> tuple[Path, Path]:
-    """Every (run, method) front on one chart; fronts are relabelled by run when several runs are compared."""
+    """Every (run, method) front on one chart, with the base points (drawn once where fronts share one); fronts
+    are relabelled by run when several runs are compared."""
     import dataclasses
 
     from pareto.front.plot import plot_front_html, plot_front_png
@@ -271,6 +321,8 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, tuple):  # the base point's values: no spaces, so a row still splits into its columns
+        return "(" + ",".join(f"{v:.3g}" for v in value) + ")"
     return str(value)
 
 
@@ -335,6 +387,55 @@ def ui(
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+model_app = typer.Typer(no_args_is_help=True, help="Base models: a Hugging Face id, a local folder or a GGUF file.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("get")
+def model_get(
+    base: Annotated[str | None, typer.Argument(metavar="[BASE]", help="a hub id (owner/name), a local folder, a "
+                                                                      ".gguf file, or package:<pip package>/<file>"
+                                                                      ".gguf")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="get this config's model.base (into its "
+                                                                 "state_dir)")] = None,
+    set_: SetOption = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="where a GGUF's safetensors are cached "
+                                                                       "(default: $PARETO_HOME or .pareto)")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a model's own Python code "
+                                                                                "(BASE only; a config says it in "
+                                                                                "model.trust_remote_code)")] = False,
+) -> None:
+    """Resolve BASE (or a config's model.base) once: check it loads here, dequantize and cache a GGUF as
+    safetensors, and print the folder, its parameter count and the seconds taken."""
+    import time
+
+    from pareto.models.sources import ModelSourceError, count_parameters, resolve_base
+
+    if (base is None) == (config is None):
+        _fail("give either BASE or --config CONFIG (one of them)")
+    if config is not None:
+        cfg = _load(config, set_)
+        base, trust_remote_code = cfg.model.base, trust_remote_code or cfg.model.trust_remote_code
+        state_dir = state_dir or cfg.state_path()
+    elif set_:
+        _fail("--set needs --config")
+    state = (state_dir or Path(os.environ.get("PARETO_HOME") or ".pareto")).resolve()
+    if base == "tiny":
+        _fail("model.base='tiny' is built and trained by the pipeline (pareto run), not fetched; nothing to get")
+    start = time.perf_counter()
+    try:
+        resolved = resolve_base(base, state, trust_remote_code=trust_remote_code)
+        params = count_parameters(resolved)
+    except (ModelSourceError, *_user_errors()) as err:
+        _fail(str(err))
+    seconds = time.perf_counter() - start
+    typer.echo(f"model.base: {base}")
+    typer.echo(f"{'folder:' if Path(resolved).is_dir() else 'hub id:':<12}{resolved}")
+    typer.echo("parameters: " + (f"{params:,} ({params / 1e6:.1f}M)" if params is not None else
+                                 "unknown (no safetensors on disk yet)"))
+    typer.echo(f"seconds:    {seconds:.1f}")
 
 
 if __name__ == "__main__":

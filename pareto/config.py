@@ -29,6 +29,7 @@ from pydantic import (
 KNOWN_TASKS: dict[str, tuple[str, ...]] = {"tiny-hh": ("helpful", "harmless", "concise")}
 DPO_METHODS = ("panacea", "per_weight_dpo", "mah_dpo", "soups", "modpo")
 LABELLED_METHODS = ("panacea", "per_weight_dpo", "mah_dpo", "soups")  # methods that train on per-objective labels
+Z_REFERENCE = -3.0  # hypervolume reference of z-scored reward-model fronts (pareto.front.metrics re-exports it)
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -186,11 +187,23 @@ class TinyModelConfig(Strict):
 
 
 class ModelConfig(Strict):
-    base: str = Field("tiny", description="'tiny' (built and SFT-trained here), a Hugging Face id or a local path")
+    base: str = Field("tiny", description="'tiny' (built and SFT-trained here), a Hugging Face id, a local "
+                                          "folder, or a GGUF file (a path, or package:<pip package>/<file>.gguf) "
+                                          "dequantized once and cached as safetensors")
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     sft: Literal["auto", "always", "never"] = Field(
-        "auto", description="SFT the base on the task's responses first; auto = only the embedded tiny model")
+        "auto", description="SFT the base on the task's responses first (a dataset: its chosen replies); "
+                            "auto = only the embedded tiny model")
+    max_prompt_tokens: int | None = Field(None, ge=8, description="real data: longer prompts lose leading turns "
+                                                                  "(or are dropped); default: context - response")
+    max_response_tokens: int | None = Field(None, ge=4, description="real data: responses are cut where prompt + "
+                                                                    "response exceed the two budgets; default: "
+                                                                    "min(512, context / 4)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="training/generation autocast: auto = bf16 on a GPU that supports it, else fp32")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
+    trust_remote_code: bool = Field(False, description="allow a hub model's own Python code (off: safer)")
 
     @property
     def needs_sft(self) -> bool:
@@ -205,7 +218,14 @@ class RewardModelConfig(Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     length_feature: bool = Field(True, description="give the heads the response length too (conciseness)")
-    min_accuracy: float = Field(0.85, ge=0, le=1, description="held-out pairwise accuracy required per objective")
+    min_accuracy: float = Field(0.85, ge=0, le=1, description="held-out pairwise accuracy required per objective "
+                                                              "(human labels are noisy: ~0.55-0.65 on real data)")
+    normalize_on: Literal["auto", "pairs", "base_answers"] = Field(
+        "auto", description="z-score statistics fit on the training pairs' responses, or on the base model's "
+                            "answers to validation prompts; auto = pairs for the embedded task, base_answers for "
+                            "a dataset")
+    max_pairs: int | None = Field(None, ge=2, description="train the heads on a seeded subset of this many "
+                                                          "training pairs; null = all")
     hf: list[HFRewardModelConfig] = Field(default_factory=list,
                                           description="Hugging Face reward models (ids or paths) scoring objectives")
     tie_weight: float = Field(0.0, ge=0, description="weight of a tie term in the Bradley–Terry loss: pairs tied on "
@@ -237,6 +257,11 @@ class DPOConfig(Strict):
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    lora_layers: int | None = Field(None, ge=1, description="adapt only the top N decoder layers (backward stops "
+                                                            "below them: much cheaper on a real model); null = all")
+    max_pairs: int | None = Field(None, ge=1, description="train on a seeded subset of this many training pairs "
+                                                          "(their reference log-probs are computed once); "
+                                                          "null = all")
     eval_every: int = Field(50, ge=1, description="steps between held-out front checks (early stopping)")
     patience: int = Field(3, ge=1, description="checks without improvement before stopping")
     val_prompts: int = Field(24, ge=2)
@@ -468,7 +493,13 @@ class EvaluationConfig(Strict):
     max_new_tokens: int = Field(48, ge=1)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0)
-    reference_point: list[float] | None = Field(None, description="hypervolume reference, one value per objective")
+    reference_point: list[float] | Literal["base"] | None = Field(
+        None, description="hypervolume reference, one value per objective; 'base' = the base model's point minus "
+                          "reference_margin in every objective (reward-model fronts; logged)")
+    reference_margin: float = Field(1.0, gt=0, description="with reference_point: base, how far below the base "
+                                                           "point the reference sits (z-score units)")
+    normalizer_prompts: int | None = Field(64, ge=2, description="validation prompts the base model answers to fit "
+                                                                 "the reward normaliser (normalize_on: base_answers)")
     scorer: Literal["oracle", "reward_model"] = "oracle"
 
 
@@ -483,6 +514,11 @@ class ResourcesConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
     cpus_per_task: float = Field(1.0, gt=0)
     gpus_per_task: float = Field(0.0, ge=0)
+    by_value_max_mb: float = Field(64.0, ge=0, description="models up to this size travel between Ray workers as "
+                                                           "bytes; larger ones by path under the state folder, "
+                                                           "which a cluster must put on shared storage")
+    offline: bool | None = Field(None, description="workers never reach the Hugging Face hub; null = follow "
+                                                   "HF_HUB_OFFLINE of the driver's environment")
     cluster: ClusterConfig | None = Field(None, description="the GPU cluster a real-scale recipe is planned for")
 
 
@@ -593,7 +629,10 @@ class ExperimentConfig(Strict):
         self._check_ppo()
         self._check_sweep()
         ref = self.evaluation.reference_point
-        if ref is not None:
+        if ref == "base" and self.task.dataset is None:
+            raise _FieldError("evaluation.reference_point", "'base' derives a reward-model reference for a real "
+                                                            "dataset; the embedded task's oracle front needs numbers")
+        if isinstance(ref, list):
             if len(ref) != k:
                 raise _FieldError("evaluation.reference_point",
                                   f"has {len(ref)} values but there are {k} objectives; give one value per objective")
@@ -669,7 +708,8 @@ class ExperimentConfig(Strict):
             raise _FieldError("evaluation.scorer", "a real dataset has no oracle; use reward_model")
         if self.evaluation.reference_point is None:
             raise _FieldError("evaluation.reference_point", "required with a real dataset (reward scales are not "
-                                                            "[0, 1]); fix one value per objective in the config")
+                                                            "[0, 1]); fix one value per objective in the config, "
+                                                            "or 'base' to derive it from the base model's point")
 
     def _check_ppo(self) -> None:
         """PPO methods: batches split evenly over trainer ranks, reward sources and λ grids are valid."""
@@ -741,8 +781,28 @@ class ExperimentConfig(Strict):
 
     @property
     def reference_point(self) -> list[float]:
-        # Oracle objectives of the embedded task live in [0, 1]: the origin is a fixed, data-independent reference.
-        return self.evaluation.reference_point or [0.0] * self.k
+        """The hypervolume reference of the task's main scorer (the oracle of the embedded task, whose objectives
+        live in [0, 1]: the origin by default). 'base' is resolved once the base model is scored
+        (`front_reference`); until then the fixed reward-model reference stands in (plans, validation)."""
+        ref = self.evaluation.reference_point
+        if ref == "base":
+            return [Z_REFERENCE] * self.k
+        return ref or [0.0] * self.k
+
+    def front_reference(self, scorer: str, base_values: list[float] | None = None) -> list[float]:
+        """The reference point of a front scored by `scorer` (oracle or reward_model). Reward-model fronts of the
+        embedded task use the fixed z-score reference; a dataset's use the config's, or the base point minus
+        evaluation.reference_margin when reference_point is 'base'."""
+        ref = self.evaluation.reference_point
+        if scorer == "oracle":
+            return self.reference_point
+        if self.task.dataset is None or ref is None:
+            return [Z_REFERENCE] * self.k
+        if ref == "base":
+            if base_values is None:
+                raise ValueError("reference_point 'base' needs the base model's point")
+            return [float(v) - self.evaluation.reference_margin for v in base_values]
+        return list(ref)
 
     @property
     def experiment_name(self) -> str:

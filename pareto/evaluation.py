@@ -26,17 +26,19 @@ class PointEval:
     repetition_rate: float
     mean_words: float
     samples: list[dict] = field(default_factory=list)
+    empty_rate: float = 0.0                # share of empty answers (with repetition_rate: is the text still text)
 
     def to_dict(self) -> dict:
         return {"weights": list(self.weights), "mean": {k: list(v) for k, v in self.mean.items()},
                 "stderr": {k: list(v) for k, v in self.stderr.items()}, "repetition_rate": self.repetition_rate,
-                "mean_words": self.mean_words, "samples": self.samples}
+                "mean_words": self.mean_words, "samples": self.samples,
+                "empty_rate": self.empty_rate}
 
     @classmethod
     def from_dict(cls, d: dict) -> PointEval:
         return cls(tuple(d["weights"]), {k: tuple(v) for k, v in d["mean"].items()},
                    {k: tuple(v) for k, v in d["stderr"].items()}, d["repetition_rate"], d["mean_words"],
-                   d.get("samples", []))
+                   d.get("samples", []), d.get("empty_rate", 0.0))
 
 
 def evaluate_grid(generate: GenerateFn, prompts: Sequence[str], grid: np.ndarray,
@@ -59,7 +61,8 @@ def evaluate_grid(generate: GenerateFn, prompts: Sequence[str], grid: np.ndarray
                   for k, v in scores.items()}
         samples = [{"prompt": prompts[i], "response": texts[i]} for i in range(min(n_samples, n))]
         points.append(PointEval(tuple(float(w) for w in weights), mean, stderr, repetition_rate(texts),
-                                float(np.mean([len(t.split()) for t in texts])), samples))
+                                float(np.mean([len(t.split()) for t in texts])), samples,
+                                float(np.mean([not t.strip() for t in texts]))))
     return points
 
 

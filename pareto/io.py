@@ -164,3 +164,28 @@ def ensure_writable_dir(path: str | Path, what: str = "state folder") -> Path:
         raise StateDirError(f"{what} {str(path)!r} is not writable ({exc.strerror or exc}); {fix}, or point "
                             "PARETO_HOME (or state_dir in the config) at a writable folder") from None
     return path
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def package_path(spec: str, field: str = "path") -> Path:
+    """`package:<import name>/<relative path>` -> the file or folder inside that installed package, found without
+    importing it (a package's __init__ may import what is not installed). One-line ValueError otherwise."""
+    import importlib.util
+
+    name, _, rel = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+    top = name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"{field}={spec!r}: package {top!r} is not installed; pip install it "
+                         f"(e.g. `pip install --no-deps {top.replace('_', '-')}`)")
+    root = Path(list(found.submodule_search_locations)[0])
+    target = root.joinpath(*name.split(".")[1:], rel) if rel else root
+    if not target.exists():
+        raise ValueError(f"{field}={spec!r}: {target} does not exist in the installed package {top!r}; "
+                         "check the path after the package name")
+    return target

@@ -46,6 +46,7 @@ class ServedRun:
     _reward: object = field(default=None, repr=False)
     serving: object = None  # a config.ServingConfig; None = the run's logged `serving` section, else transformers
     _backend: LoRABackend | None = field(default=None, repr=False)
+    _oracle: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         run = tracking.find_run(self.run_id, self.tracking_uri)
@@ -57,6 +58,17 @@ class ServedRun:
     @property
     def objectives(self) -> tuple[str, ...]:
         return next(iter(self.fronts.values())).objectives
+
+    @property
+    def has_oracle(self) -> bool:
+        """True when the run's task has an oracle: a front scored by it, or a logged oracle front
+        (`oracle/front.json`). A run on real data has reward-model fronts only, and its answers get no oracle score.
+        """
+        if self._oracle is None:
+            self._oracle = any(f.scorer == "oracle" for f in self.fronts.values()) or any(
+                a.path == "oracle/front.json" for a in MlflowClient(self.tracking_uri).list_artifacts(self.run_id,
+                                                                                                     "oracle"))
+        return self._oracle
 
     def is_conditioned(self, method: str) -> bool:
         return bool(self.fronts[method].meta.get("conditioned", method == "panacea"))
@@ -133,7 +145,8 @@ class ServedRun:
 
     # ---- scoring -------------------------------------------------------------------------------------------
     def score(self, prompt: str, response: str) -> dict[str, dict[str, float]]:
-        """The answer's per-objective scores: learned reward model (z-scores), and the oracle when the task has one."""
+        """The answer's per-objective scores: learned reward model (z-scores), and the oracle when the task has one
+        (`has_oracle`: a run on real data, whatever its task's name, gets the reward model's scores only)."""
         from pareto.models.reward import LearnedVectorReward
 
         out: dict[str, dict[str, float]] = {}
@@ -142,10 +155,13 @@ class ServedRun:
         rm = self._reward([prompt], [response])[0].tolist()
         out["reward_model"] = dict(zip(self._reward.names, rm, strict=True))
         task = self.tags.get("pareto.task")
-        if task:
+        if task and self.has_oracle:
             from pareto.data import load_task
 
-            t = load_task(task, seed=int(self.params.get("seed", 0)))
+            try:
+                t = load_task(task, seed=int(self.params.get("seed", 0)))
+            except ValueError:
+                return out  # a task this install does not know: no oracle to score with
             try:
                 oracle = t.oracle_scores([prompt], [response])[0].tolist()
                 out["oracle"] = {n: oracle[t.objectives.index(n)] for n in self.objectives}
@@ -183,20 +199,23 @@ def describe(choice: Choice) -> str:
                        "model_uri": choice.model_uri, "reason": choice.reason})
 
 
-COMPARE_COLUMNS = ("run", "method", "models trained", "training CPU-s", "hypervolume", "IGD", "inner product")
+COMPARE_COLUMNS = ("run", "method", "models trained", "training CPU-s", "hypervolume", "base", "IGD",
+                   "inner product")
 
 
 def compare_table(fronts: list[tuple[str, Front]]) -> list[dict[str, object]]:
     """The compare table, one row per (run label, front): what a front cost and what it is worth.
 
     Compute is the summed training CPU-seconds of the method's models (front.meta), so a conditioned model
-    and a set of per-weight models compare on the same axis; metrics missing from a front read None.
+    and a set of per-weight models compare on the same axis; metrics missing from a front read None. "base" is
+    the base model's point (its per-objective means, by the front's scorer), None for a front without one.
     """
     rows = []
     for label, f in fronts:
         hv = f.metrics.get("hypervolume")
         rows.append(dict(zip(COMPARE_COLUMNS, (
             label, f.method, f.meta.get("models_trained"), f.meta.get("train_seconds"),
-            float(hv) if hv is not None else f.hypervolume(), f.metrics.get("igd"), f.metrics.get("inner_product"),
+            float(hv) if hv is not None else f.hypervolume(), f.base_point.values if f.base_point else None,
+            f.metrics.get("igd"), f.metrics.get("inner_product"),
         ), strict=True)))
     return rows

@@ -179,7 +179,7 @@ def tiny_fit_context(tiny_lm: Path):
     """FitContext factory on `tiny_lm`: the first training pairs of tiny-hh, the task's oracle as the vector reward
     (a real VectorReward that needs no MiniLM), short greedy generations."""
     from pareto.data import load_task
-    from pareto.distributed.stages import TaskOracle
+    from pareto.data.task import TaskOracle
     from pareto.methods import FitContext
     from pareto.methods.dpo import PairSet
 

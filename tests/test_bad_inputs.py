@@ -353,14 +353,16 @@ def test_bad_panacea_adapter(tmp_path: Path, damage) -> None:
     assert "\n" not in str(err.value) and "adapter_model.safetensors" in str(err.value)
 
 
-def test_a_real_dataset_recipe_is_refused_by_run_before_compute(tmp_path: Path) -> None:
-    """Real-dataset recipes validate and plan, but `pareto run` cannot train them yet: one line, exit 2, and
-    nothing written (no MLflow store, no Ray)."""
+def test_a_hub_dataset_offline_is_one_line_before_compute(tmp_path: Path) -> None:
+    """A real-dataset recipe whose hub dataset this (offline) machine cannot reach stops in one line naming the
+    dataset and the fix, before any compute: nothing written (no MLflow store, no Ray, no cache)."""
     state = tmp_path / "state"
     proc = subprocess.run([*PARETO, "run", str(ROOT / "configs/recipes/panacea-dpo-pku-saferlhf.yaml"),
                            "--set", f"state_dir={state}", "--set", f"tracking.uri=sqlite:///{state / 'm.db'}"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: task.dataset:") and "remove task.dataset" in lines[0]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: task.dataset.hub_id=PKU-Alignment/PKU-SafeRLHF: could not load split")
+    assert "task.dataset.path" in lines[0] and "network" in lines[0]
     assert not state.exists() or not any(state.iterdir())

@@ -36,7 +36,7 @@ def test_vertex_oversampling_frequency_matches_vertex_prob(vertex_prob: float) -
 @pytest.fixture(scope="module")
 def tcheby_run(tiny_lm) -> tuple:
     from pareto.data import load_task
-    from pareto.distributed.stages import TaskOracle
+    from pareto.data.task import TaskOracle
     from pareto.methods import FitContext
     from pareto.methods.dpo import PairSet
 

@@ -184,7 +184,7 @@ def test_served_index_and_compare_table_by_hand() -> None:
     row, = serving.compare_table([("run", front)])
     # Staircase by hand: 0.2*0.8 + 0.3*0.5 + 0.3*0.2 = 0.37.
     assert row == {"run": "run", "method": "m", "models trained": 3, "training CPU-s": 30.0,
-                   "hypervolume": pytest.approx(0.37), "IGD": None, "inner product": None}
+                   "hypervolume": pytest.approx(0.37), "base": None, "IGD": None, "inner product": None}
 
 
 # --------------------------------------------------------------------------------------- empty and broken

@@ -93,20 +93,34 @@ def explore(uri: str, runs: list[store.RunInfo]) -> None:
         mark = "the model's point" if choice.point is not None else "the evaluated λ nearest to yours"
         st.markdown(f"**In red on the chart**: {mark}, λ = {_fmt(p.weights)} → "
                     + ", ".join(f"{n} {v:.3f}" for n, v in zip(front.objectives, p.values, strict=True)))
+        if front.base_point is not None:
+            b = front.base_point
+            st.markdown("**In black, the base model** (untrained, where training started): "
+                        + ", ".join(f"{n} {v:.3f} ± {s:.3f}" for n, v, s in zip(front.objectives, b.values, b.stderr,
+                                                                                  strict=True)))
+            st.caption(ex.base_gain_text(front, highlight))
     with right:
         _metrics(front)
         view = st.radio("view", ex.views(front.k), horizontal=True, key=f"view_{front.k}",
                         label_visibility="collapsed")
         chart = st.empty()  # filled last, so an answer given in this rerun is on the chart too
-    oracle = store.oracle_front(run_id, uri)
-    if oracle is None:
+        with st.expander(f"Evaluated points ({len(front)})" + (" and the base model" if front.base_point else "")):
+            st.table(pd.DataFrame(ex.points_table(front, highlight)).set_index("point"))
+    # The oracle front is drawn on oracle-scored fronts only: a reward-model front is on another scale.
+    oracle = store.oracle_front(run_id, uri) if front.scorer == "oracle" else None
+    if front.scorer != "oracle":
+        right.caption(f"Scored by the {front.scorer.replace('_', ' ')} only: "
+                      + ("the oracle front is on another scale and is not drawn." if served.has_oracle else
+                         "this run's task has no oracle (real data), so there is no true front to compare with."))
+    elif oracle is None:
         right.caption("This run logged no oracle front (`oracle/front.json`): the task has no known true front.")
 
     st.divider()
     st.subheader("Ask the model that serves λ")
     ask(served, method, weights)
-    answer = _answer_values(served, method, front.objectives)
-    chart.plotly_chart(ex.front_figure(front, view, highlight, oracle=oracle, answer=answer), key="front_chart")
+    answer, answer_name = _answer_values(served, method, front)
+    chart.plotly_chart(ex.front_figure(front, view, highlight, oracle=oracle, answer=answer, answer_name=answer_name),
+                       key="front_chart")
 
 
 def sliders(names: tuple[str, ...]) -> tuple[float, ...]:
@@ -131,7 +145,8 @@ def _moved(keys: tuple[str, ...], index: int) -> None:
 
 
 def ask(served: ServedRun, method: str, weights: tuple[float, ...]) -> None:
-    examples = served.example_prompts()
+    # The synthetic task's held-out prompts; a run without an oracle (real data) has none of them to offer.
+    examples = served.example_prompts() if served.has_oracle else []
     if "prompt" not in st.session_state:
         st.session_state["prompt"] = examples[0] if examples else ""
     if examples:
@@ -166,21 +181,26 @@ def ask(served: ServedRun, method: str, weights: tuple[float, ...]) -> None:
         st.dataframe(pd.DataFrame(rows).T, width="content")
 
 
-def _answer_values(served: ServedRun, method: str, names: tuple[str, ...]) -> list[float] | None:
+def _answer_values(served: ServedRun, method: str, front) -> tuple[list[float] | None, str]:
+    """The last answer's scores by the front's own scorer (so the marker is on the chart's scale), and its name."""
+    source, name = ("oracle", ex.ANSWER) if front.scorer == "oracle" else ("reward_model", ex.ANSWER_RM)
     a = st.session_state.get("answer")
-    if not a or a["run_id"] != served.run_id or a["method"] != method or "oracle" not in a["scores"]:
-        return None
-    return [a["scores"]["oracle"][n] for n in names]
+    if (not a or a["run_id"] != served.run_id or a["method"] != method or source not in a["scores"]
+            or not set(front.objectives) <= set(a["scores"][source])):
+        return None, name
+    return [a["scores"][source][n] for n in front.objectives], name
 
 
 def _metrics(front) -> None:
     m, mask = front.metrics, front.nondominated_mask()
-    cols = st.columns(4)
-    cols[0].metric("hypervolume", f"{m.get('hypervolume', front.hypervolume()):.4f}",
-                   help=f"against the reference point {_fmt(front.reference_point)} fixed in the config")
-    cols[1].metric("IGD to oracle", f"{m['igd']:.4f}" if "igd" in m else "n/a")
-    cols[2].metric("inner product", f"{m['inner_product']:.3f}" if "inner_product" in m else "n/a")
-    cols[3].metric("non-dominated", f"{int(mask.sum())}/{len(mask)}")
+    oracle = front.scorer == "oracle"  # IGD needs the oracle front: not shown for reward-model fronts
+    cols = iter(st.columns(4 if oracle else 3))
+    next(cols).metric("hypervolume", f"{m.get('hypervolume', front.hypervolume()):.4f}",
+                      help=f"against the reference point {_fmt(front.reference_point)} fixed in the config")
+    if oracle:
+        next(cols).metric("IGD to oracle", f"{m['igd']:.4f}" if "igd" in m else "n/a")
+    next(cols).metric("inner product", f"{m['inner_product']:.3f}" if "inner_product" in m else "n/a")
+    next(cols).metric("non-dominated", f"{int(mask.sum())}/{len(mask)}")
 
 
 # ---------------------------------------------------------------------------------------------------- Compare
@@ -211,18 +231,22 @@ def compare(uri: str, exps: list[tuple[str, str]], exp_id: str) -> None:
     if len(drawn) < len(entries):
         st.warning(f"Only fronts over {objectives} are overlaid; the others have different objectives.")
     if len(objectives) in (2, 3):
-        oracle = store.oracle_front(chosen[0], uri)
+        # The oracle front only under oracle-scored fronts; reward-model fronts are on another scale.
+        oracle = store.oracle_front(chosen[0], uri) if all(f.scorer == "oracle" for _, f in drawn) else None
         st.plotly_chart(ex.overlay_figure(drawn, oracle=oracle), key="compare_chart")
     else:
         st.info(f"{len(objectives)} objectives: fronts are overlaid for 2 or 3; the table compares them all.")
     rows = compare_table(entries)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="compare_table",
+    table = pd.DataFrame(rows)
+    table["base"] = [None if b is None else _fmt(b, 3) for b in table["base"]]
+    st.dataframe(table, hide_index=True, key="compare_table",
                  column_config={"training CPU-s": st.column_config.NumberColumn(format="%.0f"),
                                 "hypervolume": st.column_config.NumberColumn(format="%.4f"),
                                 "IGD": st.column_config.NumberColumn(format="%.4f"),
                                 "inner product": st.column_config.NumberColumn(format="%.3f")})
     st.caption("Compute: training CPU-seconds summed over the method's models. Hypervolume against the reference "
-               "point fixed in each config; IGD to the task's oracle front; inner product = mean ⟨λ, value(λ)⟩.")
+               "point fixed in each config; base: the base model's point (mean per objective, by the front's "
+               "scorer; in black on the chart); IGD to the task's oracle front; inner product = mean ⟨λ, value(λ)⟩.")
     st.plotly_chart(ex.cost_figure(rows), key="cost_chart")
 
 
@@ -233,8 +257,8 @@ def _method_label(served: ServedRun, method: str) -> str:
     return f"{method} ({front.meta.get('models_trained', len(front))} models, one per λ)"
 
 
-def _fmt(weights) -> str:
-    return "(" + ", ".join(f"{w:.2f}" for w in weights) + ")"
+def _fmt(weights, digits: int = 2) -> str:
+    return "(" + ", ".join(f"{w:.{digits}f}" for w in weights) + ")"
 
 
 def _escape(text: str) -> str:

@@ -10,13 +10,16 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from pareto.front.types import Front
+from pareto.front.plot import BASE_LABEL
+from pareto.front.types import Front, FrontPoint
 
 STEP = 0.01  # slider resolution; weights live on this grid so the displayed values add up to exactly 1
 SERVED = "serves λ"  # trace name of the highlighted point (tests look it up)
 ANSWER = "your answer (oracle)"
+ANSWER_RM = "your answer (reward model)"  # on a front scored by the reward model (no oracle)
 ORACLE = "oracle front"
-_BLUE, _RED, _GREY, _GREEN = "#1f77b4", "#d62728", "#9a9a9a", "#2ca02c"
+BASE = BASE_LABEL  # the base (untrained) model's point: where training started
+_BLUE, _RED, _GREY, _GREEN, _BLACK = "#1f77b4", "#d62728", "#9a9a9a", "#2ca02c", "#000000"
 _DIM = 0.25
 
 
@@ -104,6 +107,13 @@ def _hover(front: Front, i: int) -> str:
     return f"λ = ({lam})<br>{vals}<br>{p.model_uri}"
 
 
+def _base_hover(front: Front) -> str:
+    b = front.base_point
+    vals = "<br>".join(f"{n}: {v:.3f} ± {s:.3f}" for n, v, s in zip(front.objectives, b.values, b.stderr,
+                                                                   strict=True))
+    return f"{BASE} (untrained)<br>{vals}" + (f"<br>{b.model_uri}" if b.model_uri else "")
+
+
 def _scatter(values: np.ndarray, k: int, **kw) -> go.Scatter | go.Scatter3d:
     cols = [values[:, i].tolist() for i in range(k)]  # lists, not arrays: plotly would base64-encode arrays
     if k == 2:
@@ -116,14 +126,27 @@ def views(k: int) -> list[str]:
     return (["2-D scatter"] if k == 2 else ["3-D scatter"] if k == 3 else []) + ["parallel coordinates"]
 
 
+def _add_base(fig: go.Figure, point: FrontPoint, k: int, hover: str, *, edge: str = _BLACK,
+              showlegend: bool = True) -> None:
+    """The base model's point: a black square with its error bars (one legend entry, "base model")."""
+    bars = [{"type": "data", "array": [s], "visible": True, "color": "#555555"} for s in point.stderr]
+    errors = {"error_x": bars[0], "error_y": bars[1]} | ({"error_z": bars[2]} if k == 3 else {})
+    fig.add_trace(_scatter(np.asarray([point.values], dtype=float), k, mode="markers", name=BASE,
+                           legendgroup=BASE, showlegend=showlegend, hovertext=[hover], hoverinfo="text",
+                           marker={"size": 12 if k == 2 else 6, "color": _BLACK, "symbol": "square",
+                                   "line": {"color": edge, "width": 2}}, **errors))
+
+
 def front_figure(front: Front, view: str, highlight: int | None = None, oracle: Sequence | None = None,
-                 answer: Sequence[float] | None = None) -> go.Figure:
-    """One method's front: non-dominated points bold, dominated ones dimmed, the oracle front in grey, the
-    point serving λ as a red star and the last answer's oracle scores as a green diamond."""
+                 answer: Sequence[float] | None = None, answer_name: str = ANSWER) -> go.Figure:
+    """One method's front: non-dominated points bold, dominated ones dimmed, the oracle front in grey (when the
+    task has one), the base model's point as a black square, the point serving λ as a red star and the last
+    answer's scores (by the front's scorer) as a green diamond named `answer_name`."""
     k, names = front.k, front.objectives
     values, mask = front.values(), front.nondominated_mask()
     hv = front.metrics.get("hypervolume", front.hypervolume())
-    title = f"{front.method}: hypervolume {hv:.4f} ({int(mask.sum())}/{len(mask)} non-dominated)"
+    scored = "" if front.scorer == "oracle" else f", {front.scorer.replace('_', ' ')} scores"
+    title = f"{front.method}: hypervolume {hv:.4f} ({int(mask.sum())}/{len(mask)} non-dominated{scored})"
     if view == "parallel coordinates":
         return _parallel(front, highlight, title)
     if view not in views(k):
@@ -137,6 +160,8 @@ def front_figure(front: Front, view: str, highlight: int | None = None, oracle: 
             fig.add_trace(_scatter(values[idx], k, mode="markers", name=f"{front.method} {label}",
                                    opacity=opacity, marker={"size": 11 if k == 2 else 7, "color": _BLUE},
                                    hovertext=[hover[i] for i in idx], hoverinfo="text"))
+    if front.base_point is not None:
+        _add_base(fig, front.base_point, k, _base_hover(front))
     if highlight is not None:
         # 2-D: an open star around the point; 3-D markers draw no outline, so a solid red one on top.
         marker = ({"size": 20, "color": "rgba(0,0,0,0)", "symbol": "star", "line": {"color": _RED, "width": 3}}
@@ -144,7 +169,7 @@ def front_figure(front: Front, view: str, highlight: int | None = None, oracle: 
         fig.add_trace(_scatter(values[[highlight]], k, mode="markers", name=SERVED, marker=marker,
                                hovertext=[hover[highlight]], hoverinfo="text"))
     if answer is not None:
-        fig.add_trace(_scatter(np.asarray([answer], dtype=float), k, mode="markers", name=ANSWER,
+        fig.add_trace(_scatter(np.asarray([answer], dtype=float), k, mode="markers", name=answer_name,
                                marker={"size": 14 if k == 2 else 7, "color": _GREEN, "symbol": "diamond"}))
     axes = {"xaxis_title": names[0], "yaxis_title": names[1]}
     if k == 3:
@@ -172,24 +197,39 @@ def _scene(names: Sequence[str]) -> dict:
             "camera": {"eye": {"x": 1.5, "y": 1.5, "z": 0.95}}}
 
 
+BASE_LAMBDA = -0.25  # where the base model's line crosses the λ axes of the parallel coordinates (tick "base")
+
+
 def _parallel(front: Front, highlight: int | None, title: str) -> go.Figure:
-    # Parcoords has no per-line opacity: colour encodes the class (dominated grey, front blue, served red).
+    # Parcoords has no per-line opacity: colour encodes the class (dominated grey, front blue, served red, and
+    # the base model black, listed last). The base model has no λ: it crosses the λ axes at a tick "base" below 0.
     mask = front.nondominated_mask().astype(float)
     if highlight is not None:
         mask[highlight] = 2.0
     values, weights = front.values(), front.weights()
-    dims = [{"label": f"λ {n}", "values": weights[:, i].tolist(), "range": [0, 1]}
+    colorscale = [[0, "#d0d0d0"], [0.5, _BLUE], [1, _RED]]
+    lam_axis: dict = {"range": [0, 1]}
+    if front.base_point is not None:
+        mask = np.append(mask, 3.0)
+        values = np.vstack([values, front.base_point.values])
+        weights = np.vstack([weights, np.full(front.k, BASE_LAMBDA)])
+        colorscale = [[0, "#d0d0d0"], [1 / 3, _BLUE], [2 / 3, _RED], [1, _BLACK]]
+        lam_axis = {"range": [BASE_LAMBDA, 1], "tickvals": [BASE_LAMBDA, 0, 0.25, 0.5, 0.75, 1],
+                    "ticktext": [BASE, "0", "0.25", "0.5", "0.75", "1"]}
+    dims = [{"label": f"λ {n}", "values": weights[:, i].tolist(), **lam_axis}
             for i, n in enumerate(front.objectives)]
     dims += [{"label": n, "values": values[:, i].tolist()} for i, n in enumerate(front.objectives)]
-    line = {"color": mask.tolist(), "cmin": 0, "cmax": 2,
-            "colorscale": [[0, "#d0d0d0"], [0.5, _BLUE], [1, _RED]], "showscale": False}
+    line = {"color": mask.tolist(), "cmin": 0, "cmax": 3 if front.base_point is not None else 2,
+            "colorscale": colorscale, "showscale": False}
     fig = go.Figure(go.Parcoords(line=line, dimensions=dims))
     fig.update_layout(title=title, height=460, margin={"l": 60, "r": 60, "t": 80, "b": 30})
     return fig
 
 
 def overlay_figure(fronts: Sequence[tuple[str, Front]], oracle: Sequence | None = None) -> go.Figure:
-    """Several runs' fronts on one chart (K = 2 or 3): each labelled `run · method HV=…`, dominated points dimmed."""
+    """Several runs' fronts on one chart (K = 2 or 3): each labelled `run · method HV=…`, dominated points dimmed,
+    and their base points (black squares, "base model" once in the legend; fronts sharing a base point share
+    one marker; several distinct ones are edged in the colour of the first front that carries each)."""
     k = fronts[0][1].k
     if k not in (2, 3):
         raise ValueError(f"fronts: an overlay is drawn for 2 or 3 objectives, got {k}")
@@ -207,6 +247,15 @@ def overlay_figure(fronts: Sequence[tuple[str, Front]], oracle: Sequence | None 
                 fig.add_trace(_scatter(values[idx], k, mode="markers", name=name, opacity=opacity,
                                        marker={"size": 10 if k == 2 else 5, "color": color},
                                        hovertext=[_hover(front, i) for i in idx], hoverinfo="text"))
+    bases: dict[tuple, tuple[FrontPoint, list[int]]] = {}
+    for n, (_, front) in enumerate(fronts):
+        if front.base_point is not None:
+            bases.setdefault((front.base_point.values, front.base_point.stderr), (front.base_point, []))[1].append(n)
+    for m, (point, owners) in enumerate(bases.values()):
+        whose = ", ".join(f"{fronts[n][0]} · {fronts[n][1].method}" for n in owners)
+        hover = _base_hover(fronts[owners[0]][1]) + f"<br>of {whose}"
+        _add_base(fig, point, k, hover, edge=_BLACK if len(bases) == 1 else palette[owners[0] % len(palette)],
+                  showlegend=m == 0)
     names = fronts[0][1].objectives
     if k == 3:
         fig.update_layout(scene=_scene(names))
@@ -214,6 +263,41 @@ def overlay_figure(fronts: Sequence[tuple[str, Front]], oracle: Sequence | None 
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[1])
     fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h"})
     return fig
+
+
+def points_table(front: Front, highlight: int | None = None) -> list[dict]:
+    """The front's points as rows for a table: the base model first (point "base") when the front has one,
+    then each point with its λ, values ± standard errors, whether it is non-dominated and (with a base point)
+    its gain over the base per objective in standard errors."""
+    names, mask = front.objectives, front.nondominated_mask()
+    base = front.base_point
+    gains = front.gain_over_base() if base is not None else None
+
+    def values(p: FrontPoint) -> dict:
+        return {n: f"{v:.3f} ± {s:.3f}" for n, v, s in zip(names, p.values, p.stderr, strict=True)}
+
+    rows = []
+    if base is not None:
+        rows.append({"point": "base", "λ": "— (untrained)", **values(base),
+                     **{f"{n} vs base (SE)": "" for n in names}, "non-dominated": ""})
+    for i, p in enumerate(front.points):
+        row = {"point": f"{i} (serves λ)" if i == highlight else str(i),
+               "λ": "(" + ", ".join(f"{w:.2f}" for w in p.weights) + ")", **values(p)}
+        if gains is not None:
+            row |= {f"{n} vs base (SE)": f"{g:+.1f}" for n, g in zip(names, gains[i], strict=True)}
+        rows.append(row | {"non-dominated": "yes" if mask[i] else "no"})
+    return rows
+
+
+def base_gain_text(front: Front, index: int) -> str | None:
+    """`vs the base model: helpful +0.210 (+4.2 SE) · concise −0.030 (−0.6 SE)` for point `index`; None
+    without a base point."""
+    if front.base_point is None:
+        return None
+    gain = front.gain_over_base()[index]
+    delta = np.asarray(front.points[index].values) - np.asarray(front.base_point.values)
+    parts = " · ".join(f"{n} {d:+.3f} ({g:+.1f} SE)" for n, d, g in zip(front.objectives, delta, gain, strict=True))
+    return f"vs the base model: {parts}"
 
 
 def cost_figure(rows: Sequence[dict]) -> go.Figure:

@@ -35,6 +35,7 @@ from typing import Any
 
 from pareto.config import DatasetConfig
 from pareto.data.tiny_hh import PreferencePair
+from pareto.io import PACKAGE_PREFIX, package_path
 
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 HH_ASSISTANT = "\n\nAssistant:"
@@ -202,10 +203,21 @@ def _find_split_file(root: Path, name: str) -> Path:
                        f"{', '.join(name + e for e in EXTENSIONS[1:])})")
 
 
+def _local_root(path: str) -> Path:
+    """A local dataset path; `package:<package>/<folder>` is a folder shipped inside an installed package (the
+    HH-RLHF test pairs ship as `package:pareto/data/hh_rlhf`)."""
+    if path.startswith(PACKAGE_PREFIX):
+        try:
+            return package_path(path, "task.dataset.path")
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+    return Path(path).expanduser()
+
+
 def local_source(path: str | Path, split_expr: str, max_rows: int | None = None,
                  subdir: str | None = None) -> RowSource:
     """Rows of one split from local files: a directory with one file per split, or a single file for all."""
-    root = Path(path).expanduser()
+    root = _local_root(str(path))
     name, slice_spec = _parse_split(split_expr)
     if root.is_file():
         file = root  # one file: every split reads it, told apart by slices
@@ -227,9 +239,13 @@ def hub_source(hub_id: str, split_expr: str, subset: str | None = None, data_dir
             ds = datasets.load_dataset(hub_id, name=subset, data_dir=data_dir, split=split_expr,
                                        revision=revision)
         except Exception as exc:  # hub, cache and builder errors have many types; keep the message one line
-            raise DatasetError(f"{hub_id}: could not load split {split_expr!r}"
-                               f"{f' of {data_dir}' if data_dir else ''}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            offline = "offline" in reason.lower() or "reach" in reason.lower() or "connection" in reason.lower()
+            fix = ("; this machine cannot reach the Hugging Face hub and the dataset is not in the local cache: run "
+                   "on a machine with the network (HF_HUB_OFFLINE unset), or download it and set task.dataset.path "
+                   "to the files" if offline else "")
+            raise DatasetError(f"task.dataset.hub_id={hub_id}: could not load split {split_expr!r}"
+                               f"{f' of {data_dir}' if data_dir else ''}: {reason}{fix}") from None
         if len(ds) == 0:
             raise DatasetError(f"{hub_id}[{split_expr}]: empty split (no rows)")
         for number, row in enumerate(ds, start=1):

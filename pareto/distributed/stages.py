@@ -1,7 +1,9 @@
 """The pipeline's stages as plain functions of (config, inputs) -> picklable results.
 
 `pipeline.py` runs them as Ray tasks; tests can call them directly. Each stage seeds itself, pins its torch
-threads to its CPU share, and returns what it produced as bytes (see `bundle.py`).
+threads to its CPU share, runs on the device its task was given (`Placement`), reads its task through
+`pareto.data.task` (tiny-hh or a real dataset: the stages never ask which), and returns what it produced as
+bytes or, for a large model, by reference (see `bundle.py`).
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pareto.config import PPO_METHODS, ConfigError, ExperimentConfig
-from pareto.data import load_task
-from pareto.distributed.bundle import Bundle, pack, unpack
-from pareto.evaluation import evaluate_grid
+from pareto.config import PPO_METHODS, ExperimentConfig
+from pareto.data.task import Task, build_task, context_budget, fit_to_context, model_context
+from pareto.distributed.bundle import ModelRef, pack, ship, unpack
+from pareto.evaluation import PointEval, evaluate_grid
 from pareto.io import ensure_writable_dir
 from pareto.methods import FitContext, load_method
 from pareto.methods.dpo import PairSet
+from pareto.models.device import Placement
 from pareto.models.policy import (
     build_tiny_model,
     check_fits_context,
+    generate,
     load_policy,
     load_tokenizer,
     save_model,
@@ -40,57 +44,75 @@ def _setup(cfg: ExperimentConfig, seed_offset: int = 0) -> None:
     set_seed(cfg.seed + seed_offset)
 
 
-class TaskOracle:
-    """The task's oracle restricted to the experiment's objectives, as a VectorReward."""
-
-    def __init__(self, task, objectives: tuple[str, ...]) -> None:
-        self.task, self.names = task, objectives
-        self.index = [task.objectives.index(o) for o in objectives]
-
-    def __call__(self, prompts, responses) -> torch.Tensor:
-        return self.task.oracle_scores(prompts, responses)[:, self.index]
+def _mb(cfg: ExperimentConfig) -> int:
+    return int(cfg.resources.by_value_max_mb * 2**20)
 
 
-def _objective_index(cfg: ExperimentConfig, task) -> list[int]:
-    return [task.objectives.index(o) for o in cfg.objectives]
+# ---- the task, the base model's source and context ----------------------------------------------------------------
+def base_source(cfg: ExperimentConfig) -> str:
+    """Where the base policy is loaded from (not 'tiny'): a local folder (a GGUF file dequantized and cached once
+    under the state folder) or a hub id."""
+    from pareto.models.sources import resolve_base
+
+    return resolve_base(cfg.model.base, cfg.state_path(), trust_remote_code=cfg.model.trust_remote_code)
 
 
 def base_tokenizer(cfg: ExperimentConfig, examples: list[tuple[str, str]]):
     """The base policy's tokenizer: trained on the task corpus for the tiny LM (deterministic: the same one the
-    SFT stage saves), loaded for a Hugging Face id or path. Cheap: no model weights."""
+    SFT stage saves), loaded for a real model. Cheap: no model weights."""
     if cfg.model.base == "tiny":
         return train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in examples], cfg.model.tiny.vocab_size)
-    return load_tokenizer(cfg.model.base)
+    return load_tokenizer(base_source(cfg))
+
+
+def max_length(cfg: ExperimentConfig, base_dir: str | Path, tokenizer) -> int:
+    """Tokens of prompt + response a trainer encodes: the tiny LM's context, or the real model's budget."""
+    if cfg.task.dataset is None:
+        return cfg.model.tiny.max_length
+    return sum(context_budget(cfg, model_context(base_dir, tokenizer)))
+
+
+def fitted_task(cfg: ExperimentConfig, base_dir: str | Path | None = None, tokenizer=None) -> Task:
+    """The config's task, with a dataset's prompts fit into the base model's context (counted in `stats`)."""
+    task = build_task(cfg)
+    if cfg.task.dataset is None:
+        return task
+    if tokenizer is None:
+        base_dir = base_dir or base_source(cfg)
+        tokenizer = load_tokenizer(base_dir)
+    prompt_tokens, response_tokens = context_budget(cfg, model_context(base_dir, tokenizer))
+    return fit_to_context(task, tokenizer, prompt_tokens, response_tokens)
 
 
 def preflight(cfg: ExperimentConfig) -> Path:
     """What the drivers (`pareto run`, `pareto sweep`) check before MLflow, Ray or any training starts: a writable
-    state folder, a task the stages can train on, and training rows that fit the context. -> the state folder."""
+    state folder, data that parses (every bad row is a one-line error), a base model that resolves, and for the
+    embedded task training rows that fit the context. -> the state folder."""
     state = ensure_writable_dir(cfg.state_path())  # read-only / full / not a folder
-    if cfg.task.dataset is not None:
-        raise ConfigError("task.dataset: `pareto run` and `pareto sweep` train on the embedded tiny-hh task in this "
-                          "version; a real-dataset recipe validates and plans (`pareto validate CONFIG --plan`) but "
-                          "its training stages are not wired yet; remove task.dataset to run on tiny-hh")
-    check_context(cfg)
+    if cfg.task.dataset is None:
+        check_context(cfg)
+    else:
+        build_task(cfg)  # reads every row: a damaged file stops here, before compute
+        base_source(cfg)
     return state
 
 
 def check_context(cfg: ExperimentConfig) -> None:
-    """Every training row fits the model's context (`model.tiny.max_length`), or one-line `DatasetError`: the SFT
+    """Every training row of the embedded task fits the tiny LM's context, or one-line `DatasetError`: the SFT
     examples (when the base is SFT-trained) and the training preference pairs, both responses (when a method trains
-    on them; the PPO methods only take prompts).
+    on them; the PPO methods only take prompts). Real data is fit by rule instead (`pareto.data.task`).
     """
-    task = load_task(cfg.task.name, seed=cfg.seed)
-    examples = task.sft_examples()
+    task = build_task(cfg)
     rows = []
     if cfg.model.needs_sft:
-        rows += [(f"task {cfg.task.name} train split, SFT example {i}", p, r) for i, (p, r) in enumerate(examples)]
+        rows += [(f"task {cfg.task.name} train split, SFT example {i}", p, r)
+                 for i, (p, r) in enumerate(task.sft_examples)]
     if any(name not in PPO_METHODS for name in cfg.methods.enabled()):
-        pairs = task.preference_pairs("train", cfg.task.pairs_per_prompt, cfg.task.label_noise, seed=cfg.seed)
         rows += [(f"task {cfg.task.name} train split, pair {i} response_{j}", pair.prompt, response)
-                 for i, pair in enumerate(pairs) for j, response in enumerate((pair.response_0, pair.response_1))]
+                 for i, pair in enumerate(task.pairs["train"])
+                 for j, response in enumerate((pair.response_0, pair.response_1))]
     try:
-        tokenizer = base_tokenizer(cfg, examples)
+        tokenizer = base_tokenizer(cfg, task.sft_examples)
     except OSError as exc:  # a hub model the driver cannot see (offline head node): the workers load it, unchecked
         warnings.warn(f"context check skipped: tokenizer of model.base={cfg.model.base!r} not loadable here "
                       f"({str(exc).splitlines()[0][:120]})", stacklevel=2)
@@ -98,44 +120,53 @@ def check_context(cfg: ExperimentConfig) -> None:
     check_fits_context(tokenizer, rows, cfg.model.tiny.max_length, "model.tiny.max_length")
 
 
-def sft_stage(cfg: ExperimentConfig) -> dict:
-    """The base policy: the tiny LM built from the task corpus, or a Hugging Face id / local path; then SFT on
-    every response style of the task when `model.sft` asks for it."""
+# ---- stage 1: the base policy and the reward model ------------------------------------------------------------------
+def sft_stage(cfg: ExperimentConfig, out_dir: str | None = None) -> dict:
+    """The base policy: the tiny LM built from the task corpus, or a real model (hub id, folder, GGUF); then SFT
+    (tiny-hh: every response style; a dataset: its chosen replies) when `model.sft` asks for it. A model larger
+    than `resources.by_value_max_mb` is written to `out_dir` and returned by reference."""
     _setup(cfg)
-    task = load_task(cfg.task.name, seed=cfg.seed)
-    examples = task.sft_examples()
-    tiny = cfg.model.tiny
+    placement = Placement.from_config(cfg)
     start = time.perf_counter()
     if cfg.model.base == "tiny":
-        tokenizer = base_tokenizer(cfg, examples)
-        model = build_tiny_model(tiny, tokenizer, cfg.seed)
+        task = build_task(cfg)
+        tokenizer = base_tokenizer(cfg, task.sft_examples)
+        model = placement.place(build_tiny_model(cfg.model.tiny, tokenizer, cfg.seed))
+        length = cfg.model.tiny.max_length
     else:
-        model, tokenizer = load_policy(cfg.model.base, cfg.model.dtype)
+        source = base_source(cfg)
+        model, tokenizer = load_policy(source, cfg.model.dtype, device=placement.device,
+                                       gradient_checkpointing=placement.gradient_checkpointing)
+        task = fitted_task(cfg, source, tokenizer)
+        length = max_length(cfg, source, tokenizer)
     losses: list[float] = []
     if cfg.model.needs_sft:
-        losses = sft_train(model, tokenizer, examples, tiny.sft_epochs, tiny.sft_lr, tiny.sft_batch_size,
-                           tiny.max_length, cfg.seed)
+        tiny = cfg.model.tiny
+        with placement.context():
+            losses = sft_train(model, tokenizer, task.sft_examples, tiny.sft_epochs, tiny.sft_lr,
+                               tiny.sft_batch_size, length, cfg.seed)
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        save_model(model, tokenizer, Path(tmp) / "model")
-        bundle = pack(Path(tmp) / "model")
-    return {"bundle": bundle, "losses": losses, "seconds": seconds, "examples": len(examples),
+        save_model(model.to("cpu"), tokenizer, Path(tmp) / "model")
+        bundle = ship(Path(tmp) / "model", out_dir, _mb(cfg)) if out_dir else pack(Path(tmp) / "model")
+    return {"bundle": bundle, "losses": losses, "seconds": seconds, "examples": len(task.sft_examples),
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def reward_stage(cfg: ExperimentConfig) -> dict:
-    """Train the multi-head Bradley–Terry reward model on noisy oracle-labelled pairs; check held-out accuracy."""
+    """Train the multi-head Bradley–Terry reward model on the task's training labels (masked where a pair has no
+    label for an objective); held-out pairwise accuracy on the val pairs. The normaliser is fit on the training
+    pairs' responses here; `base_eval_stage` refits it on the base model's answers when the config says so."""
     _setup(cfg, 1)
-    task = load_task(cfg.task.name, seed=cfg.seed)
-    idx = _objective_index(cfg, task)
+    task = build_task(cfg)
     names = tuple(cfg.objectives)
-    train = _subset_labels(task.preference_pairs("train", cfg.task.pairs_per_prompt, cfg.task.label_noise,
-                                                 seed=cfg.seed), idx)
-    # Held-out accuracy is measured against clean oracle labels: the true quality of the reward model.
-    held_out = _subset_labels(task.preference_pairs("val", cfg.task.pairs_per_prompt, 0.0, seed=cfg.seed + 1), idx)
-    encoder = TextEncoder()
-    start = time.perf_counter()
     rm_cfg = cfg.reward_model
+    train, held_out = task.pairs["train"], task.pairs["val"]
+    if rm_cfg.max_pairs is not None and len(train) > rm_cfg.max_pairs:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), rm_cfg.max_pairs, replace=False))
+        train = [train[i] for i in keep]
+    encoder = TextEncoder(device=Placement.from_config(cfg).device)
+    start = time.perf_counter()
     trained = train_reward_model(encoder, names, train, held_out, epochs=rm_cfg.epochs, lr=rm_cfg.lr, seed=cfg.seed,
                                  weight_decay=rm_cfg.weight_decay, hidden=(rm_cfg.hidden_size,),
                                  length_feature=rm_cfg.length_feature, tie_weight=rm_cfg.tie_weight)
@@ -152,43 +183,92 @@ def reward_stage(cfg: ExperimentConfig) -> dict:
             "encoded_text_example": pair_text(prompts[0], responses[0])}
 
 
-def _subset_labels(pairs: list, idx: list[int]) -> list:
-    """Pairs carrying only the labels of the experiment's objectives."""
-    from dataclasses import replace
-
-    return [replace(p, better=tuple(p.better[i] for i in idx)) for p in pairs]
+def normalize_on(cfg: ExperimentConfig) -> str:
+    mode = cfg.reward_model.normalize_on
+    return mode if mode != "auto" else ("pairs" if cfg.task.dataset is None else "base_answers")
 
 
-def method_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle: Bundle,
+def _gen_settings(cfg: ExperimentConfig) -> dict:
+    ev = cfg.evaluation
+    return {"max_new_tokens": ev.max_new_tokens, "do_sample": ev.do_sample, "temperature": ev.temperature}
+
+
+def scorers(task: Task, reward) -> dict:
+    """Who scores a front: the oracle when the task has one, and always the reward model."""
+    return ({"oracle": task.oracle} if task.oracle is not None else {}) | {"reward_model": reward}
+
+
+def base_eval_stage(cfg: ExperimentConfig, base: ModelRef, reward_bundle: ModelRef) -> dict:
+    """The base model's own point: its answers to the eval prompts, scored like every front point. When the config
+    normalises on base answers, the reward normaliser is first refit on its answers to validation prompts (logged),
+    and the refit reward model is returned for every later stage."""
+    _setup(cfg, 3)
+    placement = Placement.from_config(cfg)
+    gen = _gen_settings(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        base_dir = unpack(base, Path(tmp) / "base")
+        model, tokenizer = load_policy(base_dir, device=placement.device)
+        task = fitted_task(cfg, base_dir, tokenizer)
+        reward = LearnedVectorReward.load(unpack(reward_bundle, Path(tmp) / "reward"),
+                                          encoder=TextEncoder(device=placement.device))
+        start = time.perf_counter()
+
+        def answer(prompts: list[str], weights: np.ndarray) -> list[str]:
+            with placement.context():
+                return generate(model, tokenizer, prompts, **gen)
+
+        refit = None
+        if normalize_on(cfg) == "base_answers":
+            val = task.prompts["val"][: cfg.evaluation.normalizer_prompts or None]
+            reward.fit_normalizer(val, answer(val, np.zeros((len(val), cfg.k))))
+            refit = Path(tmp) / "reward-refit"
+            reward.save(refit)
+        if cfg.evaluation.do_sample:
+            torch.manual_seed(cfg.seed)
+        eval_prompts = task.prompts["eval"][: cfg.evaluation.n_prompts or None]
+        point = evaluate_grid(answer, eval_prompts, np.full((1, cfg.k), 1.0 / cfg.k), scorers(task, reward))[0]
+        return {"point": point.to_dict(), "seconds": time.perf_counter() - start,
+                "normalizer": reward.normalizer.state_dict(), "task": task.describe(),
+                "reward_bundle": pack(refit) if refit is not None else None}
+
+
+# ---- stage 2: methods ---------------------------------------------------------------------------------------------
+def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bundle: ModelRef,
                  weights: list[float] | None = None, grid: list[list[float]] | None = None,
                  seed_offset: int = 0) -> dict:
     """Train one method (or one per-weight model), then evaluate it on the held-out prompts of the λ grid."""
     _setup(cfg, 2 + seed_offset)
-    task = load_task(cfg.task.name, seed=cfg.seed)
-    idx = _objective_index(cfg, task)
+    placement = Placement.from_config(cfg)
     names = tuple(cfg.objectives)
     mcfg = getattr(cfg.methods, method)
-    pairs = PairSet.from_pairs(task.preference_pairs("train", cfg.task.pairs_per_prompt, cfg.task.label_noise,
-                                                     seed=cfg.seed), idx)
-    val_prompts = [p.text for p in task.prompts("val")][: mcfg.val_prompts]
-    eval_prompts = [p.text for p in task.prompts("eval")][: cfg.evaluation.n_prompts or None]
-    ev = cfg.evaluation
-    gen = {"max_new_tokens": ev.max_new_tokens, "do_sample": ev.do_sample, "temperature": ev.temperature}
+    gen = _gen_settings(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        reward = LearnedVectorReward.load(unpack(reward_bundle, Path(tmp) / "reward"), encoder=TextEncoder())
-        ctx = FitContext(base_dir=unpack(base, Path(tmp) / "base"), pairs=pairs, val_prompts=val_prompts,
-                         reward=reward, objectives=names, max_length=cfg.model.tiny.max_length,
-                         seed=cfg.seed + seed_offset, gen=gen, task=task)
-        policy, result = load_method(method).fit(ctx, mcfg, weights)
-        eval_grid = np.asarray([weights] if mcfg.per_weight else grid)
-        start = time.perf_counter()
-        if ev.do_sample:
-            torch.manual_seed(cfg.seed)
-        points = evaluate_grid(lambda p, w: policy.generate(p, w, **gen), eval_prompts, eval_grid,
-                               {"oracle": TaskOracle(task, names), "reward_model": reward})
-        eval_seconds = time.perf_counter() - start
+        base_dir = unpack(base, Path(tmp) / "base")
+        tokenizer = load_tokenizer(base_dir)
+        task = fitted_task(cfg, base_dir, tokenizer)
+        pairs = PairSet.from_pairs(task.pairs["train"], range(len(names)))
+        limit = getattr(mcfg, "max_pairs", None)
+        if limit is not None and len(pairs) > limit:  # a seeded pool: each pair's reference runs once
+            pairs = pairs.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(pairs), limit, replace=False)))
+        val_prompts = task.prompts["val"][: mcfg.val_prompts]
+        eval_prompts = task.prompts["eval"][: cfg.evaluation.n_prompts or None]
+        reward = LearnedVectorReward.load(unpack(reward_bundle, Path(tmp) / "reward"),
+                                          encoder=TextEncoder(device=placement.device))
+        ctx = FitContext(base_dir=base_dir, pairs=pairs, val_prompts=val_prompts, reward=reward, objectives=names,
+                         max_length=max_length(cfg, base_dir, tokenizer), seed=cfg.seed + seed_offset, gen=gen,
+                         task=task, placement=placement)
+        with placement.context():
+            policy, result = load_method(method).fit(ctx, mcfg, weights)
+            eval_grid = np.asarray([weights] if mcfg.per_weight else grid)
+            start = time.perf_counter()
+            if cfg.evaluation.do_sample:
+                torch.manual_seed(cfg.seed)
+            points = evaluate_grid(lambda p, w: policy.generate(p, w, **gen), eval_prompts, eval_grid,
+                                   scorers(task, reward))
+            eval_seconds = time.perf_counter() - start
         policy.save(Path(tmp) / "adapter")
-        adapter = pack(Path(tmp) / "adapter")
+        adapter = ship(Path(tmp) / "adapter", Path(cfg.state_path()) / "models" / f"{method}-{_digest(cfg)}"
+                       f"-{seed_offset}", _mb(cfg))
     return {"method": method, "weights": weights, "adapter": adapter, "history": result.history,
             "best_step": result.best_step, "steps": result.steps,
             # CPU-seconds, not wall: compute comparisons must not depend on what else the machine runs
@@ -199,7 +279,11 @@ def method_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle
             "models_trained": getattr(result, "models", 1), "policy_kind": getattr(policy, "kind", None)}
 
 
-def trial_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle: Bundle, weights: list[float],
+def _digest(cfg: ExperimentConfig) -> str:
+    return cfg.digest("seed", "task", "objectives", "model", "reward_model", "methods", "evaluation")
+
+
+def trial_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bundle: ModelRef, weights: list[float],
                 params: dict, trial_number: int) -> dict:
     """One sweep trial: train one per-weight model at λ = `weights` with hyper-parameters `params`, evaluate it.
 
@@ -211,19 +295,23 @@ def trial_stage(cfg: ExperimentConfig, method: str, base: Bundle, reward_bundle:
     return method_stage(trial_cfg, method, base, reward_bundle, weights=list(weights), seed_offset=trial_number)
 
 
-def oracle_front(task, cfg: ExperimentConfig, n_prompts: int | None = None,
-                 n_weights: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """The true front of the experiment's objectives on the eval prompts.
+def oracle_front(task: Task, cfg: ExperimentConfig, n_prompts: int | None = None,
+                 n_weights: int = 200) -> tuple[np.ndarray, np.ndarray] | None:
+    """The true front of the experiment's objectives on the eval prompts; None for a task without an oracle.
 
     For each λ of a fine grid: the mean oracle vector of the best candidate per prompt under λ-linear
     scalarisation. Works for any subset of the task's objectives.
     """
     from pareto.front.grid import preference_grid
 
-    names = tuple(cfg.objectives)
-    oracle = TaskOracle(task, names)
-    prompts = task.prompts("eval")[: n_prompts or None]
-    scores = [oracle([p.text] * len(c), c).numpy() for p in prompts for c in [task.candidates(p)]]
-    grid = preference_grid(len(names), n_points=n_weights)
+    if task.synthetic is None or task.oracle is None:
+        return None
+    prompts = task.synthetic.prompts("eval")[: n_prompts or None]
+    scores = [task.oracle([p.text] * len(c), c).numpy() for p in prompts for c in [task.synthetic.candidates(p)]]
+    grid = preference_grid(len(task.objectives), n_points=n_weights)
     values = np.array([np.mean([s[np.argmax(s @ w)] for s in scores], axis=0) for w in grid])
     return grid, values
+
+
+__all__ = ["PointEval", "base_eval_stage", "method_stage", "oracle_front", "preflight", "reward_stage", "sft_stage",
+           "trial_stage"]

@@ -55,13 +55,11 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from pareto import tracking  # noqa: E402
 from pareto.config import ExperimentConfig, MethodsConfig, SearchRange, SweepConfig, dump_config  # noqa: E402
-from pareto.data import load_task  # noqa: E402
-from pareto.distributed import pipeline, stages  # noqa: E402
+from pareto.data.task import build_task  # noqa: E402
+from pareto.distributed import pipeline, recorder, stages  # noqa: E402
 from pareto.distributed.bundle import unpack  # noqa: E402
 from pareto.evaluation import PointEval  # noqa: E402
 from pareto.front.grid import n_das_dennis, preference_grid  # noqa: E402
-from pareto.front.metrics import Z_REFERENCE  # noqa: E402
-from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
 from pareto.front.types import Front, FrontPoint  # noqa: E402
 
 _log = logging.getLogger(__name__)
@@ -461,8 +459,7 @@ def run_sweep(cfg: ExperimentConfig, progress: bool = True) -> SweepResult:
     study = open_study(cfg)
     name, url = study_name(cfg), storage_url(cfg)
     space = search_space(cfg)
-    pipeline.init_ray(cfg)
-    task = load_task(cfg.task.name, seed=cfg.seed)
+    recorder.init_ray(cfg)
 
     parent_id = _parent_run(study, uri)
     with mlflow.start_run(run_id=parent_id) if parent_id else mlflow.start_run(
@@ -477,9 +474,9 @@ def run_sweep(cfg: ExperimentConfig, progress: bool = True) -> SweepResult:
         mlflow.log_text(dump_config(cfg), "config/resolved.yaml")
         result = SweepResult(name, url, parent.info.run_id, uri, cfg.experiment_name, sw.method)
 
-        base, reward = _models(cfg, uri, parent.info.run_id, progress)
-        cfg_ref, base_ref, rm_ref = ray.put(cfg), ray.put(base), ray.put(reward)
-        trial_task = pipeline._remote(stages.trial_stage, cfg)
+        models = _models(cfg, uri, parent.info.run_id, progress)
+        cfg_ref, base_ref, rm_ref = ray.put(cfg), ray.put(models.base), ray.put(models.reward)
+        trial_task = recorder.remote(stages.trial_stage, cfg)
 
         def submit(number: int, params: dict[str, Any]):
             return trial_task.remote(cfg_ref, sw.method, base_ref, rm_ref, space.weights(params),
@@ -509,7 +506,7 @@ def run_sweep(cfg: ExperimentConfig, progress: bool = True) -> SweepResult:
         trials = complete_trials(study)
         result.n_complete = len(trials)
         result.pareto_trials = sorted(t.number for t in study.best_trials)
-        result.front = _log_front(cfg, study, trials, task)
+        result.front = _log_front(cfg, study, trials, models.base_point)
         mlflow.log_metrics({"trials_complete": len(trials), "trials_pareto": len(result.pareto_trials)})
         if cfg.tracking.registry:
             from pareto import registry
@@ -563,33 +560,11 @@ def _log_params_once(run_id: str, uri: str, cfg: ExperimentConfig) -> None:
         mlflow.log_params(new)
 
 
-def _models(cfg: ExperimentConfig, uri: str, run_id: str, progress: bool):
-    """The base and reward models (the pipeline's caches, built as Ray tasks if missing), logged with the run so
-    the registry's models can be served from it."""
-    base_dir, rm_dir = pipeline.base_cache_dir(cfg), pipeline.reward_cache_dir(cfg)
-    pending = {}
-    if pipeline._cached(base_dir) is None:
-        pending["sft"] = pipeline._remote(stages.sft_stage, cfg).remote(cfg)
-    if pipeline._cached(rm_dir) is None:
-        pending["reward_model"] = pipeline._remote(stages.reward_stage, cfg).remote(cfg)
-    outputs = pipeline._gather(pending, "base & reward models", progress)
-    if "sft" in outputs:
-        pipeline._store(base_dir, outputs["sft"]["bundle"])
-    if "reward_model" in outputs:
-        out = outputs["reward_model"]
-        pipeline._store(rm_dir, {**out["bundle"], "report.json": tracking.dump_json(
-            {"accuracy": out["accuracy"], "normalizer": out["normalizer"]}).encode()})
-    report = pipeline._read_json(rm_dir / "report.json")
-    mlflow.log_metrics({f"heldout_accuracy/{k}": v for k, v in report["accuracy"].items()})
-    too_low = {k: v for k, v in report["accuracy"].items() if v < cfg.reward_model.min_accuracy}
-    if too_low:
-        raise RuntimeError(f"reward model held-out accuracy {too_low} is below reward_model.min_accuracy="
-                           f"{cfg.reward_model.min_accuracy}; train longer (reward_model.epochs) or add data")
+def _models(cfg: ExperimentConfig, uri: str, run_id: str, progress: bool) -> recorder.StageModels:
+    """The base and reward models and the base point (the pipeline's caches, built as Ray tasks if missing), logged
+    with the run so the registry's models can be served from it; a resumed sweep has them logged already."""
     logged = {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
-    for path, artifact in ((base_dir, "base_model"), (rm_dir, "reward_model")):
-        if artifact not in logged:  # a resumed sweep has them already
-            tracking.log_dir(path, artifact)
-    return pipeline._cached(base_dir), pipeline._cached(rm_dir)
+    return recorder.stage_models(cfg, progress, log_models="base_model" not in logged)
 
 
 def _log_trial(cfg: ExperimentConfig, name: str, number: int, space: SearchSpace, params: dict, out: dict,
@@ -621,7 +596,8 @@ def _log_trial(cfg: ExperimentConfig, name: str, number: int, space: SearchSpace
     return run.info.run_id
 
 
-def sweep_front(cfg: ExperimentConfig, trials: list[FrozenTrial], scorer: str, meta: dict) -> Front:
+def sweep_front(cfg: ExperimentConfig, trials: list[FrozenTrial], scorer: str, meta: dict,
+                base_point: PointEval | None = None) -> Front:
     """All finished trials as one front (one point per trial, its model the trial run's adapter)."""
     points = []
     for t in sorted(trials, key=lambda t: t.number):
@@ -632,36 +608,31 @@ def sweep_front(cfg: ExperimentConfig, trials: list[FrozenTrial], scorer: str, m
                                  extra={"trial": t.number, "params": {k: v for k, v in t.params.items()
                                                                       if not k.startswith("w_")},
                                         "repetition_rate": ev["repetition_rate"], "mean_words": ev["mean_words"]}))
-    reference = cfg.reference_point if scorer == "oracle" else [Z_REFERENCE] * cfg.k
-    return Front(method=cfg.sweep.method, objectives=tuple(cfg.objectives), points=tuple(points),
-                 reference_point=tuple(reference), scorer=scorer, meta=meta)
+    return recorder.make_front(cfg, cfg.sweep.method, points, scorer, meta, base_point)
 
 
-def _log_front(cfg: ExperimentConfig, study: optuna.Study, trials: list[FrozenTrial], task) -> Front:
+def _log_front(cfg: ExperimentConfig, study: optuna.Study, trials: list[FrozenTrial],
+               base_point: PointEval | None) -> Front:
     """The sweep's front in the pipeline's format (fronts/<method>.json), its plots and metrics."""
     sw = cfg.sweep
-    oracle_w, oracle_v = stages.oracle_front(task, cfg, n_prompts=cfg.evaluation.n_prompts)
+    oracle = stages.oracle_front(build_task(cfg), cfg, n_prompts=cfg.evaluation.n_prompts)
     meta = {"run_id": mlflow.active_run().info.run_id, "conditioned": False, "kind": SWEEP_TAG_VALUE,
             "models_trained": len(trials), "study_name": study.study_name, "sampler": sw.sampler,
             "train_seconds": float(sum(t.user_attrs["evaluation"]["train_seconds"] for t in trials))}
+    scorers = [s for s in ("oracle", "reward_model") if s in trials[0].user_attrs["evaluation"]["mean"]]
     fronts = {}
-    for scorer in ("oracle", "reward_model"):
-        front = sweep_front(cfg, trials, scorer, meta)
-        front.compute_metrics(oracle_front=oracle_v if scorer == "oracle" else None)
+    for scorer in scorers:
+        front = sweep_front(cfg, trials, scorer, meta, base_point)
+        front.compute_metrics(oracle_front=oracle[1] if scorer == "oracle" and oracle else None)
         fronts[scorer] = front
         mlflow.log_text(front.to_json(), f"fronts_by_scorer/{sw.method}.{scorer}.json")
-    main = fronts[cfg.evaluation.scorer]  # the values Optuna optimised: its non-dominated points are best_trials
+    main = fronts[recorder.main_scorer(cfg, scorers)]  # the values Optuna optimised: best_trials are its front
     mlflow.log_text(main.to_json(), f"fronts/{sw.method}.json")
     mlflow.log_metrics({f"{sw.method}/{k}": float(v) for k, v in main.metrics.items() if isinstance(v, int | float)})
-    mlflow.log_dict({"weights": oracle_w.tolist(), "values": oracle_v.tolist()}, "oracle/front.json")
+    recorder.log_plots([fronts[scorers[0]]], oracle)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        plot_front_png([fronts["oracle"]], tmp / "front.png", oracle_front=(oracle_w, oracle_v))
-        plot_front_html([fronts["oracle"]], tmp / "front.html", oracle_front=(oracle_w, oracle_v))
-        mlflow.log_artifact(str(tmp / "front.png"), "plots")
-        mlflow.log_artifact(str(tmp / "front.html"), "plots")
-        study.trials_dataframe().to_csv(tmp / "trials.csv", index=False)
-        mlflow.log_artifact(str(tmp / "trials.csv"), "optuna")
+        study.trials_dataframe().to_csv(Path(tmp) / "trials.csv", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "trials.csv"), "optuna")
     return main
 
 

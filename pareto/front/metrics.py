@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pareto.config import Z_REFERENCE
+
 __all__ = [
     "dominates",
     "non_dominated_mask",
@@ -24,6 +26,7 @@ __all__ = [
     "sparsity",
     "lexicographic_order",
     "front_metrics",
+    "Z_REFERENCE",
 ]
 
 
@@ -75,8 +78,8 @@ def non_dominated_mask(values: Any) -> np.ndarray:
 
 
 # The hypervolume reference of fronts scored in z-scored reward-model units: 3 standard deviations below the mean
-# in every objective (the oracle's fronts use the config's evaluation.reference_point instead).
-Z_REFERENCE = -3.0
+# in every objective (the oracle's fronts use the config's evaluation.reference_point instead): Z_REFERENCE, defined
+# with the config, which resolves every front's reference (`ExperimentConfig.front_reference`).
 
 
 def hypervolume(values: Any, reference_point: Any) -> float:

@@ -12,15 +12,16 @@ from typing import Any
 import numpy as np
 
 from .metrics import hypervolume, non_dominated_mask
-from .types import Front
+from .types import Front, FrontPoint
 
-__all__ = ["plot_front_png", "plot_front_html"]
+__all__ = ["plot_front_png", "plot_front_html", "BASE_LABEL"]
 
 _COLORS = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ]  # fmt: skip
 _DIM_ALPHA = 0.3
+BASE_LABEL = "base model"  # legend entry (and plotly trace name) of the base model's point
 
 
 def _check(fronts: Any) -> tuple[list[Front], tuple[str, ...]]:
@@ -56,6 +57,22 @@ def _oracle_values(oracle_front: Any, k: int) -> np.ndarray | None:
     return vals[np.lexsort(vals.T[::-1])]
 
 
+def _bases(fronts: list[Front]) -> list[tuple[FrontPoint, list[int]]]:
+    """The distinct base points, each with the indices of the fronts that carry it: a base point shared by
+    several fronts (the same values and standard errors) is drawn once."""
+    found: dict[tuple, tuple[FrontPoint, list[int]]] = {}
+    for c, f in enumerate(fronts):
+        if f.base_point is not None:
+            key = (f.base_point.values, f.base_point.stderr)
+            found.setdefault(key, (f.base_point, []))[1].append(c)
+    return list(found.values())
+
+
+def _base_edge(bases: list, owners: list[int]) -> str:
+    # One base for every front: all black. Several: each edged in the colour of the (first) front it belongs to.
+    return "black" if len(bases) == 1 else _COLORS[owners[0] % len(_COLORS)]
+
+
 def _hv(front: Front) -> float:
     hv = front.metrics.get("hypervolume")
     return float(hv) if hv is not None else hypervolume(front.values(), front.reference_point)
@@ -82,6 +99,7 @@ def _prepare(path: Any) -> Path:
 
 # --------------------------------------------------------------------------------------------- matplotlib
 def _draw_2d(ax: Any, fronts: list[Front], oracle: np.ndarray | None, i: int, j: int, names: tuple) -> None:
+    bases = _bases(fronts)
     if oracle is not None:
         o = oracle[np.argsort(oracle[:, i], kind="stable")]
         if oracle.shape[1] == 2:  # a curve; for K >= 3 a projection is a cloud, so points only
@@ -114,6 +132,23 @@ def _draw_2d(ax: Any, fronts: list[Front], oracle: np.ndarray | None, i: int, j:
         if front.k == 2:  # join the non-dominated points along the front
             pts = v[nd][np.argsort(v[nd][:, i], kind="stable")]
             ax.plot(pts[:, i], pts[:, j], "-", color=color, lw=1, alpha=0.6, zorder=2)
+    for n, (bp, owners) in enumerate(bases):  # where training started: the base model's point
+        ax.errorbar(
+            [bp.values[i]],
+            [bp.values[j]],
+            xerr=[bp.stderr[i]],
+            yerr=[bp.stderr[j]],
+            fmt="s",
+            ms=7,
+            mfc="black",
+            mec=_base_edge(bases, owners),
+            mew=1.5,
+            ecolor="0.35",
+            elinewidth=1,
+            capsize=3,
+            label=BASE_LABEL if n == 0 else None,
+            zorder=4,
+        )
     ax.set_xlabel(names[i])
     ax.set_ylabel(names[j])
     ax.grid(True, alpha=0.3)
@@ -124,8 +159,10 @@ def plot_front_png(fronts: Any, path: Any, oracle_front: Any = None, *, dpi: int
 
     K = 2: one scatter. K = 3: a 3-D scatter plus the three pairwise projections (2x2). K >= 4: all pairwise
     projections. Error bars are the per-point standard errors; dominated points are drawn faded; the oracle
-    front, ``(weights, values)`` (or a values array / ``Front``), is a light grey line/scatter. The title
-    carries each front's hypervolume. Returns the path written.
+    front, ``(weights, values)`` (or a values array / ``Front``; None when the task has none), is a light grey
+    line/scatter. Each front's ``base_point`` is a black square with its error bars ("base model" in the
+    legend; a base point shared by several fronts is drawn once). The title carries each front's hypervolume.
+    Returns the path written.
     """
     fronts, names = _check(fronts)
     k = len(names)
@@ -173,6 +210,24 @@ def plot_front_png(fronts: Any, path: Any, oracle_front: Any = None, *, dpi: int
                             elinewidth=0.6,
                             label=lab,
                         )
+            bases = _bases(fronts)
+            for n, (bp, owners) in enumerate(bases):
+                (x, y, z), (sx, sy, sz) = bp.values, bp.stderr
+                ax3.errorbar(
+                    [x],
+                    [y],
+                    [z],
+                    xerr=[sx],
+                    yerr=[sy],
+                    zerr=[sz],
+                    fmt="s",
+                    ms=6,
+                    mfc="black",
+                    mec=_base_edge(bases, owners),
+                    ecolor="0.35",
+                    elinewidth=0.8,
+                    label=BASE_LABEL if n == 0 else None,
+                )
             ax3.set_xlabel(names[0])
             ax3.set_ylabel(names[1])
             ax3.set_zlabel(names[2])
@@ -205,11 +260,76 @@ def _hover(front: Front, idx: np.ndarray) -> list[str]:
     return texts
 
 
+def _base_hover(bp: FrontPoint, fronts: list[Front], owners: list[int]) -> str:
+    vals = "<br>".join(
+        f"{name}: {v:.4g} ± {s:.2g}" for name, v, s in zip(fronts[0].objectives, bp.values, bp.stderr, strict=True)
+    )
+    uri = f"<br>{bp.model_uri}" if bp.model_uri else ""
+    return f"{BASE_LABEL} (untrained) of {', '.join(fronts[c].method for c in owners)}<br>{vals}{uri}"
+
+
+def _base_traces(go: Any, fronts: list[Front], k: int, names: tuple) -> list:
+    traces = []
+    bases = _bases(fronts)
+    for n, (bp, owners) in enumerate(bases):
+        v, s = bp.values, bp.stderr
+        common = dict(
+            name=BASE_LABEL,
+            legendgroup=BASE_LABEL,
+            showlegend=n == 0,
+            hovertext=[_base_hover(bp, fronts, owners)],
+            hoverinfo="text",
+        )
+        marker = dict(
+            size=10 if k == 2 else 5 if k == 3 else 8,
+            color="black",
+            symbol="square",
+            line=dict(color=_base_edge(bases, owners), width=2),
+        )
+        bars = dict(type="data", visible=True, color="#555555")
+        if k == 2:
+            traces.append(
+                go.Scatter(
+                    x=[v[0]],
+                    y=[v[1]],
+                    mode="markers",
+                    marker=marker,
+                    error_x=dict(array=[s[0]], **bars),
+                    error_y=dict(array=[s[1]], **bars),
+                    **common,
+                )
+            )
+        elif k == 3:
+            traces.append(
+                go.Scatter3d(
+                    x=[v[0]],
+                    y=[v[1]],
+                    z=[v[2]],
+                    mode="markers",
+                    marker=marker,
+                    error_x=dict(array=[s[0]], **bars),
+                    error_y=dict(array=[s[1]], **bars),
+                    error_z=dict(array=[s[2]], **bars),
+                    **common,
+                )
+            )
+        else:
+            traces.append(
+                go.Splom(
+                    dimensions=[dict(label=name, values=[v[i]]) for i, name in enumerate(names)],
+                    marker=marker,
+                    **common,
+                )
+            )
+    return traces
+
+
 def plot_front_html(fronts: Any, path: Any, oracle_front: Any = None) -> Path:
     """Write a standalone interactive HTML of one or more fronts (plotly.js embedded, works offline).
 
     K = 2: ``Scatter`` with error bars; K = 3: ``Scatter3d`` with error bars; K >= 4: a scatter matrix
-    (``Splom``). Non-dominated points are opaque, dominated ones faded. Returns the path written.
+    (``Splom``). Non-dominated points are opaque, dominated ones faded. Each front's ``base_point`` is a black
+    square trace named "base model" (drawn once when fronts share it). Returns the path written.
     """
     fronts, names = _check(fronts)
     k = len(names)
@@ -296,6 +416,8 @@ def plot_front_html(fronts: Any, path: Any, oracle_front: Any = None) -> Path:
                     **common,
                 )
             fig.add_trace(trace)
+    for trace in _base_traces(go, fronts, k, names):
+        fig.add_trace(trace)
     title = _title(fronts)
     if k == 2:
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[1])

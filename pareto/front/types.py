@@ -17,7 +17,7 @@ __all__ = ["FrontPoint", "Front", "SCHEMA"]
 SCHEMA = "pareto.front/1"
 
 _POINT_FIELDS = ("weights", "values", "stderr", "model_uri", "extra")
-_FRONT_FIELDS = ("method", "objectives", "points", "reference_point", "scorer", "metrics", "meta")
+_FRONT_FIELDS = ("method", "objectives", "points", "reference_point", "scorer", "metrics", "meta", "base_point")
 
 
 def _float_tuple(x: Any, where: str, *, nonneg: bool = False) -> tuple[float, ...]:
@@ -56,7 +56,9 @@ def _check_str(x: Any, where: str) -> str:
 class FrontPoint:
     """One evaluated point: the preference it was trained/queried at and its objective values.
 
-    ``values`` are means over the evaluation prompts (maximised), ``stderr`` their standard errors.
+    ``values`` are means over the evaluation prompts (maximised), ``stderr`` their standard errors. The base
+    model's point (:attr:`Front.base_point`) has no preference: its ``weights`` is the empty tuple
+    (:meth:`FrontPoint.base` builds one).
     """
 
     weights: tuple[float, ...]
@@ -68,13 +70,23 @@ class FrontPoint:
     def __post_init__(self) -> None:
         self._validate("FrontPoint")
 
+    @classmethod
+    def base(cls, values: Any, stderr: Any, model_uri: str = "", extra: dict | None = None) -> FrontPoint:
+        """The untrained base model's point: its mean scores and standard errors, no preference (``weights=()``)."""
+        return cls((), values, stderr, model_uri, dict(extra or {}))
+
+    @property
+    def is_base(self) -> bool:
+        """True for a base-model point (no preference weights)."""
+        return len(self.weights) == 0
+
     def _validate(self, where: str) -> None:
         w = _float_tuple(self.weights, f"{where}.weights", nonneg=True)
         v = _float_tuple(self.values, f"{where}.values")
         s = _float_tuple(self.stderr, f"{where}.stderr", nonneg=True)
         if len(v) == 0:
             raise ValueError(f"{where}.values: must not be empty")
-        if len(w) != len(v):
+        if len(w) not in (0, len(v)):  # empty: the base model's point, which has no preference
             raise ValueError(f"{where}.weights: has {len(w)} entries but values has {len(v)}")
         if len(s) != len(v):
             raise ValueError(f"{where}.stderr: has {len(s)} entries but values has {len(v)}")
@@ -119,6 +131,11 @@ class Front:
 
     ``metrics`` is filled by :meth:`compute_metrics`; ``meta`` holds free-form run information (run ids,
     config hashes). Both must be JSON-serialisable for :meth:`to_json`.
+
+    ``base_point`` is the untrained base model's point: its mean scores and standard errors on the same
+    evaluation prompts by the same scorer (a :class:`FrontPoint` with ``weights=()``), or None. It shows where
+    training started; it is not one of ``points`` and takes no part in the non-dominated filter, the
+    hypervolume or any other metric of the front (see :meth:`gain_over_base`).
     """
 
     method: str
@@ -128,6 +145,7 @@ class Front:
     scorer: str = "oracle"
     metrics: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    base_point: FrontPoint | None = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -160,6 +178,17 @@ class Front:
                 raise ValueError(f"Front.points[{i}]: expected FrontPoint, got {type(p).__name__}")
             if len(p.values) != k:
                 raise ValueError(f"Front.points[{i}].values: has {len(p.values)} entries, expected {k}")
+            if p.is_base:
+                raise ValueError(f"Front.points[{i}].weights: empty; only Front.base_point has no preference")
+        base = self.base_point
+        if base is not None:
+            if not isinstance(base, FrontPoint):
+                raise ValueError(f"Front.base_point: expected FrontPoint or None, got {type(base).__name__}")
+            if len(base.values) != k:
+                raise ValueError(f"Front.base_point.values: has {len(base.values)} entries, expected {k}")
+            if not base.is_base:
+                raise ValueError(f"Front.base_point.weights: the base model has no preference, expected [] "
+                                 f"but got {list(base.weights)}")
         _check_dict(self.metrics, "Front.metrics")
         _check_dict(self.meta, "Front.meta")
         object.__setattr__(self, "objectives", objectives)
@@ -188,6 +217,20 @@ class Front:
 
     def nondominated_mask(self) -> np.ndarray:
         return non_dominated_mask(self.values())
+
+    def gain_over_base(self) -> np.ndarray:
+        """``(N, K)``: how far each point moved from the base model, per objective, in standard errors.
+
+        ``(value - base) / hypot(stderr, base_stderr)``; where both standard errors are 0 the gain is 0 for an
+        equal value and +/-inf otherwise. Raises ``ValueError`` when the front has no ``base_point``.
+        """
+        if self.base_point is None:
+            raise ValueError("Front.base_point: this front has none, so there is no gain over the base model")
+        diff = self.values() - np.asarray(self.base_point.values, dtype=float)
+        scale = np.hypot(self.stderr(), np.asarray(self.base_point.stderr, dtype=float))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), np.sign(diff) * np.inf)
+        return np.where((scale == 0) & (diff == 0), 0.0, gain)
 
     def nondominated(self) -> Front:
         """A new ``Front`` holding only the non-dominated points (order kept, metrics cleared)."""
@@ -248,6 +291,8 @@ class Front:
             "scorer": self.scorer,
             "metrics": dict(self.metrics),
             "meta": dict(self.meta),
+            # Only when present: a front without one writes the same JSON as before the field existed.
+            **({"base_point": self.base_point.to_dict()} if self.base_point is not None else {}),
         }
 
     @classmethod
@@ -267,6 +312,11 @@ class Front:
         if isinstance(raw_points, (str, bytes, Mapping)) or not isinstance(raw_points, (list, tuple)):
             raise ValueError(f"Front.points: expected a list, got {type(raw_points).__name__}")
         points = tuple(FrontPoint.from_dict(p, where=f"Front.points[{i}]") for i, p in enumerate(raw_points))
+        base = d.get("base_point")
+        if base is not None:
+            if isinstance(base, Mapping) and "weights" not in base:
+                base = {**base, "weights": []}  # the base model has no preference; writers may leave it out
+            base = FrontPoint.from_dict(base, where="Front.base_point")
         return cls(
             method=d["method"],
             objectives=d["objectives"],
@@ -275,6 +325,7 @@ class Front:
             scorer=d.get("scorer", "oracle"),
             metrics=dict(_check_dict(d.get("metrics", {}), "Front.metrics")),
             meta=dict(_check_dict(d.get("meta", {}), "Front.meta")),
+            base_point=base,
         )
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -302,16 +353,26 @@ class Front:
 
     # ------------------------------------------------------------------- table
     def table(self, precision: int = 3) -> str:
-        """A fixed-width text table: one row per point, '*' marks non-dominated points, then the metrics."""
+        """A fixed-width text table: one row per point, '*' marks non-dominated points, then the metrics.
+
+        With a ``base_point``, the base model comes first (row ``base``) and a last column gives each point's
+        gain over it per objective in standard errors (:meth:`gain_over_base`).
+        """
         mask = self.nondominated_mask() if self.points else np.zeros(0, dtype=bool)
-        header = ["#", "lambda"] + list(self.objectives) + ["nd"]
+        has_base = self.base_point is not None
+        header = ["#", "lambda"] + list(self.objectives) + (["vs base (SE)"] if has_base else []) + ["nd"]
+
+        def value_cells(p: FrontPoint) -> list[str]:
+            return [f"{v:.{precision}f} ± {s:.{precision}f}" for v, s in zip(p.values, p.stderr, strict=True)]
+
         rows = []
+        if has_base:
+            rows.append(["base", "-", *value_cells(self.base_point), "", ""])
+            gains = self.gain_over_base()
         for i, (p, nd) in enumerate(zip(self.points, mask, strict=True)):
             lam = "(" + ", ".join(f"{x:.2f}" for x in p.weights) + ")"
-            cells = [
-                f"{v:.{precision}f} ± {s:.{precision}f}" for v, s in zip(p.values, p.stderr, strict=True)
-            ]
-            rows.append([str(i), lam, *cells, "*" if nd else ""])
+            gain = ["(" + ", ".join(f"{g:+.1f}" for g in gains[i]) + ")"] if has_base else []
+            rows.append([str(i), lam, *value_cells(p), *gain, "*" if nd else ""])
         widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(header)]
 
         def fmt(cells: list[str]) -> str:

@@ -9,6 +9,7 @@ from types import ModuleType
 
 from pareto.methods.dpo import PairSet
 from pareto.models.conditioned import ConditionedPolicy
+from pareto.models.policy import load_policy
 from pareto.objectives import VectorReward
 
 
@@ -24,7 +25,15 @@ class FitContext:
     max_length: int
     seed: int
     gen: dict                    # generation settings used for validation and evaluation
-    task: object = None          # the task, for methods that need more than pairs (e.g. conditioning prompts)
+    task: object = None          # the task (pareto.data.task.Task), for methods that need more than pairs
+    placement: object = None     # pareto.models.device.Placement: device, autocast dtype, gradient checkpointing
+
+    def load_base(self) -> tuple:
+        """(model, tokenizer) of the base policy, on this fit's device, checkpointed when the config asks."""
+        if self.placement is None:
+            return load_policy(self.base_dir)
+        return load_policy(self.base_dir, device=self.placement.device,
+                           gradient_checkpointing=self.placement.gradient_checkpointing)
 
 
 # name -> module; each module has `fit(ctx, cfg, weights=None) -> (ConditionedPolicy, TrainResult)`.

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from pareto.config import DPOConfig
 from pareto.evaluation import evaluate_grid
 from pareto.front.metrics import Z_REFERENCE, hypervolume
+from pareto.models.device import model_device
 from pareto.models.policy import encode_pairs, token_logprobs
 from pareto.objectives import VectorReward, aggregate_losses
 from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses
@@ -57,7 +58,8 @@ class PairSet:
 
 def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
                responses: Sequence[tuple[str, str]], max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Log-probs [B, 2] and response lengths [B, 2] of both responses, in one forward pass of 2B rows."""
+    """Log-probs [B, 2] and response lengths [B, 2] of both responses, in one forward pass of 2B rows (float32, on
+    the model's device)."""
     batch = encode_pairs(tokenizer, list(prompts) * 2, [r[0] for r in responses] + [r[1] for r in responses],
                          max_length)
     logp, n = token_logprobs(model, batch)
@@ -69,12 +71,15 @@ def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, promp
 @torch.no_grad()
 def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
                     max_length: int, batch_size: int = 64) -> torch.Tensor:
-    """π_ref log-probs of every pair, computed once: the dataset is fixed, so the reference never reruns."""
+    """π_ref log-probs [N, 2] of every pair, computed once: the dataset is fixed, so the reference never reruns.
+
+    Computed on the model's device and stored on the CPU (`train_dpo` moves each batch's rows to the model).
+    """
     out = []
     for s in range(0, len(pairs), batch_size):
         logp, _, _ = pair_logps(model, tokenizer, pairs.prompts[s:s + batch_size],
                                 pairs.responses[s:s + batch_size], max_length)
-        out.append(logp)
+        out.append(logp.cpu())
     return torch.cat(out)
 
 
@@ -109,11 +114,14 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
 
     `sample_batch` replaces the uniform pair sampler (e.g. MAH-DPO's objective-balanced, objective-tagged batches:
     the labels it returns may mask objectives out). `pairs.offset`, when set, shifts each DPO logit (MODPO).
+    Runs on the model's device: labels, offsets, λ and the stored reference log-probs (CPU) of each micro-batch
+    move there. Autocast is the caller's: run it inside `Placement.context()`.
     """
     assert pairs.ref_logp is not None, "compute reference_logps first"
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    device = model_device(model)  # everything that meets the model's outputs goes there (no-ops on the CPU)
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult()
 
@@ -149,11 +157,12 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
                 idx, better = sample_batch(rng)
             weights = sample_weights(rng)
             apply_weights(weights)
-            lam = torch.tensor(weights, dtype=torch.float32)
+            lam = torch.tensor(weights, dtype=torch.float32, device=device)
             logp, ntok, tokens = pair_logps(model, tokenizer, [pairs.prompts[i] for i in idx],
                                             [pairs.responses[i] for i in idx], max_length)
-            offset = None if pairs.offset is None else pairs.offset[idx]
-            losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx], better, cfg.beta, offset)
+            better = better.to(device)
+            offset = None if pairs.offset is None else pairs.offset[idx].to(device)
+            losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
             per_objective = masked_objective_means(losses, mask)
             loss = aggregate_losses(per_objective, lam, aggregation)
             if cfg.nll_weight > 0:

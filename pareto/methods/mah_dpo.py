@@ -21,7 +21,7 @@ from pareto.methods import FitContext
 from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
 from pareto.methods.panacea import validation_weights
 from pareto.models.multihead import MultiHeadPolicy, add_multihead, head_weights, set_training_routing
-from pareto.models.policy import load_policy
+from pareto.models.policy import lora_targets
 
 
 class BalancedObjectiveSampler:
@@ -87,8 +87,9 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
     """Train the shared backbone and the K heads (`weights` is unused: the model is conditioned)."""
     objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
     k = len(objectives)
-    base, tokenizer = load_policy(ctx.base_dir)
-    backbone = (LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
+    base, tokenizer = ctx.load_base()
+    backbone = (LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                           target_modules=lora_targets(base, cfg.target_modules, cfg.lora_layers),
                            lora_dropout=0.0, task_type="CAUSAL_LM") if cfg.target_modules else None)
     model = add_multihead(base, k, cfg.head_rank, cfg.head_alpha, backbone)
     uniform = np.full(k, 1.0 / k)

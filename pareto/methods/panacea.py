@@ -17,7 +17,7 @@ from pareto.front.grid import sample_preferences
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
 from pareto.models.conditioned import PanaceaPolicy
-from pareto.models.policy import load_policy
+from pareto.models.policy import lora_targets
 from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
 
 
@@ -31,8 +31,9 @@ def fit(ctx: FitContext, cfg: PanaceaConfig,
     """Train one model for every λ (`weights` is unused: Panacea is conditioned, not per-weight)."""
     objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
     k = len(objectives)
-    model, tokenizer = load_policy(ctx.base_dir)
-    model = add_panacea_adapter(model, panacea_lora_config(k, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules))
+    model, tokenizer = ctx.load_base()
+    model = add_panacea_adapter(model, panacea_lora_config(k, cfg.lora_rank, cfg.lora_alpha,
+                                                    lora_targets(model, cfg.target_modules, cfg.lora_layers)))
     with model.disable_adapter():
         pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
     policy = PanaceaPolicy(model, tokenizer, objectives)

@@ -15,13 +15,14 @@ from pareto.config import DPOConfig, PerWeightConfig
 from pareto.methods import FitContext
 from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
 from pareto.models.conditioned import PerWeightPolicy, adapter_name
-from pareto.models.policy import load_policy
+from pareto.models.policy import lora_targets
 
 
 def lora_policy(ctx: FitContext, cfg: DPOConfig, pairs: PairSet):
     """The base model with one fresh LoRA adapter, and `pairs.ref_logp` filled from the base (adapter off)."""
-    model, tokenizer = load_policy(ctx.base_dir)
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
+    model, tokenizer = ctx.load_base()
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      target_modules=lora_targets(model, cfg.target_modules, cfg.lora_layers),
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora, adapter_name=adapter_name(0))
     with model.disable_adapter():

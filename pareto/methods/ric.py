@@ -30,7 +30,7 @@ from pareto.front.metrics import Z_REFERENCE, hypervolume
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator
 from pareto.methods.panacea import validation_weights
-from pareto.models.policy import generate, load_policy, pair_token_counts, repetition_rate, sft_train
+from pareto.models.policy import generate, pair_token_counts, repetition_rate, sft_train
 from pareto.models.rewards_in_context import MAPPINGS, RiCPolicy, format_prompt
 from pareto.objectives import RunningZScore
 
@@ -85,7 +85,7 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
     z = normalizer(raw).numpy()
     low, high = z.min(0), z.max(0)  # the observed range the λ → reward mapping works in
 
-    model, tokenizer = load_policy(ctx.base_dir)
+    model, tokenizer = ctx.load_base()
     if cfg.lora_rank is not None:
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
                           lora_dropout=0.0, task_type="CAUSAL_LM")

@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 from pareto.config import SoupsConfig
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
-from pareto.models.policy import generate, load_policy
+from pareto.models.policy import generate, lora_targets
 from pareto.models.soups import SoupsPolicy, objective_adapter
 
 
@@ -24,8 +24,9 @@ def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = Non
     """Train the K per-objective adapters (`weights` is unused: the soup serves every λ)."""
     objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
     k = len(objectives)
-    base, tokenizer = load_policy(ctx.base_dir)
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
+    base, tokenizer = ctx.load_base()
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      target_modules=lora_targets(base, cfg.target_modules, cfg.lora_layers),
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     names = [objective_adapter(o) for o in objectives]
     model = get_peft_model(base, lora, adapter_name=names[0])

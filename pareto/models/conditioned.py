@@ -31,7 +31,10 @@ class ConditionedPolicy(Protocol):
 
 
 class PanaceaPolicy:
-    """The conditioned policy: one model, λ set in place per call (per row when λ is [B, K])."""
+    """The conditioned policy: one model, λ set in place per call (per row when λ is [B, K]).
+
+    λ is written on the adapter layers' device and prompts go to the model's: it generates wherever the model is.
+    """
 
     kind = "panacea"  # recorded in the front's meta; serving loads the policy by it (see load_conditioned)
 
@@ -53,8 +56,9 @@ class PanaceaPolicy:
         export_lora(self.model, weights, path)
 
     @classmethod
-    def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> PanaceaPolicy:
-        base, tokenizer = load_policy(base_dir)
+    def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str],
+             device: str = "cpu") -> PanaceaPolicy:
+        base, tokenizer = load_policy(base_dir, device=device)  # the adapter loads onto its base layers' device
         return cls(load_panacea(base, adapter_dir), tokenizer, objectives)
 
 
@@ -93,8 +97,8 @@ class PerWeightPolicy:
 
     @classmethod
     def load(cls, base_dir: str | Path, adapters: dict[str, tuple[Sequence[float], str | Path]],
-             objectives: Sequence[str]) -> PerWeightPolicy:
-        base, tokenizer = load_policy(base_dir)
+             objectives: Sequence[str], device: str = "cpu") -> PerWeightPolicy:
+        base, tokenizer = load_policy(base_dir, device=device)
         model = None
         for name, (_, path) in adapters.items():
             if model is None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from pareto.config import HFRewardModelConfig
+from pareto.models.device import no_autocast, resolve_device
 from pareto.objectives.base import RunningZScore
 
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -38,11 +39,16 @@ def hh_prompt(prompt: str) -> str:
 
 
 def default_device() -> str:
+    """The device of an `HFRewardModel` built without one (direct use); pipelines pass their Placement's."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class HFRewardModel:
-    """One sequence-classification checkpoint -> scores `[B, len(objectives)]` for the objectives it serves."""
+    """One sequence-classification checkpoint -> scores `[B, len(objectives)]` for the objectives it serves.
+
+    The weights load in `dtype` (default: the spec's `dtype`) onto `device` (default: a GPU when one is visible);
+    scores come back float32 on the CPU.
+    """
 
     def __init__(self, spec: HFRewardModelConfig, device: str | torch.device | None = None,
                  dtype: str | None = None, local_files_only: bool | None = None) -> None:
@@ -129,7 +135,8 @@ class HFRewardModel:
         size = self.spec.batch_size
         for start in range(0, len(prompts), size):
             enc = self.encode(prompts[start:start + size], responses[start:start + size]).to(self.device)
-            out = self.model(**enc)
+            with no_autocast(self.device):  # the spec's dtype, whatever autocast the caller runs under
+                out = self.model(**enc)
             logits = getattr(out, self.spec.output_field, None)
             if logits is None:
                 raise RewardModelError(f"reward model {self.spec.model!r}: its output has no field "
@@ -165,7 +172,13 @@ class HFVectorReward:
     @classmethod
     def from_config(cls, cfg: Any, device: str | torch.device | None = None,
                     local_files_only: bool | None = None) -> HFVectorReward:
-        """Every `reward_model.hf` entry of an experiment config, for its `objectives`."""
+        """Every `reward_model.hf` entry of an experiment config, for its `objectives`, each in its spec's dtype.
+
+        `device` defaults to the task's device (`resources.gpus_per_task`: its GPU, or the CPU), never to a GPU the
+        task was not given.
+        """
+        if device is None:
+            device = resolve_device(cfg.resources.gpus_per_task)
         models = [HFRewardModel(spec, device=device, local_files_only=local_files_only)
                   for spec in cfg.reward_model.hf]
         return cls(models, cfg.objectives)

@@ -7,8 +7,10 @@ serves a local path, the cache, or a hub id.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,9 @@ from transformers import (
 )
 
 from pareto.config import TinyModelConfig
+from pareto.data.chat import to_messages
 from pareto.io import atomic_dir
+from pareto.models.device import model_device, place_model
 
 # One template for the tiny LM; real chat models bring their own. vLLM's chat endpoint reads the same.
 CHAT_TEMPLATE = (
@@ -43,13 +47,40 @@ def set_seed(seed: int) -> None:
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerFast, prompt: str) -> str:
-    """The model-facing text of a user prompt, up to where the answer starts."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    """The model-facing text of a prompt (one user turn, or one message per turn of a dialogue), up to where the
+    answer starts, rendered by the model's own chat template."""
+    return tokenizer.apply_chat_template(to_messages(prompt), add_generation_prompt=True, tokenize=False)
 
 
 def response_text(tokenizer: PreTrainedTokenizerFast, response: str) -> str:
-    return " " + response.strip() + tokenizer.eos_token
+    """The model-facing text of a reply: what the chat template writes after the generation prompt, ending with
+    the end-of-turn token (" reply<eos>" for the tiny LM, "reply<|im_end|>" for ChatML models)."""
+    before, after = _reply_frame(tokenizer.chat_template, tokenizer.eos_token)
+    return before + response.strip() + after
+
+
+_SENTINEL = "\x00reply\x00"
+
+
+@functools.lru_cache(maxsize=32)
+def _reply_frame(chat_template: str, eos_token: str) -> tuple[str, str]:
+    """(text before, text after) a reply in an assistant turn, read off the template itself (trailing whitespace
+    after the end-of-turn token dropped); a template that renders oddly falls back to the reply + eos."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    probe = [{"role": "user", "content": "x"}]
+    try:
+        head = render_jinja_template([probe], chat_template=chat_template, add_generation_prompt=True,
+                                     eos_token=eos_token)[0][0]
+        full = render_jinja_template([probe + [{"role": "assistant", "content": _SENTINEL}]],
+                                     chat_template=chat_template, eos_token=eos_token)[0][0]
+    except Exception:  # a template that needs more than messages: the plain frame still trains correctly
+        return " ", eos_token
+    if not full.startswith(head) or _SENTINEL not in full[len(head):]:
+        return " ", eos_token
+    before, after = full[len(head):].split(_SENTINEL, 1)
+    after = after.rstrip()
+    return before, after if after else eos_token
 
 
 # ---- building the tiny LM ---------------------------------------------------------------------------------------
@@ -84,6 +115,13 @@ class Batch:
     input_ids: torch.Tensor       # [B, T] right-padded
     attention_mask: torch.Tensor  # [B, T]
     response_mask: torch.Tensor   # [B, T] 1 on response tokens (the ones whose log-prob counts)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on `device` (itself when it is already there)."""
+        device = torch.device(device)
+        if self.input_ids.device == device:
+            return self
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
 
 
 def encode_pairs(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str], responses: Sequence[str],
@@ -151,10 +189,12 @@ def pad_batch(tokenizer: PreTrainedTokenizerFast, encoded: Sequence[tuple[list[i
 
 
 def token_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log p(response tokens) per row, and the number of response tokens per row."""
+    """Sum of log p(response tokens) per row, and the number of response tokens per row (float32, on the model's
+    device: the batch is moved there). Log-softmax runs in float32 whatever the weights or autocast dtype."""
+    batch = batch.to(model_device(model))
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     targets = batch.input_ids[:, 1:]
-    mask = batch.response_mask[:, 1:].to(logits.dtype)
+    mask = batch.response_mask[:, 1:].to(torch.float32)  # not logits.dtype: bf16 counts are inexact above 256
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return (logp * mask).sum(-1), mask.sum(-1)
 
@@ -162,7 +202,8 @@ def token_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, 
 def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, examples: Sequence[tuple[str, str]],
               epochs: int, lr: float, batch_size: int, max_length: int, seed: int,
               on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Supervised fine-tuning on responses only (prompt tokens are context, not targets)."""
+    """Supervised fine-tuning on responses only (prompt tokens are context, not targets), on the model's device
+    (batches follow it; run it inside `Placement.context()` for autocast)."""
     rng = random.Random(seed)
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     order = list(range(len(examples)))
@@ -196,6 +237,22 @@ def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, exampl
     return losses
 
 
+def lora_targets(model: torch.nn.Module, modules: Sequence[str], top_layers: int | None = None) -> list[str]:
+    """LoRA target modules: `modules` (name suffixes such as q_proj) everywhere, or only in the top `top_layers`
+    decoder layers, as full module names (PEFT matches a name by suffix). Backward then stops below the lowest
+    adapted layer, the lever that makes a 100M+ model trainable on CPUs."""
+    if top_layers is None:
+        return list(modules)
+    layers = sorted({int(m.group(1)) for name, _ in model.named_modules()
+                     if (m := re.search(r"\.layers\.(\d+)\.", name))})
+    if not layers:
+        raise ValueError("lora_layers needs a model with numbered decoder layers (.layers.<i>.); set it to null")
+    keep = set(layers[-top_layers:])
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+            and any(name.endswith("." + t) or name == t for t in modules)
+            and (m := re.search(r"\.layers\.(\d+)\.", name)) and int(m.group(1)) in keep]
+
+
 # ---- loading and saving -----------------------------------------------------------------------------------------
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
     """save_pretrained (safetensors) atomically: a kill never leaves half a model."""
@@ -204,9 +261,9 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path:
         tokenizer.save_pretrained(tmp)
 
 
-def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
     """The tokenizer of a local directory or a Hugging Face id, set up as `load_policy` uses it (cheap: no weights)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -215,10 +272,19 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A causal LM and its tokenizer from a local directory or a Hugging Face id (offline: from the local cache)."""
-    tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype))
+def load_policy(name_or_path: str | Path, dtype: str = "float32", device: torch.device | str = "cpu",
+                gradient_checkpointing: bool = False,
+                trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A causal LM and its tokenizer from a local directory or a Hugging Face id (offline: from the local cache).
+
+    `dtype` is the weights' dtype (autocast is separate: `Placement.context()`); the model is moved to `device`
+    and, with `gradient_checkpointing`, recomputes each decoder layer's activations in backward (non-reentrant:
+    LoRA/PEFT adapters added afterwards get their gradients). Returned in eval mode.
+    """
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=getattr(torch, dtype),
+                                                 trust_remote_code=trust_remote_code)
+    place_model(model, device, gradient_checkpointing)
     model.eval()
     return model, tokenizer
 
@@ -228,19 +294,20 @@ def load_policy(name_or_path: str | Path, dtype: str = "float32") -> tuple[PreTr
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
              max_new_tokens: int = 48, do_sample: bool = False, temperature: float = 1.0,
              seed: int | None = None) -> list[str]:
-    """Batched generation (left padding); returns the decoded responses only."""
+    """Batched generation (left padding) on the model's device, under whatever autocast the caller set; returns the
+    decoded responses only."""
     if not prompts:
         return []
     if seed is not None:
         torch.manual_seed(seed)
     texts = [prompt_text(tokenizer, p) for p in prompts]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
     out = model.generate(
         **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
         temperature=temperature if do_sample else None, top_p=None, top_k=None,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-    new_tokens = out[:, enc["input_ids"].shape[1]:]
+    new_tokens = out[:, enc["input_ids"].shape[1]:].cpu()
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pareto.io import read_safetensors
+from pareto.models.device import no_autocast
 from pareto.objectives.base import RunningZScore
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -59,6 +60,8 @@ class TextEncoder:
 
     Encoding runs at roughly a hundred texts per second on two CPU cores, so every text is encoded at
     most once per process (the cache is a plain dict, bounded by `max_cache` entries, oldest evicted).
+    MiniLM runs on `device` (e.g. `Placement.device`); embeddings are returned and cached on the CPU, and the
+    reward heads trained or loaded with this encoder live on its device.
     """
 
     model_id: str = MINILM_ID
@@ -96,7 +99,8 @@ class TextEncoder:
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
-        hidden = self.model(**enc).last_hidden_state  # [B, T, H]
+        with no_autocast(self.device):  # embeddings (and the scores on them) never depend on the caller's autocast
+            hidden = self.model(**enc).last_hidden_state  # [B, T, H]
         # Mean over real tokens only (the sentence-transformers recipe), then unit norm.
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -301,13 +305,14 @@ def train_reward_model(
     patience: int | None = 15,
     progress: bool = False,
     tie_weight: float = 0.0,
+    device: str | torch.device | None = None,
 ) -> RewardTrainResult:
     """Fit K Bradley–Terry heads on frozen embeddings; keep the epoch with the best mean val accuracy.
 
     The encoder is frozen, so all texts are embedded once up front and training is a few seconds of
     AdamW on `[P, 384 (+1)]` tensors. Deterministic given `seed` (init, shuffling and dropout).
     tie_weight > 0 also fits tied pairs (label -1) to equal scores (see `bradley_terry_loss`); only where -1
-    means a real tie, not a missing label.
+    means a real tie, not a missing label. The heads train on `device` (default: the encoder's) and stay there.
     """
     names = tuple(names)
     if not train_pairs:
@@ -319,14 +324,18 @@ def train_reward_model(
     else:  # no held-out set: select on the training pairs (reported accuracy is then optimistic)
         v0, v1, vy = e0, e1, y
 
-    # Seed init, shuffling and dropout from `seed` without disturbing the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device if device is not None else getattr(encoder, "device", "cpu"))
+    e0, e1, y, v0, v1, vy = (t.to(device) for t in (e0, e1, y, v0, v1, vy))
+    # Seed init, shuffling and dropout from `seed` without disturbing the caller's global RNG (the GPU's too); fp32
+    # whatever autocast the caller runs under.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), no_autocast(device):
         torch.manual_seed(seed)
         model = MultiHeadRewardModel(k, embed_dim=encoder.dim, hidden=hidden, length_feature=length_feature,
-                                     dropout=dropout)
+                                     dropout=dropout).to(device)  # initialised on the CPU: same weights anywhere
         history, best_epoch = _fit(model, names, (e0, e1, y), (v0, v1, vy), epochs, lr, weight_decay,
                                    batch_size, patience, seed, tie_weight)
-    acc, _ = _evaluate(model, v0, v1, vy)
+    with no_autocast(device):
+        acc, _ = _evaluate(model, v0, v1, vy)
     return RewardTrainResult(model=model, accuracy={nm: float(a) for nm, a in zip(names, acc, strict=True)},
                              history=history, best_epoch=best_epoch)
 
@@ -352,11 +361,11 @@ def _fit(
     history: list[dict[str, float]] = []
     best_key: tuple[float, float] | None = None
     best_state, best_epoch, since_best = copy.deepcopy(model.state_dict()), -1, 0
-    n = e0.shape[0]
+    n, device = e0.shape[0], e0.device
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(n, generator=gen)
-        total, seen = torch.zeros(k), 0
+        order = torch.randperm(n, generator=gen).to(device)  # drawn on the CPU: the same order on every device
+        total, seen = torch.zeros(k, device=device), 0
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             chosen, rejected, mask = _chosen_rejected(model, e0[idx], e1[idx], y[idx])
@@ -420,7 +429,8 @@ class LearnedVectorReward:
         x = reward_inputs(self.encoder, prompts, responses, self.model.length_feature)
         self.model.eval()
         device = next(self.model.parameters()).device
-        return self.model(x.to(device)).float().cpu()
+        with no_autocast(device):
+            return self.model(x.to(device)).float().cpu()
 
     def fit_normalizer(self, prompts: Sequence[str], responses: Sequence[str]) -> RunningZScore:
         """Fit z-score stats on a reference set; they stay frozen afterwards (`__call__` never updates)."""
@@ -497,4 +507,5 @@ class LearnedVectorReward:
         if getattr(encoder, "dim", model.embed_dim) != model.embed_dim:
             raise ValueError(f"{path}: heads want {model.embed_dim}-d embeddings, encoder has {encoder.dim}")
         normalizer = RunningZScore.from_state_dict(norm_state) if norm_state is not None else None
+        model.to(getattr(encoder, "device", "cpu"))  # the heads score where the encoder runs
         return cls(encoder, model, saved_names, normalizer)

@@ -1,0 +1,305 @@
+"""The run recorder: the one public API the drivers (pipeline, sweep, PPO) use to run stages on Ray, fetch or
+build the cached stage artefacts (base model, reward model, the base model's own point), build fronts and log them
+to MLflow. Drivers never reach into each other's privates; they call these functions.
+
+Caches live under `<state>/cache/<stage>-<digest>/`, keyed by the config sections that make the artefact, and are
+written atomically with a DONE marker: a killed stage leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Before Ray is imported: keep every Ray listener on loopback and the job CLI usable without tokens.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from pareto import tracking  # noqa: E402
+from pareto.config import ExperimentConfig  # noqa: E402
+from pareto.distributed import stages  # noqa: E402
+from pareto.distributed.bundle import ModelRef, folder_bytes, pack, unpack  # noqa: E402
+from pareto.evaluation import PointEval  # noqa: E402
+from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
+from pareto.front.types import Front, FrontPoint  # noqa: E402
+
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def worker_env(cfg: ExperimentConfig) -> dict[str, str]:
+    """Environment of every Ray worker: one thread per CPU share; offline only when the config or the driver's
+    environment says so (workers of a cluster with the network download hub models and datasets)."""
+    offline = cfg.resources.offline
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    return _WORKER_ENV | (_OFFLINE if offline else {})
+
+
+def init_ray(cfg: ExperimentConfig) -> None:
+    """Join the configured cluster, the one in $RAY_ADDRESS (ray job submit), or start a local one."""
+    if ray.is_initialized():
+        return
+    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": worker_env(cfg)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        # "local" starts a private cluster even if another one runs on this machine: explicit beats implicit.
+        ray.init(address="local", num_cpus=cfg.resources.num_cpus, include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=True)
+    needed = cfg.resources.cpus_per_task
+    total = ray.cluster_resources().get("CPU", 0)
+    if total < needed:
+        raise RuntimeError(f"resources.cpus_per_task={needed} but the Ray cluster has {total} CPUs; lower it")
+
+
+def remote(fn, cfg: ExperimentConfig):
+    """`fn` as a Ray task with the config's CPU and GPU share per task."""
+    return ray.remote(num_cpus=cfg.resources.cpus_per_task, num_gpus=cfg.resources.gpus_per_task,
+                      max_retries=1)(fn)
+
+
+def gather(pending: dict, desc: str, progress: bool) -> dict:
+    """Wait for Ray tasks as they finish, with a progress bar; a failed stage fails the driver loudly."""
+    outputs: dict = {}
+    names = {ref: name for name, ref in pending.items()}
+    remaining = list(names)
+    bar = tqdm(total=len(remaining), desc=desc, unit="task", disable=not progress or not remaining)
+    while remaining:
+        done, remaining = ray.wait(remaining, num_returns=1)
+        for ref in done:
+            outputs[names[ref]] = ray.get(ref)
+            bar.update(1)
+            bar.set_postfix_str(names[ref])
+    bar.close()
+    return outputs
+
+
+# ---- stage caches --------------------------------------------------------------------------------------------------
+def cache_dir(cfg: ExperimentConfig, stage: str) -> Path:
+    """Where a stage's artefact is cached: keyed by what makes it (sweeps and runs of one config share it)."""
+    sections = {"base": ("seed", "task", "model"),
+                "reward": ("seed", "task", "objectives", "reward_model"),
+                "base_eval": ("seed", "task", "objectives", "model", "reward_model", "evaluation")}[stage]
+    return cfg.state_path() / "cache" / f"{stage}-{cfg.digest(*sections)}"
+
+
+def cached(path: Path) -> Path | None:
+    return path if (path / "DONE").is_file() else None
+
+
+def store(path: Path, bundle: ModelRef, extra: dict[str, object] | None = None) -> Path:
+    """Persist a stage's output as a finished cache entry (a by-reference output already lives at `path`)."""
+    files = {} if isinstance(bundle, str) else dict(bundle)
+    if isinstance(bundle, str) and Path(bundle).resolve() != path.resolve():
+        files = pack(bundle)
+    files.update({name: json.dumps(value, indent=2, default=float).encode() for name, value in (extra or {}).items()})
+    if isinstance(bundle, str) and Path(bundle).resolve() == path.resolve():
+        for name, data in files.items():
+            (path / name).write_bytes(data)
+        (path / "DONE").write_bytes(b"ok")
+        return path
+    unpack({**files, "DONE": b"ok"}, path)
+    return path
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def model_ref(path: Path | str, cfg: ExperimentConfig) -> ModelRef:
+    """How a model folder reaches the workers: bytes when small, its path (shared state folder) when large."""
+    if isinstance(path, str) and not Path(path).is_dir():
+        return path  # a hub id: every worker loads it itself
+    path = Path(path)
+    if folder_bytes(path) <= cfg.resources.by_value_max_mb * 2**20:
+        return {k: v for k, v in pack(path).items() if k != "DONE"}
+    return str(path.resolve())
+
+
+def log_model(path: Path | str, artifact: str, cfg: ExperimentConfig) -> None:
+    """A model served from the run: its files when small, else a SOURCE.json saying where it is (a hub id, a
+    GGUF file's cached folder): multi-GB weights are not copied into every run's artifacts."""
+    if isinstance(path, str) and not Path(path).is_dir() or folder_bytes(path) > cfg.resources.by_value_max_mb * 2**20:
+        mlflow.log_dict({"base": cfg.model.base, "path": str(path)}, f"{artifact}/SOURCE.json")
+    else:
+        tracking.log_dir(Path(path), artifact)
+
+
+# ---- the base and reward models, and the base model's own point ----------------------------------------------------
+@dataclass
+class StageModels:
+    """What every method trains from and is scored by, fetched from the cache or built as Ray tasks."""
+
+    base: ModelRef                  # the base policy (bytes or a folder / hub id by reference)
+    reward: ModelRef                # the reward model, with the normaliser every front is scored with
+    base_point: PointEval           # the base model's own scores on the eval prompts (every scorer)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    task: dict = field(default_factory=dict)  # the task's description: pairs, prompts, rows skipped / truncated
+
+
+def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool = True) -> StageModels:
+    """Build (as Ray tasks) or fetch the base model, the reward model and the base point; log each as a nested run
+    of the active MLflow run, and the models served from the run as its artifacts. Raises when the reward model's
+    held-out accuracy is under `reward_model.min_accuracy`."""
+    base_dir, rm_dir, eval_dir = (cache_dir(cfg, s) for s in ("base", "reward", "base_eval"))
+    needs_base = cfg.model.base == "tiny" or cfg.model.needs_sft
+    pending = {}
+    if needs_base and cached(base_dir) is None:
+        pending["sft"] = remote(stages.sft_stage, cfg).remote(cfg, str(base_dir))
+    if cached(rm_dir) is None:
+        pending["reward_model"] = remote(stages.reward_stage, cfg).remote(cfg)
+    outputs = gather(pending, "base & reward models", progress)
+    with mlflow.start_run(run_name="sft", nested=True):
+        if "sft" in outputs:
+            out = outputs["sft"]
+            store(base_dir, out["bundle"])
+            tracking.log_history([{"step": i + 1, "sft_loss": v} for i, v in enumerate(out["losses"])])
+            mlflow.log_metrics({"sft_seconds": out["seconds"], "parameters": out["parameters"]})
+        base_path: Path | str = base_dir if needs_base else stages.base_source(cfg)
+        mlflow.set_tags({"cache": "hit" if "sft" not in outputs else "miss", "path": str(base_path),
+                         "sft": str(cfg.model.needs_sft)})
+    with mlflow.start_run(run_name="reward_model", nested=True):
+        if "reward_model" in outputs:
+            out = outputs["reward_model"]
+            store(rm_dir, out["bundle"], {"report.json": {"accuracy": out["accuracy"], "normalizer": out["normalizer"],
+                                                          "train_pairs": out["train_pairs"],
+                                                          "held_out_pairs": out["held_out_pairs"]}})
+        report = read_json(rm_dir / "report.json")
+        mlflow.log_metrics({f"heldout_accuracy/{k}": v for k, v in report["accuracy"].items()})
+        mlflow.log_metrics({k: report[k] for k in ("train_pairs", "held_out_pairs") if k in report})
+        mlflow.set_tags({"cache": "hit" if "reward_model" not in outputs else "miss"})
+    too_low = {k: round(v, 4) for k, v in report["accuracy"].items() if v < cfg.reward_model.min_accuracy}
+    if too_low:
+        raise RuntimeError(f"reward model held-out accuracy {too_low} is below reward_model.min_accuracy="
+                           f"{cfg.reward_model.min_accuracy}; train longer (reward_model.epochs), add data, or lower "
+                           "the gate for noisy human labels")
+    base = model_ref(base_path, cfg)
+    reward = pack(rm_dir)
+    with mlflow.start_run(run_name="base_eval", nested=True):
+        hit = cached(eval_dir) is not None
+        if not hit:
+            out = gather({"base_eval": remote(stages.base_eval_stage, cfg).remote(cfg, base, reward)},
+                         "base model's point", progress)["base_eval"]
+            store(eval_dir, {f"reward/{k}": v for k, v in (out["reward_bundle"] or reward).items() if k != "DONE"},
+                  {"point.json": out["point"], "normalizer.json": out["normalizer"], "task.json": out["task"]})
+        point = PointEval.from_dict(read_json(eval_dir / "point.json"))
+        task = read_json(eval_dir / "task.json")
+        mlflow.set_tags({"cache": "hit" if hit else "miss", "normalize_on": stages.normalize_on(cfg)})
+        mlflow.log_dict(read_json(eval_dir / "normalizer.json"), "normalizer_stats.json")
+        mlflow.log_metrics({f"{scorer}/{o}": v for scorer, means in point.mean.items()
+                            for o, v in zip(cfg.objectives, means, strict=True)})
+        mlflow.log_metrics({f"data/{k}": v for k, v in task.get("stats", {}).items()})
+        mlflow.log_dict({"point": point.to_dict(), "task": task}, "base_point.json")
+    if log_models:  # the models a front is served from travel with the run: the UI and `pareto query` work anywhere
+        log_model(base_path, "base_model", cfg)
+        tracking.log_dir(eval_dir / "reward", "reward_model")
+    return StageModels(base, pack(eval_dir / "reward"), point, report["accuracy"], task)
+
+
+# ---- fronts ---------------------------------------------------------------------------------------------------------
+def base_front_point(point: PointEval, scorer: str) -> FrontPoint:
+    return FrontPoint(weights=(), values=tuple(point.mean[scorer]), stderr=tuple(point.stderr[scorer]),
+                      extra={"repetition_rate": point.repetition_rate, "mean_words": point.mean_words})
+
+
+def make_front(cfg: ExperimentConfig, method: str, points: list[FrontPoint], scorer: str, meta: dict,
+               base_point: PointEval | None) -> Front:
+    """A method's front by one scorer, with the base model's point and the reference point the config gives
+    (a dataset's 'base' reference is derived from the base point: logged in the front's meta)."""
+    base = base_front_point(base_point, scorer) if base_point is not None and scorer in base_point.mean else None
+    reference = cfg.front_reference(scorer, list(base.values) if base is not None else None)
+    meta = {**meta, "reference_rule": "base - reference_margin" if cfg.evaluation.reference_point == "base"
+            and scorer != "oracle" else "config"}
+    return Front(method=method, objectives=tuple(cfg.objectives), points=tuple(points),
+                 reference_point=tuple(reference), scorer=scorer, meta=meta, base_point=base)
+
+
+def scorer_names(points: list[PointEval]) -> list[str]:
+    """The scorers every point was scored by, oracle first (the main front of the embedded task)."""
+    names = set.intersection(*(set(p.mean) for p in points)) if points else set()
+    return [s for s in ("oracle", "reward_model") if s in names]
+
+
+def main_scorer(cfg: ExperimentConfig, scorers: list[str]) -> str:
+    return cfg.evaluation.scorer if cfg.evaluation.scorer in scorers else scorers[-1]
+
+
+def log_plots(fronts: list[Front], oracle: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """The run's front plots (PNG + interactive HTML), with the oracle front when the task has one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        plot_front_png(fronts, tmp / "front.png", oracle_front=oracle)
+        plot_front_html(fronts, tmp / "front.html", oracle_front=oracle)
+        mlflow.log_artifact(str(tmp / "front.png"), "plots")
+        mlflow.log_artifact(str(tmp / "front.html"), "plots")
+    if oracle is not None:
+        mlflow.log_dict({"weights": oracle[0].tolist(), "values": oracle[1].tolist()}, "oracle/front.json")
+
+
+def log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_values: np.ndarray | None,
+               base_point: PointEval | None, tmp: Path) -> dict[str, Front]:
+    """One nested run per method (and per λ for per-weight models); the method's fronts, by every scorer, as
+    artifacts. -> {scorer: Front}."""
+    points: list[PointEval] = []
+    uris: dict = {}
+    with mlflow.start_run(run_name=name, nested=True) as mrun:
+        mlflow.set_tag("method", name)
+        train_seconds = sum(r["train_seconds"] for r in runs)
+        for i, out in enumerate(runs):
+            label = name if len(runs) == 1 else f"{name} λ={np.round(out['weights'], 3).tolist()}"
+            with mlflow.start_run(run_name=label, nested=True) as run:
+                mlflow.set_tag("method", name)
+                if out["weights"] is not None:
+                    mlflow.log_param("weights", out["weights"])
+                tracking.log_history(out["history"])
+                mlflow.log_metrics({"best_step": out["best_step"], "steps": out["steps"],
+                                    "train_seconds": out["train_seconds"], "eval_seconds": out["eval_seconds"],
+                                    "tokens_per_second": out["tokens_per_second"]})
+                adapter_dir = unpack(out["adapter"], tmp / f"{name}-{i}")
+                tracking.log_dir(adapter_dir, "adapter")
+                mlflow.log_dict({"method": name, "objectives": list(cfg.objectives), "weights": out["weights"],
+                                 "base_model": cfg.model.base}, "model_meta.json")
+                for p in out["points"]:
+                    point = PointEval.from_dict(p)
+                    points.append(point)
+                    uris[point.weights] = f"runs:/{run.info.run_id}/adapter"
+                    if len(out["points"]) == 1:
+                        mlflow.log_metrics({f"{s}/{o}": v for s, means in point.mean.items()
+                                            for o, v in zip(cfg.objectives, means, strict=True)})
+                mlflow.log_dict({"points": out["points"]}, "evaluation.json")
+        meta = {"run_id": mrun.info.run_id, "train_seconds": train_seconds,
+                "models_trained": sum(r.get("models_trained", 1) for r in runs),  # Soups: K adapters in one run
+                "conditioned": not getattr(cfg.methods, name).per_weight}
+        if runs[0].get("policy_kind"):
+            meta["policy_kind"] = runs[0]["policy_kind"]  # how serving loads the model (models.conditioned)
+        fronts = {}
+        for scorer in scorer_names(points):
+            fps = [FrontPoint(weights=p.weights, values=p.mean[scorer], stderr=p.stderr[scorer],
+                              model_uri=uris.get(p.weights, ""),
+                              extra={"repetition_rate": p.repetition_rate, "mean_words": p.mean_words,
+                                     "empty_rate": p.empty_rate})
+                   for p in points]
+            front = make_front(cfg, name, fps, scorer, meta, base_point)
+            front.compute_metrics(oracle_front=oracle_values if scorer == "oracle" else None)
+            fronts[scorer] = front
+            mlflow.log_metrics({f"{scorer}/{k}": float(v) for k, v in front.metrics.items()
+                                if isinstance(v, int | float)})
+            mlflow.log_text(front.to_json(), f"fronts/{name}.{scorer}.json")
+        mlflow.log_metrics({"train_seconds_total": train_seconds,
+                            "repetition_rate": float(np.mean([p.repetition_rate for p in points])),
+                            "empty_rate": float(np.mean([p.empty_rate for p in points]))})
+    main = fronts[main_scorer(cfg, list(fronts))]
+    mlflow.log_text(main.to_json(), f"fronts/{name}.json")
+    return fronts
