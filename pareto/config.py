@@ -228,6 +228,9 @@ class RewardModelConfig(Strict):
                                                           "training pairs; null = all")
     hf: list[HFRewardModelConfig] = Field(default_factory=list,
                                           description="Hugging Face reward models (ids or paths) scoring objectives")
+    rules: dict[str, Literal["length"]] = Field(default_factory=dict,
+                                                description="objective -> rule-based score (length: shorter is "
+                                                            "better) instead of a learned head")
     tie_weight: float = Field(0.0, ge=0, description="weight of a tie term in the Bradley–Terry loss: pairs tied on "
                                                      "an objective (label -1) are fit to equal scores; only where -1 "
                                                      "is a real tie (tiny-hh: harmless on safe prompts), not a "
@@ -618,7 +621,8 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         k = len(self.objectives)
-        available = self.task.available_objectives(tuple(o for m in self.reward_model.hf for o in m.objectives))
+        available = self.task.available_objectives(tuple(o for m in self.reward_model.hf for o in m.objectives)
+                                                   + tuple(self.reward_model.rules))
         self._check_real_scale()  # first: its messages say which label or reward model is missing
         for name in self.objectives:
             if name not in available:
@@ -690,12 +694,25 @@ class ExperimentConfig(Strict):
                     raise _FieldError(f"reward_model.hf.{i}.objectives",
                                       f"{name!r} is already scored by reward_model.hf.{scored[name]}; score it once")
                 scored[name] = i
+        for name in self.reward_model.rules:
+            if name not in self.objectives:
+                raise _FieldError(f"reward_model.rules.{name}",
+                                  f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
+            if name in scored:
+                raise _FieldError(f"reward_model.rules.{name}",
+                                  f"{name!r} is already scored by reward_model.hf.{scored[name]}; score it once")
         if ds is None:
             return
         for name in ds.labels:
             if name not in self.objectives:
                 raise _FieldError(f"task.dataset.labels.{name}",
                                   f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
+        for name, source in self.reward_sources().items():
+            if source == "learned" and name not in ds.labels:
+                raise _FieldError("task.dataset.labels",
+                                  f"objective {name!r} has no preference labels to train its reward head on; map it "
+                                  "to a label source, score it with a reward_model.hf entry, or a reward_model.rules "
+                                  "rule")
         for method in LABELLED_METHODS:
             if getattr(self.methods, method, None) is None:
                 continue
@@ -803,6 +820,12 @@ class ExperimentConfig(Strict):
                 raise ValueError("reference_point 'base' needs the base model's point")
             return [float(v) - self.evaluation.reference_margin for v in base_values]
         return list(ref)
+
+    def reward_sources(self) -> dict[str, str]:
+        """objective -> what scores it in "the reward model" (fronts, RiC, MODPO, the UI): hf when a
+        `reward_model.hf` entry scores it, a rule of `reward_model.rules`, else a learned head."""
+        by_hf = {name for rm in self.reward_model.hf for name in rm.objectives}
+        return {o: "hf" if o in by_hf else self.reward_model.rules.get(o, "learned") for o in self.objectives}
 
     @property
     def experiment_name(self) -> str:

@@ -36,6 +36,7 @@ from pareto.models.policy import (
     train_tokenizer,
 )
 from pareto.models.reward import LearnedVectorReward, TextEncoder, pair_text, train_reward_model
+from pareto.models.scorer import SourcedReward
 
 
 def _setup(cfg: ExperimentConfig, seed_offset: int = 0) -> None:
@@ -170,15 +171,19 @@ def reward_stage(cfg: ExperimentConfig) -> dict:
     trained = train_reward_model(encoder, names, train, held_out, epochs=rm_cfg.epochs, lr=rm_cfg.lr, seed=cfg.seed,
                                  weight_decay=rm_cfg.weight_decay, hidden=(rm_cfg.hidden_size,),
                                  length_feature=rm_cfg.length_feature, tie_weight=rm_cfg.tie_weight)
-    reward = LearnedVectorReward(encoder, trained.model, names)
+    learned = LearnedVectorReward(encoder, trained.model, names)
     prompts = [p.prompt for p in train for _ in (0, 1)]
     responses = [r for p in train for r in (p.response_0, p.response_1)]
-    reward.fit_normalizer(prompts, responses)
+    learned.fit_normalizer(prompts, responses)
+    reward = SourcedReward(names, cfg.reward_sources(), learned, rm_cfg.hf, device=str(encoder.device))
+    if set(reward.sources.values()) != {"learned"}:  # the normaliser covers every source's column
+        reward.fit_normalizer(prompts, responses)
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         reward.save(Path(tmp) / "reward")
         bundle = pack(Path(tmp) / "reward")
-    return {"bundle": bundle, "accuracy": dict(trained.accuracy), "history": trained.history, "seconds": seconds,
+    accuracy = {k: v for k, v in trained.accuracy.items() if reward.sources[k] == "learned"}
+    return {"bundle": bundle, "accuracy": accuracy, "history": trained.history, "seconds": seconds,
             "normalizer": reward.normalizer.state_dict(), "train_pairs": len(train), "held_out_pairs": len(held_out),
             "encoded_text_example": pair_text(prompts[0], responses[0])}
 
@@ -209,8 +214,7 @@ def base_eval_stage(cfg: ExperimentConfig, base: ModelRef, reward_bundle: ModelR
         base_dir = unpack(base, Path(tmp) / "base")
         model, tokenizer = load_policy(base_dir, device=placement.device)
         task = fitted_task(cfg, base_dir, tokenizer)
-        reward = LearnedVectorReward.load(unpack(reward_bundle, Path(tmp) / "reward"),
-                                          encoder=TextEncoder(device=placement.device))
+        reward = SourcedReward.load(unpack(reward_bundle, Path(tmp) / "reward"), device=placement.device)
         start = time.perf_counter()
 
         def answer(prompts: list[str], weights: np.ndarray) -> list[str]:
@@ -252,8 +256,7 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
             pairs = pairs.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(pairs), limit, replace=False)))
         val_prompts = task.prompts["val"][: mcfg.val_prompts]
         eval_prompts = task.prompts["eval"][: cfg.evaluation.n_prompts or None]
-        reward = LearnedVectorReward.load(unpack(reward_bundle, Path(tmp) / "reward"),
-                                          encoder=TextEncoder(device=placement.device))
+        reward = SourcedReward.load(unpack(reward_bundle, Path(tmp) / "reward"), device=placement.device)
         ctx = FitContext(base_dir=base_dir, pairs=pairs, val_prompts=val_prompts, reward=reward, objectives=names,
                          max_length=max_length(cfg, base_dir, tokenizer), seed=cfg.seed + seed_offset, gen=gen,
                          task=task, placement=placement)
