@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pareto.generation import LORA_METHODS, NOT_LORA_REASONS
+from pareto.models.sources import logged_base
 from pareto.models.svd_lora import META_NAME, PANACEA_MARKER, VLLM_LORA_RANKS, next_vllm_rank
 
 SCHEMA = "pareto.export/1"
@@ -308,7 +309,7 @@ def export_run(run_ref: str, out: str | Path, tracking_uri: str, *, experiment: 
                 downloads[uri] = Path(client.download_artifacts(src_run, artifact, str(dst)))
             return downloads[uri]
 
-        base_src = download(f"runs:/{run_id}/base_model")
+        base_src = Path(logged_base(download(f"runs:/{run_id}/base_model")))  # a SOURCE.json: the folder it names
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(base_src, out / "base", ignore=shutil.ignore_patterns("DONE", ".complete"))
         log(f"base model -> {out / 'base'}")

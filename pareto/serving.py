@@ -100,7 +100,10 @@ class ServedRun:
         return target
 
     def base_dir(self) -> Path:
-        return self._download(self.run_id, "base_model")
+        """The run's base model: its logged files, or the folder / hub id its SOURCE.json reference names."""
+        from pareto.models.sources import logged_base
+
+        return Path(logged_base(self._download(self.run_id, "base_model")))
 
     def policy(self, choice: Choice) -> ConditionedPolicy:
         key = choice.model_uri
@@ -147,11 +150,11 @@ class ServedRun:
     def score(self, prompt: str, response: str) -> dict[str, dict[str, float]]:
         """The answer's per-objective scores: learned reward model (z-scores), and the oracle when the task has one
         (`has_oracle`: a run on real data, whatever its task's name, gets the reward model's scores only)."""
-        from pareto.models.reward import LearnedVectorReward
+        from pareto.models.scorer import SourcedReward
 
         out: dict[str, dict[str, float]] = {}
         if self._reward is None:
-            self._reward = LearnedVectorReward.load(self._download(self.run_id, "reward_model"))
+            self._reward = SourcedReward.load(self._download(self.run_id, "reward_model"))
         rm = self._reward([prompt], [response])[0].tolist()
         out["reward_model"] = dict(zip(self._reward.names, rm, strict=True))
         task = self.tags.get("pareto.task")

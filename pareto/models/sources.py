@@ -379,3 +379,24 @@ def count_parameters(resolved: str) -> int | None:
                     n *= dim
                 total += n
     return total
+
+
+SOURCE_FILE = "SOURCE.json"
+
+
+def logged_base(folder: str | Path, state_dir: Path | None = None) -> str:
+    """The base model a run logged: its files (a small model), or where a `SOURCE.json` reference points (a large
+    model is not copied into every run): that folder when this machine has it, else `model.base` resolved again
+    here (a hub id, or a GGUF dequantized into `state_dir`, default $PARETO_HOME or .pareto)."""
+    import json
+    import os
+
+    folder = Path(folder)
+    ref = folder / SOURCE_FILE
+    if not ref.is_file():
+        return str(folder)
+    source = json.loads(ref.read_text())
+    if Path(str(source.get("path", ""))).is_dir():
+        return str(source["path"])
+    state = state_dir or Path(os.environ.get("PARETO_HOME") or ".pareto")
+    return resolve_base(str(source["base"]), Path(state), progress=False)
