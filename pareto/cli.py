@@ -146,7 +146,7 @@ def validate(
     """Check CONFIG without any compute: schema, objectives, weights, reference point, resources."""
     cfg = _load(config, set_)
     from pareto.front.grid import preference_grid
-    from pareto.plan import PlanError, is_real_scale, resolve_plan
+    from pareto.plan import PlanError, is_real_scale, reference_text, resolve_plan
 
     resolved = None
     if plan or (plan is None and is_real_scale(cfg)):
@@ -157,7 +157,7 @@ def validate(
     grid = preference_grid(cfg.k, n_points=cfg.evaluation.grid_points)
     methods = ", ".join(cfg.methods.enabled())
     typer.echo(f"ok: {cfg.name}: task {cfg.task.name}, objectives {cfg.objectives}, methods {methods}, "
-               f"λ grid of {len(grid)} points, reference point {cfg.reference_point}")
+               f"λ grid of {len(grid)} points, reference point {reference_text(cfg)}")
     if resolved is not None:
         typer.echo(resolved.render())
 

@@ -138,8 +138,8 @@ class ClusterConfig(Strict):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(8, ge=1)
     cpus_per_node: int = Field(32, ge=1)
-    seq_len: int = Field(1024, ge=16, description="tokens per sequence (prompt + response) for memory estimates")
-    gradient_checkpointing: bool = Field(True, description="assumed by the activation-memory estimate")
+    seq_len: int = Field(1024, ge=16, description="tokens per sequence (prompt + response) for memory estimates; "
+                                                 "model.max_prompt_tokens + max_response_tokens when both are set")
 
 
 class TaskConfig(Strict):

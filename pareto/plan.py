@@ -150,7 +150,9 @@ def describe_model(name: str, role: str, dtype: str, objectives: tuple[str, ...]
         from transformers import AutoConfig
 
         # local_files_only: a path or what the Hugging Face cache already holds; a miss raises instead of fetching.
-        config = AutoConfig.from_pretrained(name, local_files_only=True)
+        gguf = _gguf_file(name)
+        config = (AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name) if gguf is not None  # metadata
+                  else AutoConfig.from_pretrained(name, local_files_only=True))
         return ModelInfo(role, name, _arch_from_config(config, sequence_classifier), "config on disk", dtype,
                          objectives)
     except Exception:  # not cached, not a path, or an architecture transformers cannot build: use the table
@@ -158,6 +160,22 @@ def describe_model(name: str, role: str, dtype: str, objectives: tuple[str, ...]
     if name in KNOWN_MODELS:
         return ModelInfo(role, name, KNOWN_MODELS[name], "known table", dtype, objectives)
     return ModelInfo(role, name, None, "unknown (not on disk, not in pareto.plan.KNOWN_MODELS)", dtype, objectives)
+
+
+def reference_text(cfg: ExperimentConfig) -> list[float] | str:
+    """The hypervolume reference as configured: numbers, or the rule that derives it from the base model."""
+    if cfg.evaluation.reference_point == "base":
+        return f"the base model's point - {cfg.evaluation.reference_margin:g} (derived when it is scored)"
+    return list(cfg.reference_point)
+
+
+def _gguf_file(name: str) -> Path | None:
+    """The GGUF file a `model.base` names (a path or package:<pkg>/<file>.gguf), if it is one."""
+    if not name.endswith(".gguf"):
+        return None
+    from pareto.io import PACKAGE_PREFIX, package_path
+
+    return package_path(name, "model.base") if name.startswith(PACKAGE_PREFIX) else Path(name).expanduser()
 
 
 def tiny_model(cfg: ExperimentConfig) -> ModelInfo:
@@ -269,9 +287,9 @@ def _source_rows(cfg: ExperimentConfig, split_name: str, subset: str | None) -> 
         key = f"{subset}/{split_name}" if subset else split_name
         rows = PUBLISHED_ROWS.get(ds.hub_id, {}).get(key)
         return rows, "published size" if rows is not None else "size unknown until loaded"
-    from pareto.data.loaders import EXTENSIONS
+    from pareto.data.loaders import EXTENSIONS, local_root
 
-    root = Path(ds.path).expanduser()
+    root = local_root(ds.path)
     if root.is_file():
         return _count_local_rows(root), "rows counted"
     base = root / subset if subset else root
@@ -350,7 +368,7 @@ class MethodPlan:
 class Plan:
     name: str
     objectives: list[str]
-    reference_point: list[float]
+    reference_point: list[float] | str
     task: str
     dataset: dict[str, Any] | None
     splits: list[SplitPlan]
@@ -360,6 +378,7 @@ class Plan:
     methods: list[MethodPlan]
     evaluation: str
     warnings: list[str] = field(default_factory=list)
+    training: str = ""  # device, autocast precision, checkpointing, LoRA placement: what the stages will do
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -396,6 +415,8 @@ class Plan:
             lines.append(f"  cluster     {c['nodes']} node(s) × {c['gpus_per_node']} {c['gpu']} "
                          f"({c['gpu_memory_gib']:g} GiB each), {c['cpus_per_node']} CPUs per node; "
                          f"seq_len {c['seq_len']}")
+        if self.training:
+            lines.append(f"  training    {self.training}")
         lines.append(f"  ray         address {self.ray['address']}; asks at most {self.ray['gpus']:g} GPU(s), "
                      f"{self.ray['cpus']:g} CPU(s) at once")
         for mp in self.methods:
@@ -549,7 +570,9 @@ def resolve_plan(cfg: ExperimentConfig) -> Plan:
     """Everything `pareto validate` reports about a run on its cluster; raises PlanError if it cannot be placed."""
     cluster = cfg.resources.cluster
     seq_len = cluster.seq_len if cluster else 1024
-    ckpt = cluster.gradient_checkpointing if cluster else True
+    if cfg.model.max_prompt_tokens and cfg.model.max_response_tokens:  # the budget training fits rows into
+        seq_len = cfg.model.max_prompt_tokens + cfg.model.max_response_tokens
+    ckpt = cfg.model.gradient_checkpointing  # what training does (pareto.models.device), not an assumption
     if cfg.model.base == "tiny":
         policy = tiny_model(cfg)
         seq_len = cfg.model.tiny.max_length if cluster is None else seq_len
@@ -645,12 +668,23 @@ def resolve_plan(cfg: ExperimentConfig) -> Plan:
                   f"scored by {ev.scorer}")
     address = (cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
                or "$RAY_ADDRESS (set by `ray job submit`), else a local Ray")
-    return Plan(
-        name=cfg.name, objectives=list(cfg.objectives), reference_point=list(cfg.reference_point),
+    return Plan(training=_training_line(cfg, seq_len),
+        name=cfg.name, objectives=list(cfg.objectives), reference_point=reference_text(cfg),
         task=cfg.task.name, dataset=ds.model_dump(mode="json") if ds else None, splits=splits,
         models=[policy, *rewards], cluster=cluster.model_dump(mode="json") if cluster else None,
         ray={"address": address, "gpus": peak_gpus, "cpus": peak_cpus}, methods=methods, evaluation=evaluation,
         warnings=warnings)
+
+
+def _training_line(cfg: ExperimentConfig, seq_len: int) -> str:
+    """What the stages do on the device each task gets (`pareto.models.device.Placement`), stated once."""
+    gpu = cfg.resources.gpus_per_task > 0
+    precision = {"fp32": "fp32", "bf16": "bf16 autocast",
+                 "auto": "bf16 autocast (auto: on a GPU with bf16)" if gpu else "fp32 (auto on CPU)"}
+    ckpt = "on" if cfg.model.gradient_checkpointing else "off"
+    return (f"{'GPU ' + format(cfg.resources.gpus_per_task, 'g') if gpu else 'CPU'} per task, "
+            f"{precision[cfg.model.precision]}, gradient checkpointing {ckpt}, "
+            f"weights {cfg.model.dtype}, {seq_len} tokens per sequence")
 
 
 def is_real_scale(cfg: ExperimentConfig) -> bool:

@@ -203,7 +203,7 @@ def _find_split_file(root: Path, name: str) -> Path:
                        f"{', '.join(name + e for e in EXTENSIONS[1:])})")
 
 
-def _local_root(path: str) -> Path:
+def local_root(path: str) -> Path:
     """A local dataset path; `package:<package>/<folder>` is a folder shipped inside an installed package (the
     HH-RLHF test pairs ship as `package:pareto/data/hh_rlhf`)."""
     if path.startswith(PACKAGE_PREFIX):
@@ -217,7 +217,7 @@ def _local_root(path: str) -> Path:
 def local_source(path: str | Path, split_expr: str, max_rows: int | None = None,
                  subdir: str | None = None) -> RowSource:
     """Rows of one split from local files: a directory with one file per split, or a single file for all."""
-    root = _local_root(str(path))
+    root = local_root(str(path))
     name, slice_spec = _parse_split(split_expr)
     if root.is_file():
         file = root  # one file: every split reads it, told apart by slices

@@ -6,6 +6,10 @@ keeps every number the same width):
 
     "How do I bake bread? <helpful> +1.3 <harmless> -0.2 <concise> +0.5"
 
+A dialogue prompt (an HH-RLHF transcript ending in "\n\nAssistant:", as real datasets give them) gets its tags at the
+end of the last Human turn, before the "\n\nAssistant:" that asks for the reply, as RiC writes them; appended after
+it they would read as an Assistant turn of their own once the prompt becomes chat messages.
+
 `parse_prompt` inverts `format_prompt` exactly (the tag block is removed with `removesuffix`; RiC's `rstrip` strips
 a *character set* and eats into the prompt). A preference λ becomes desired rewards with the paper's closed-form
 mapping over the reward range *observed* in the training data (the reference evaluation uses a N(0, 1) box), or
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from peft import PeftModel
 
+from pareto.data.chat import ASSISTANT, is_transcript
 from pareto.models.conditioned import read_policy_meta
 from pareto.models.policy import generate, load_policy
 
@@ -45,16 +50,28 @@ def reward_tags(objectives: Sequence[str], rewards: Sequence[float]) -> str:
     return " ".join(f"<{name}> {format_value(r)}" for name, r in zip(objectives, rewards, strict=True))
 
 
+def _is_dialogue(prompt: str) -> bool:
+    return is_transcript(prompt) and prompt.endswith(ASSISTANT)
+
+
 def format_prompt(prompt: str, objectives: Sequence[str], rewards: Sequence[float]) -> str:
-    """The prompt with its reward tags appended (the model is trained and queried on this text)."""
-    return f"{prompt} {reward_tags(objectives, rewards)}"
+    """The prompt with its reward tags appended (the model is trained and queried on this text); a dialogue's tags
+    close its last Human turn, before the final "\n\nAssistant:"."""
+    tags = reward_tags(objectives, rewards)
+    if _is_dialogue(prompt):
+        return f"{prompt.removesuffix(ASSISTANT)} {tags}{ASSISTANT}"
+    return f"{prompt} {tags}"
 
 
 def parse_prompt(text: str, objectives: Sequence[str]) -> tuple[str, tuple[float, ...]]:
     """Split a conditioned prompt back into (prompt, rewards); ValueError if the tags are not there."""
     number = r"([+-]\d+\.\d)"
-    pattern = r" " + " ".join(rf"<{re.escape(name)}> {number}" for name in objectives) + r"$"
-    match = re.search(pattern, text)
+    tags = r" " + " ".join(rf"<{re.escape(name)}> {number}" for name in objectives)
+    dialogue = re.search(tags + re.escape(ASSISTANT) + r"$", text) if _is_dialogue(text) else None
+    if dialogue is not None:
+        suffix = text[dialogue.start():]
+        return text.removesuffix(suffix) + ASSISTANT, tuple(float(v) for v in dialogue.groups())
+    match = re.search(tags + r"$", text)
     if match is None:
         raise ValueError(f"no reward tags for {list(objectives)} at the end of {text!r}")
     suffix = text[match.start():]

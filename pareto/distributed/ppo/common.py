@@ -1,4 +1,5 @@
-"""Helpers every PPO actor shares: thread pinning, models from bundles, per-token log-probs, batch collation."""
+"""Helpers every PPO actor shares: thread pinning, its device, models from bundles or by reference, per-token
+log-probs, batch collation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pareto.distributed.bundle import Bundle, unpack
+from pareto.distributed.bundle import ModelRef, unpack
+from pareto.models.device import DeviceError, resolve_device
 
 
 def setup_worker(threads: int, seed: int) -> None:
@@ -21,14 +23,35 @@ def setup_worker(threads: int, seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def actor_device(device: str, role: str) -> str:
+    """The torch device an actor computes on: "cpu", or its first visible GPU when its share asks for one (Ray sets
+    CUDA_VISIBLE_DEVICES per actor, so that is `cuda:0`); a GPU share on a node without one is a one-line
+    `DeviceError` naming the setting (`pareto.models.device.resolve_device`)."""
+    if not str(device).startswith("cuda"):
+        return "cpu"
+    try:
+        return str(resolve_device(1.0))
+    except DeviceError as err:
+        raise DeviceError(str(err).replace("resources.gpus_per_task", f"ppo.{role}.gpus")) from None
+
+
 UNPACK_ROOT = Path(tempfile.gettempdir()) / "pareto-ppo"
 
 
-def unpack_tmp(bundle: Bundle, name: str) -> Path:
-    """A bundle unpacked into a private temp dir that lives as long as the actor process.
+def is_hub_id(ref: str) -> bool:
+    """A model named by its Hugging Face id (owner/name), not a folder: every actor loads it itself."""
+    path = Path(ref)
+    return not path.exists() and not path.is_absolute() and not ref.startswith((".", "~")) and ref.count("/") <= 1
+
+
+def unpack_tmp(bundle: ModelRef, name: str) -> Path | str:
+    """Where an actor loads a model from: a bundle (bytes) unpacked into a private temp dir that lives as long as
+    the actor process; a reference (a folder every node reads, or a hub id) as it is, never copied.
 
     The dir is named after the process id and removed at exit; an actor killed with SIGKILL cannot clean up, so
     every new unpack first removes the dirs of processes that are gone (else each restart leaks a model copy)."""
+    if isinstance(bundle, str):
+        return bundle if is_hub_id(bundle) else unpack(bundle, bundle)  # a folder: checked, returned as it is
     UNPACK_ROOT.mkdir(parents=True, exist_ok=True)
     for stale in UNPACK_ROOT.iterdir():
         pid = stale.name.split("-", 1)[0]

@@ -22,6 +22,7 @@ import functools
 import itertools
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from tqdm.auto import tqdm
 
 from pareto.config import ExperimentConfig
-from pareto.distributed.bundle import Bundle
+from pareto.data.task import Task
+from pareto.distributed.bundle import ModelRef, unpack
 from pareto.distributed.ppo.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -43,6 +45,7 @@ from pareto.distributed.ppo.checkpoint import (
 )
 from pareto.distributed.ppo.common import collate
 from pareto.distributed.ppo.group import ActorGroup, check_cluster, get_all
+from pareto.distributed.stages import fitted_task
 from pareto.evaluation import PointEval, evaluate_grid
 from pareto.io import atomic_write_text
 from pareto.methods import load_method
@@ -57,6 +60,8 @@ from pareto.objectives.rl import (
 )
 
 RECOVERABLE = (RayActorError, ActorUnavailableError)
+ROLLOUT_SAMPLES = 4  # rollout rows kept per unit, with the tokens the model saw
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
 
 
 def _seed(*parts: int) -> int:
@@ -107,8 +112,10 @@ def checkpoint_root(cfg: ExperimentConfig, method: str) -> Path:
 class PPORun:
     """Train every unit of one PPO method on one set of actors (reused across units, recreated on failure)."""
 
-    def __init__(self, cfg: ExperimentConfig, method: str, base: Bundle, reward: Bundle | None, grid: np.ndarray,
+    def __init__(self, cfg: ExperimentConfig, method: str, base: ModelRef, reward: ModelRef | None, grid: np.ndarray,
                  root: Path | None = None, progress: bool = True) -> None:
+        """`base`: the base policy (bytes, or a folder / hub id by reference); `reward`: the run's saved reward model
+        (`SourcedReward`; bytes or a folder), None when every objective has a rule or oracle source."""
         self.cfg, self.name, self.progress = cfg, method, progress
         self.mcfg = getattr(cfg.methods, method)
         if self.mcfg is None:
@@ -123,11 +130,13 @@ class PPORun:
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_ref, self.reward_ref = ray.put(base), (ray.put(reward) if reward is not None else None)
         self.grid = np.atleast_2d(np.asarray(grid, dtype=np.float64))
-        from pareto.data import load_task
-
-        self.task = load_task(cfg.task.name, seed=cfg.seed)
-        self.train_prompts = [p.text for p in self.task.prompts("train")]
-        self.eval_prompts = [p.text for p in self.task.prompts("eval")][: cfg.evaluation.n_prompts or None]
+        task = task_of(cfg, base)  # tiny-hh or a dataset, its prompts fit into the base model's context
+        self.oracle_ref = ray.put(task.oracle) if task.oracle is not None else None
+        self.train_prompts = task.prompts["train"]
+        self.eval_prompts = task.prompts["eval"][: cfg.evaluation.n_prompts or None]
+        if not self.train_prompts or not self.eval_prompts:
+            raise ValueError(f"{method}: task {cfg.task.name!r} has {len(self.train_prompts)} train and "
+                             f"{len(self.eval_prompts)} eval prompts that fit the base model's context; PPO needs both")
         self.group: ActorGroup | None = None
         self.generation = 0
         self.restarts = 0
@@ -150,7 +159,7 @@ class PPORun:
         self.group = None
         check_cluster(self.cfg)
         self.group = ActorGroup(self.cfg, self.name, self.base_ref, self.reward_ref, self.root.name,
-                                self.generation, self.cfg.seed, self.n_heads)
+                                self.generation, self.cfg.seed, self.n_heads, oracle_ref=self.oracle_ref)
         self.generation += 1
         return self.group
 
@@ -228,7 +237,7 @@ class PPORun:
                 memo.update(key=responses, value=group.evaluate_scores(prompts, responses))
             return memo["value"][name]
 
-        names = group.evaluate_scores(self.eval_prompts[:1], [""]).keys()
+        names = group.scorer_names()
         points = evaluate_grid(generate, self.eval_prompts, grid, {n: functools.partial(score, n) for n in names})
         if "oracle" not in names:
             return points, None
@@ -236,7 +245,11 @@ class PPORun:
         return points, rows.tolist()
 
     def _base_points(self) -> dict:
-        """The SFT base on the method's λ grid (engines are at version 0 = base until their first sync)."""
+        """The SFT base on the method's λ grid (engines are at version 0 = base until their first sync), for the
+        paired oracle comparison per λ. A task without an oracle skips it: its fronts carry the pipeline's base point
+        (`recorder.log_method`), scored by the same reward model."""
+        if self.oracle_ref is None:
+            return {"points": [], "oracle_rows": None}
         path = self.root / "base_eval.json"
         if not path.is_file():
             assert ray.get(self.group.engines[0].info.remote())["version"] == 0
@@ -248,6 +261,7 @@ class PPORun:
     # ---- one unit ---------------------------------------------------------------------------------------------
     def _train_unit(self, unit: Unit, until_step: int | None) -> dict | None:
         cfg, mcfg, group = self.cfg, self.mcfg, self.group
+        self.rollout_samples: list[dict] = []
         group.setup(unit.seed)
         stream = PromptStream(self.train_prompts, unit.seed)
         stats = RunningZScore(names=tuple(cfg.objectives))
@@ -304,6 +318,7 @@ class PPORun:
                 "tokens_per_second": tokens / max(seconds, 1e-9), "eval_seconds": eval_seconds,
                 "points": [p.to_dict() for p in points], "oracle_rows": oracle_rows,
                 "lambda_schedule": schedule, "restarts": self.restarts,
+                "rollout_samples": self.rollout_samples,  # of the last step this process ran
                 "resumed_from_step": resumed_from, "final_version": version, "models_trained": 1,
                 "policy_kind": "panacea" if self.conditioned else None}  # serving loads Panacea-PPO as Panacea
 
@@ -374,6 +389,11 @@ class PPORun:
             rollout_logp[i, len(p) - 1: len(p) - 1 + len(lp)] = torch.tensor(lp)
         n_tok = float(mask.sum())
         t_step = time.perf_counter() - t0
+        # what the policy saw and answered (the first rows of the step): the task's prompt, the token ids the engine
+        # fed the model (the prompt rendered by the model's chat template), the answer and its reward vector
+        self.rollout_samples = [{"prompt": rows[i], "prompt_ids": list(gen["prompt_ids"][i]),
+                                 "response": gen["texts"][i], "reward": raw[i].tolist()}
+                                for i in range(min(ROLLOUT_SAMPLES, len(rows)))]
         row = {"step": step, "version": float(gen["version"]), "score": float(score.mean()),
                "kl": float(seq_kl.mean()), "kl_coef": beta, "response_tokens": n_tok / mask.shape[0],
                "finished_rate": float(np.mean(gen["finished"])),
@@ -419,9 +439,26 @@ def vs_sft_table(name: str, rows: list[dict], objectives: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_ppo_method(cfg: ExperimentConfig, method: str, base: Bundle, reward: Bundle | None, grid: np.ndarray,
+def task_of(cfg: ExperimentConfig, base: ModelRef) -> Task:
+    """The run's task (`pareto.data.task`), a dataset's prompts fit into the base model's context: its tokenizer and
+    config are read from `base` (bytes: only those files are written out, not the weights; a folder or hub id: read
+    where it is)."""
+    if cfg.task.dataset is None:
+        return fitted_task(cfg)
+    if isinstance(base, str):
+        return fitted_task(cfg, base)
+    with tempfile.TemporaryDirectory() as tmp:
+        light = {k: v for k, v in base.items() if not k.endswith(WEIGHT_SUFFIXES)}
+        return fitted_task(cfg, unpack(light, Path(tmp) / "base"))
+
+
+def run_ppo_method(cfg: ExperimentConfig, method: str, base: ModelRef, reward: ModelRef | None, grid: np.ndarray,
                    progress: bool = True) -> dict[str, dict]:
-    """Train and evaluate one PPO method; results keyed like the pipeline's method stages ("morlhf/0", ...)."""
+    """Train and evaluate one PPO method; results keyed like the pipeline's method stages ("morlhf/0", ...).
+
+    `base` is the pipeline's base model (`StageModels.base`: bytes, or a folder / hub id by reference) and `reward`
+    its reward model (`StageModels.reward`: the saved `SourcedReward`, normaliser included), so the fronts are scored
+    like the DPO methods' and sit next to the same base point."""
     run = PPORun(cfg, method, base, reward, grid, progress=progress)
     try:
         return run.run()

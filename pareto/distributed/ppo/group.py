@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pareto.config import ActorShare, ExperimentConfig
 from pareto.distributed.ppo.rollout import engine_class
 from pareto.distributed.ppo.trainer import TrainerRank
-from pareto.distributed.ppo.workers import ReferenceWorker, RewardWorker, reward_sources
+from pareto.distributed.ppo.workers import ReferenceWorker, RewardWorker
 
 NAMESPACE = "pareto"  # named actors, so an operator (or a fault test) can find them: ray.get_actor(name, NAMESPACE)
 PLACEMENT_TIMEOUT_S = 900
@@ -48,7 +48,23 @@ def _resources(share: ActorShare) -> dict:
 
 
 def _device(share: ActorShare) -> str:
-    return "cuda" if share.gpus > 0 else "cpu"
+    """The device an actor of this share computes on (checked inside the actor: `common.actor_device`)."""
+    return "cuda:0" if share.gpus > 0 else "cpu"
+
+
+def training_sources(cfg: ExperimentConfig) -> dict[str, str]:
+    """objective -> what scores it in PPO's reward vector: the run's reward model's source
+    (`ExperimentConfig.reward_sources()`: hf, a rule, else learned), overridden by `ppo.reward_sources`."""
+    return {**cfg.reward_sources(), **cfg.ppo.reward_sources}
+
+
+def task_oracle(cfg: ExperimentConfig):
+    """The synthetic task's oracle (for the oracle reward source and the oracle front); None for a dataset."""
+    if cfg.task.dataset is not None:
+        return None
+    from pareto.data.task import build_task
+
+    return build_task(cfg).oracle
 
 
 def check_cluster(cfg: ExperimentConfig) -> None:
@@ -68,14 +84,17 @@ def check_cluster(cfg: ExperimentConfig) -> None:
 
 class ActorGroup:
     def __init__(self, cfg: ExperimentConfig, method: str, base_ref: ray.ObjectRef, reward_ref: ray.ObjectRef | None,
-                 tag: str, generation: int, seed: int, n_heads: int) -> None:
+                 tag: str, generation: int, seed: int, n_heads: int, oracle_ref: ray.ObjectRef | None = None) -> None:
+        """`base_ref` / `reward_ref`: the base policy and the run's saved reward model (bytes, or a path / hub id by
+        reference); `oracle_ref`: the task's oracle (default: built from the config; None for a dataset)."""
         ppo, mcfg = cfg.ppo, getattr(cfg.methods, method)
         objectives = tuple(cfg.objectives)
         self.tag = f"ppo-{tag}-{uuid.uuid4().hex[:6]}-g{generation}"  # unique: a killed actor's name frees lazily
         self.cfg = cfg
         self.actors: list = []
         self.pg = None
-        task = cfg.task.name if cfg.task.dataset is None else None
+        if oracle_ref is None and cfg.task.dataset is None:
+            oracle_ref = ray.put(task_oracle(cfg))
 
         def make(cls, share: ActorShare, role: str, i: int, *args, **options):
             actor = ray.remote(cls).options(name=f"{self.tag}-{role}-{i}", namespace=NAMESPACE, max_restarts=0,
@@ -99,10 +118,8 @@ class ActorGroup:
             self.engines = [make(engine_class(ppo.engine), ppo.rollout, "rollout", i, base_ref, method, mcfg,
                                  objectives, seed, ppo.rollout.threads, _device(ppo.rollout), *engine_args)
                             for i in range(ppo.rollout.count)]
-            sources = reward_sources(cfg)
-            hf = [spec for spec in cfg.reward_model.hf if any(sources[o] == "hf" for o in spec.objectives)]
-            self.rewards = [make(RewardWorker, ppo.reward, "reward", i, reward_ref, objectives, sources, task,
-                                 cfg.seed, ppo.reward.threads, hf, _device(ppo.reward))
+            self.rewards = [make(RewardWorker, ppo.reward, "reward", i, reward_ref, objectives, training_sources(cfg),
+                                 oracle_ref, cfg.seed, ppo.reward.threads, cfg.reward_model.hf, _device(ppo.reward))
                             for i in range(ppo.reward.count)]
             self.references = [make(ReferenceWorker, ppo.reference, "reference", i, base_ref, seed,
                                     ppo.reference.threads, _device(ppo.reference)) for i in range(ppo.reference.count)]
@@ -168,6 +185,9 @@ class ActorGroup:
         parts = split(batch["input_ids"].shape[0], len(self.trainers))
         return [t.experience.remote({k: v[s] for k, v in batch.items()}) for t, s in zip(self.trainers, parts,
                                                                                           strict=True)]
+
+    def scorer_names(self) -> list[str]:
+        return ray.get(self.rewards[0].scorer_names.remote())
 
     def evaluate_scores(self, prompts: Sequence[str], texts: Sequence[str]) -> dict[str, torch.Tensor]:
         parts = split(len(prompts), len(self.rewards))

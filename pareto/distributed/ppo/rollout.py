@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pareto.distributed.bundle import Bundle, pack
-from pareto.distributed.ppo.common import setup_worker, unpack_tmp
+from pareto.distributed.bundle import Bundle, ModelRef, pack
+from pareto.distributed.ppo.common import actor_device, setup_worker, unpack_tmp
 from pareto.methods import load_method
 from pareto.models.policy import load_policy, prompt_text
 
@@ -29,14 +29,14 @@ from pareto.models.policy import load_policy, prompt_text
 class TransformersRolloutEngine:
     """transformers `generate` on a local copy of the policy (base + adapter), weights replaced on sync."""
 
-    def __init__(self, base: Bundle, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
+    def __init__(self, base: ModelRef, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
                  device: str = "cpu") -> None:
         setup_worker(threads, seed)
         self.method, self.mcfg, self.objectives = load_method(method), mcfg, tuple(objectives)
-        self.base_dir = unpack_tmp(base, "base")
-        base_model, self.tokenizer = load_policy(self.base_dir)
-        self.model = self.method.build_policy(base_model, len(objectives), mcfg).to(device).eval()
-        self.device = device
+        self.device = actor_device(device, "rollout")
+        self.base_dir = unpack_tmp(base, "base")  # bytes unpacked; a folder or hub id by reference, never copied
+        base_model, self.tokenizer = load_policy(self.base_dir, device=self.device)
+        self.model = self.method.build_policy(base_model, len(objectives), mcfg).to(self.device).eval()
         self.version = 0  # the freshly built adapter is a zero change: version 0 is the base policy
 
     def info(self) -> dict:

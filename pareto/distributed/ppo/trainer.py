@@ -19,9 +19,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import AutoModel
 
-from pareto.distributed.bundle import Bundle
+from pareto.distributed.bundle import ModelRef
 from pareto.distributed.ppo.checkpoint import flatten_optimizer, unflatten_optimizer
-from pareto.distributed.ppo.common import entropy, sequence_logprobs, setup_worker, unpack_tmp
+from pareto.distributed.ppo.common import actor_device, entropy, sequence_logprobs, setup_worker, unpack_tmp
 from pareto.methods import load_method
 from pareto.models.policy import load_policy
 from pareto.objectives.rl import clipped_policy_loss, clipped_value_loss, masked_mean
@@ -53,11 +53,11 @@ def _free_port() -> int:
 class TrainerRank:
     """One data-parallel rank. `setup` builds fresh models and optimizers (one call per trained unit)."""
 
-    def __init__(self, rank: int, world_size: int, base: Bundle, method: str, mcfg, objectives: Sequence[str],
+    def __init__(self, rank: int, world_size: int, base: ModelRef, method: str, mcfg, objectives: Sequence[str],
                  n_heads: int, threads: int, device: str = "cpu") -> None:
         setup_worker(threads, rank)
-        self.rank, self.world_size, self.device = rank, world_size, device
-        self.base_dir = unpack_tmp(base, "base")
+        self.rank, self.world_size, self.device = rank, world_size, actor_device(device, "trainer")
+        self.base_dir = unpack_tmp(base, "base")  # bytes unpacked; a folder or hub id by reference, never copied
         self.method_name, self.method, self.mcfg = method, load_method(method), mcfg
         self.objectives, self.n_heads = tuple(objectives), n_heads
 
@@ -82,10 +82,10 @@ class TrainerRank:
         """Fresh policy adapter, critic and optimizers, identical on every rank (same seed; DDP also broadcasts)."""
         torch.manual_seed(seed)
         cfg = self.mcfg
-        base, _ = load_policy(self.base_dir)
+        base, _ = load_policy(self.base_dir, device=self.device)
         self.policy = self.method.build_policy(base, len(self.objectives), cfg).to(self.device)
         self.policy.train()
-        backbone = AutoModel.from_pretrained(str(self.base_dir))
+        backbone = AutoModel.from_pretrained(str(self.base_dir)).to(self.device)
         self.critic = ValueModel(backbone, self.n_heads, len(self.objectives)).to(self.device)
         # λ is a per-rank buffer of the SVD-LoRA layers: DDP must not broadcast rank 0's over ours at each forward.
         self.ddp_policy = DDP(self.policy, forward_sync_buffers=False)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pareto.config import PPOVLLMConfig
-from pareto.distributed.bundle import Bundle
+from pareto.distributed.bundle import ModelRef
 from pareto.distributed.ppo.rollout import TransformersRolloutEngine
 from pareto.generation.vllm_server import VLLMError, VLLMServer, VLLMServerGenerator, _request, vllm_python
 from pareto.models.policy import prompt_text
@@ -62,7 +62,7 @@ def adapter_rank(model) -> int:
 class VLLMRolloutEngine(TransformersRolloutEngine):
     """Rollouts from a vLLM server; the interface of `TransformersRolloutEngine` (same outputs, same versions)."""
 
-    def __init__(self, base: Bundle, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
+    def __init__(self, base: ModelRef, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
                  device: str = "cpu", vllm: PPOVLLMConfig | None = None) -> None:
         # the local copy only receives syncs and exports adapters: CPU, whatever the server runs on
         super().__init__(base, method, mcfg, objectives, seed, threads, device="cpu")

@@ -4,120 +4,101 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from pareto.config import ExperimentConfig, HFRewardModelConfig
-from pareto.distributed.bundle import Bundle
-from pareto.distributed.ppo.common import sequence_logprobs, setup_worker, unpack_tmp
+from pareto.config import HFRewardModelConfig
+from pareto.data.task import TaskOracle
+from pareto.distributed.bundle import ModelRef
+from pareto.distributed.ppo.common import actor_device, sequence_logprobs, setup_worker, unpack_tmp
 from pareto.models.policy import load_policy
-
-
-def length_score(responses: Sequence[str]) -> torch.Tensor:
-    """Rule-based conciseness: minus the number of words (scale-free: rewards are whitened per objective)."""
-    return torch.tensor([-float(len(r.split())) for r in responses])
+from pareto.models.scorer import SourcedReward
 
 
 class RewardWorker:
-    """Scores K objectives together: learned reward models and rule-based objectives, column by column.
+    """Scores K objectives together, column by column, through `pareto.models.scorer`.
 
-    sources: objective -> "learned" (the multi-head MiniLM reward model, z-scored), "hf" (a Hugging Face
-    sequence-classification reward model of `reward_model.hf`, raw scores), "length" (rule) or "oracle" (the
-    synthetic task's own rule); see `reward_sources`. Each model runs once per batch for all its objectives.
+    Training (`score`): each objective by its PPO source (`sources`: `ExperimentConfig.reward_sources()` overridden
+    by `ppo.reward_sources`): "learned" (a head of the run's MiniLM reward model), "hf" (the `reward_model.hf` entry
+    scoring it), "length" (`scorer.length_score`) or "oracle" (the synthetic task's rule). The columns are raw:
+    PPO whitens every objective with its own running statistics, so a column's scale does not matter. Each model runs
+    once per batch for all its objectives.
+
+    Evaluation (`evaluate`): the scorers of the DPO methods' fronts: the task's oracle when it has one, and
+    "reward_model", the run's saved `SourcedReward` (`reward`, a saved folder as bytes or by path) with its frozen
+    normaliser, so a PPO front and the base point are scored exactly like every other front.
     """
 
-    def __init__(self, reward: Bundle | None, objectives: Sequence[str], sources: dict[str, str], task: str | None,
-                 task_seed: int, threads: int, hf: Sequence[HFRewardModelConfig] = (), device: str = "cpu") -> None:
-        setup_worker(threads, task_seed)
+    def __init__(self, reward: ModelRef | None, objectives: Sequence[str], sources: dict[str, str],
+                 oracle: TaskOracle | None, seed: int, threads: int, hf: Sequence[HFRewardModelConfig] = (),
+                 device: str = "cpu") -> None:
+        setup_worker(threads, seed)
+        device = actor_device(device, "reward")
         self.objectives = tuple(objectives)
         self.sources = {o: sources.get(o, "learned") for o in self.objectives}
-        self.learned = None
-        if reward is not None:
-            from pareto.models.reward import LearnedVectorReward
+        path = Path(unpack_tmp(reward, "reward")) if reward is not None else None
+        self.scorer = SourcedReward.load(path, device=device) if path is not None else None
+        self.oracle = oracle
+        if oracle is not None and tuple(oracle.names) != self.objectives:
+            raise ValueError(f"the task's oracle scores {oracle.names}, not the objectives {self.objectives}")
+        if "oracle" in self.sources.values() and oracle is None:
+            raise ValueError("reward source 'oracle' needs a synthetic task (one with an oracle)")
+        self.ruled = tuple(o for o in self.objectives if self.sources[o] != "oracle")
+        self.train = self._training_reward(path, hf, device) if self.ruled else None
 
-            self.learned = LearnedVectorReward.load(unpack_tmp(reward, "reward"))
-            self.learned_index = [self.learned.names.index(o) for o in self.objectives]
-        elif "learned" in self.sources.values():
-            raise ValueError("objectives with source 'learned' need a trained reward model")
-        self.hf = None
-        self.hf_names = [o for o in self.objectives if self.sources[o] == "hf"]
-        if self.hf_names:
-            from pareto.models.hf_reward import HFRewardModel, HFVectorReward
+    def _training_reward(self, path: Path | None, hf: Sequence[HFRewardModelConfig], device: str) -> SourcedReward:
+        """The scorer of the non-oracle training columns: the run's own when it takes them from the same sources (one
+        copy of each reward model), else one built for the PPO sources (sharing the run's learned heads)."""
+        wanted = {o: self.sources[o] for o in self.ruled}
+        if self.scorer is not None and all(self.scorer.sources.get(o) == s for o, s in wanted.items()):
+            return self.scorer
+        learned = None
+        if "learned" in wanted.values():
+            learned = self.scorer.learned if self.scorer is not None else None
+            if learned is None and path is not None and (path / "heads.safetensors").is_file():
+                from pareto.models.reward import LearnedVectorReward, TextEncoder
 
-            # only the entries that score an hf-sourced objective are loaded (a model can be large)
-            specs = [spec for spec in hf if set(spec.objectives) & set(self.hf_names)]
-            self.hf = HFVectorReward([HFRewardModel(spec, device=device) for spec in specs], self.hf_names)
-        self.task = None
-        if task is not None:
-            from pareto.data import load_task
-
-            self.task = load_task(task, seed=task_seed)
-            self.oracle_index = [self.task.objectives.index(o) for o in self.objectives]
+                learned = LearnedVectorReward.load(path, encoder=TextEncoder(device=device))
+        return SourcedReward(self.ruled, wanted, learned, hf, device=device)  # learned missing: one-line error
 
     def ping(self) -> bool:
         return True
 
-    def _learned(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        return self.learned(prompts, responses)[:, self.learned_index]
-
-    def _oracle(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        if self.task is None:
-            raise ValueError("reward source 'oracle' needs a synthetic task")
-        return self.task.oracle_scores(prompts, responses)[:, self.oracle_index]
-
-    def _hf(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Raw HF reward-model scores per hf-sourced objective (PPO whitens every objective anyway)."""
-        raw = self.hf.raw(prompts, responses)
-        return {name: raw[:, j] for j, name in enumerate(self.hf_names)}
+    def scorer_names(self) -> list[str]:
+        """The evaluation scorers this worker gives (`evaluate`'s keys)."""
+        return (["oracle"] if self.oracle is not None else []) + (["reward_model"] if self.scorer is not None else [])
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> dict:
-        """The reward vector PPO optimises: {"reward": [B, K], "seconds": float}."""
+        """The reward vector PPO optimises: {"reward": [B, K] float32, "seconds": float}."""
         start = time.perf_counter()
-        used = set(self.sources.values())
-        learned = self._learned(prompts, responses) if "learned" in used else None
-        oracle = self._oracle(prompts, responses) if "oracle" in used else None
-        hf = self._hf(prompts, responses) if "hf" in used else None
-        length = length_score(responses) if "length" in used else None
-        columns = []
-        for k, name in enumerate(self.objectives):
-            source = self.sources[name]
-            columns.append(learned[:, k] if source == "learned" else oracle[:, k] if source == "oracle"
-                           else hf[name] if source == "hf" else length)
-        return {"reward": torch.stack(columns, dim=1).float(), "seconds": time.perf_counter() - start}
+        columns: dict[str, torch.Tensor] = {}
+        if self.train is not None:
+            raw = self.train.raw(prompts, responses)
+            columns.update({o: raw[:, self.train.names.index(o)] for o in self.ruled})
+        if len(self.ruled) < len(self.objectives):
+            oracle = self.oracle(prompts, responses)
+            columns.update({o: oracle[:, k] for k, o in enumerate(self.objectives) if o not in columns})
+        reward = torch.stack([columns[o] for o in self.objectives], dim=1).float()
+        return {"reward": reward, "seconds": time.perf_counter() - start}
 
     def evaluate(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Evaluation scorers, as the DPO methods' fronts have them: the oracle and the reward models.
-
-        "reward_model" takes each objective from the HF reward model that scores it (raw, as a fixed reference
-        point expects) when its source is hf, else from the learned model; it is left out when some objective
-        has neither.
-        """
+        """Evaluation scores per scorer, [B, K] each, as the DPO methods' fronts have them."""
         out = {}
-        if self.task is not None:
-            out["oracle"] = self._oracle(prompts, responses)
-        learned = self._learned(prompts, responses) if self.learned is not None else None
-        hf = self._hf(prompts, responses) if self.hf is not None else {}
-        if learned is not None or len(hf) == len(self.objectives):
-            out["reward_model"] = torch.stack([hf[name] if name in hf else learned[:, k]
-                                               for k, name in enumerate(self.objectives)], dim=1).float()
+        if self.oracle is not None:
+            out["oracle"] = self.oracle(prompts, responses).float()
+        if self.scorer is not None:
+            out["reward_model"] = self.scorer(prompts, responses)
         return out
-
-
-def reward_sources(cfg: ExperimentConfig) -> dict[str, str]:
-    """objective -> reward source: `ppo.reward_sources`, else hf for an objective a `reward_model.hf` entry scores,
-    else learned."""
-    by_hf = {name for rm in cfg.reward_model.hf for name in rm.objectives}
-    return {o: cfg.ppo.reward_sources.get(o, "hf" if o in by_hf else "learned") for o in cfg.objectives}
 
 
 class ReferenceWorker:
     """The frozen SFT policy: per-token log-probs of rollouts, for the KL penalty."""
 
-    def __init__(self, base: Bundle, seed: int, threads: int, device: str = "cpu") -> None:
+    def __init__(self, base: ModelRef, seed: int, threads: int, device: str = "cpu") -> None:
         setup_worker(threads, seed)
-        self.model, _ = load_policy(unpack_tmp(base, "base"))
-        self.model.to(device).eval()
-        self.device = device
+        self.device = actor_device(device, "reference")
+        self.model, _ = load_policy(unpack_tmp(base, "base"), device=self.device)
 
     def ping(self) -> bool:
         return True
