@@ -214,6 +214,8 @@ class RewardModelConfig(Strict):
     encoder: str = Field("sentence-transformers/all-MiniLM-L6-v2",
                          description="sentence encoder; the MiniLM one is loaded offline from its PyPI package")
     hidden_size: int = Field(256, ge=8)
+    encoder_max_length: int = Field(128, ge=16, le=512, description="tokens of 'last user turn + reply' the "
+                                                                     "encoder reads")
     epochs: int = Field(60, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)

@@ -166,7 +166,7 @@ def reward_stage(cfg: ExperimentConfig) -> dict:
     if rm_cfg.max_pairs is not None and len(train) > rm_cfg.max_pairs:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), rm_cfg.max_pairs, replace=False))
         train = [train[i] for i in keep]
-    encoder = TextEncoder(device=Placement.from_config(cfg).device)
+    encoder = TextEncoder(max_length=rm_cfg.encoder_max_length, device=Placement.from_config(cfg).device)
     start = time.perf_counter()
     trained = train_reward_model(encoder, names, train, held_out, epochs=rm_cfg.epochs, lr=rm_cfg.lr, seed=cfg.seed,
                                  weight_decay=rm_cfg.weight_decay, hidden=(rm_cfg.hidden_size,),

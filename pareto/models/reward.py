@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from pareto.data.chat import last_user_turn
 from pareto.io import read_safetensors
 from pareto.models.device import no_autocast
 from pareto.objectives.base import RunningZScore
@@ -135,8 +136,10 @@ class TextEncoder:
 
 
 def pair_text(prompt: str, response: str) -> str:
-    """How a (prompt, response) pair is shown to the encoder: one dialogue-shaped string."""
-    return f"User: {prompt.strip()}\nAssistant: {response.strip()}"
+    """How a (prompt, response) pair is shown to the encoder: one dialogue-shaped string of the last user turn and
+    the reply (a whole multi-turn transcript would push the reply past MiniLM's context, so it would score the
+    dialogue, not the answer)."""
+    return f"User: {last_user_turn(prompt).strip()}\nAssistant: {response.strip()}"
 
 
 def length_features(responses: Sequence[str]) -> torch.Tensor:
@@ -462,7 +465,8 @@ class LearnedVectorReward:
 
     @classmethod
     def load(
-        cls, path: str | Path, encoder: TextEncoder | None = None, names: Sequence[str] | None = None
+        cls, path: str | Path, encoder: TextEncoder | None = None, names: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
     ) -> LearnedVectorReward:
         """Load a saved reward; `names`, when given, must equal the saved objective names."""
         path = Path(path)
@@ -500,7 +504,7 @@ class LearnedVectorReward:
         model.load_state_dict(state)
 
         if encoder is None:  # same truncation as at training time, else the scores drift
-            encoder = TextEncoder(max_length=int(meta.get("encoder_max_length") or 128))
+            encoder = TextEncoder(max_length=int(meta.get("encoder_max_length") or 128), device=device)
         enc_id = getattr(encoder, "model_id", MINILM_ID)
         if meta.get("encoder") != enc_id:
             raise ValueError(f"{path}: trained on encoder {meta.get('encoder')!r}, given {enc_id!r}")

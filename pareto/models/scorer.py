@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pareto.config import HFRewardModelConfig
-from pareto.models.reward import LearnedVectorReward, TextEncoder
+from pareto.models.reward import LearnedVectorReward
 from pareto.objectives.base import RunningZScore
 
 SCORER_FILE = "scorer.json"
@@ -99,11 +99,11 @@ class SourcedReward:
         path = Path(path)
         meta_file = path / SCORER_FILE
         if not meta_file.is_file():
-            learned = LearnedVectorReward.load(path, encoder=TextEncoder(device=device))
+            learned = LearnedVectorReward.load(path, device=device)
             return cls(learned.names, {}, learned, device=device)
         meta = json.loads(meta_file.read_text())
         sources = meta["sources"]
-        learned = (LearnedVectorReward.load(path, encoder=TextEncoder(device=device))
+        learned = (LearnedVectorReward.load(path, device=device)
                    if "learned" in sources.values() else None)
         specs = [HFRewardModelConfig.model_validate(s) for s in meta.get("hf", [])]
         return cls(meta["names"], sources, learned, specs, RunningZScore.from_state_dict(meta["normalizer"]),
