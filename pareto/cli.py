@@ -30,10 +30,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     its traceback."""
     from pareto.data.loaders import DatasetError
     from pareto.io import CheckpointError, StateDirError
+    from pareto.models.sources import ModelSourceError
 
-    errors: tuple[type[Exception], ...] = (ConfigError, DatasetError, CheckpointError, StateDirError)
+    errors: tuple[type[Exception], ...] = (ConfigError, DatasetError, CheckpointError, StateDirError,
+                                           ModelSourceError)
     if "pareto.tracking" in sys.modules:  # imported by then if a run got as far as tracking (mlflow is heavy)
         errors += (sys.modules["pareto.tracking"].TrackingUnavailable,)
+    if "pareto.distributed.recorder" in sys.modules:
+        errors += (sys.modules["pareto.distributed.recorder"].RewardModelTooWeak,)
     return errors
 
 

@@ -74,9 +74,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 # The device and precision the issue asks for, then settings sized for ~2-3 minutes of GPU work (the config itself
-# is sized for 2 CPU cores: 120 steps of 4 pairs on the top 10 layers, 200 eval prompts). The length budgets
-# (128 prompt + 64 response tokens) stay: longer prompts would leave the MiniLM reward model (128 tokens of
-# "User: prompt / Assistant: answer") less of each answer to score, and the front would not compare with the CPU run.
+# is sized for 2 CPU cores: 120 steps of 4 pairs on the top 10 layers, 200 eval prompts). The data, the length
+# budgets (128 prompt + 64 response tokens), the reward model and the λ grid stay as configured, so the front
+# compares with the CPU run's.
 GPU_SETTINGS=(
   --set resources.gpus_per_task=1
   --set model.precision=auto

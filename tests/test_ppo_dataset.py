@@ -94,7 +94,7 @@ def run(dataset: Path, tiny_chat_lm: Path, tmp_path_factory: pytest.TempPathFact
         "ppo.engine=transformers", "ppo.backend=gloo",
         *[f"ppo.{role}={{count: {n}, cpus: 0.25, gpus: 0, threads: 1}}"
           for role, n in (("trainer", 2), ("rollout", 1), ("reward", 1), ("reference", 1))],
-        "evaluation.grid_points=3", "evaluation.n_prompts=4", "evaluation.max_new_tokens=8",
+        "evaluation.grid_points=3", "evaluation.n_prompts=3", "evaluation.max_new_tokens=8",
         "evaluation.normalizer_prompts=8",
         "resources.cpus_per_task=1", "resources.num_cpus=2",
         f"state_dir={tmp / 'state'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "tracking.registry=false",
@@ -143,7 +143,7 @@ def test_rollouts_see_the_datasets_prompts_as_chat_turns(run: dict) -> None:
                 assert s["prompt_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
                 assert rendered.startswith("User: ") and "Human:" not in rendered and rendered.endswith("Assistant:")
                 assert len(s["reward"]) == 2 and all(math.isfinite(v) for v in s["reward"])
-            # and nothing else: every eval point answered the dataset's eval prompts
+            # and nothing else: every eval point answered the dataset's eval prompts (all 3 kept as samples)
             for point in result["points"]:
                 assert [x["prompt"] for x in point["samples"]] == task.prompts["eval"][:3]
 
@@ -165,6 +165,23 @@ def test_both_methods_get_reward_model_fronts_with_the_base_point(run: dict) -> 
     # the base point is the pipeline's (scored by the same reward model and normaliser as every front)
     base = result.fronts_by_scorer["morlhf"]["reward_model"].base_point
     assert result.fronts_by_scorer["panacea_ppo"]["reward_model"].base_point == base
+
+
+def test_fronts_are_scored_like_every_front_by_the_runs_reward_model(run: dict) -> None:
+    """The PPO points' "reward_model" values are the run's saved reward model (its normaliser refit on the base
+    model's answers, as the base point and the DPO fronts use it) applied to the points' own answers."""
+    from pareto.distributed.recorder import cache_dir
+    from pareto.models.scorer import SourcedReward
+
+    reward = SourcedReward.load(cache_dir(run["cfg"], "base_eval") / "reward")
+    assert reward.sources == {"helpful": "hf", "harmless": "hf"} and reward.normalizer.count > 0
+    for method in ("morlhf", "panacea_ppo"):
+        for result in unit_results(run["state"], method):
+            for point in result["points"]:
+                prompts = [x["prompt"] for x in point["samples"]]
+                answers = [x["response"] for x in point["samples"]]
+                want = reward(prompts, answers).mean(0)
+                torch.testing.assert_close(torch.tensor(point["mean"]["reward_model"]), want, atol=1e-4, rtol=1e-4)
 
 
 def test_mlflow_has_every_steps_metrics(run: dict) -> None:

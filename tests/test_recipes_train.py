@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from pareto.config import load_config
 from pareto.data.chat import to_messages
 from pareto.data.loaders import split_hh_transcript
+from pareto.data.task import build_task
 from pareto.front.grid import preference_grid
 from pareto.front.metrics import hypervolume
 from pareto.front.types import Front
@@ -241,7 +242,6 @@ def run_recipe(name: str, overrides: list[str], tmp: Path) -> dict:
                            *[a for o in overrides for a in ("--set", o)]],
                           capture_output=True, text=True, timeout=900, cwd=tmp)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-    print(proc.stdout)  # DEBUG
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(recipe_yaml(name)["name"])
@@ -249,7 +249,7 @@ def run_recipe(name: str, overrides: list[str], tmp: Path) -> dict:
     children = {r.info.run_name: r for r in client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
     return {"parent": parent, "children": children, "client": client, "uri": uri, "stdout": proc.stdout,
-            "tmp": tmp}
+            "tmp": tmp, "name": name, "overrides": overrides}
 
 
 def artifact_json(run: dict, run_id: str, path: str) -> dict:
@@ -258,9 +258,20 @@ def artifact_json(run: dict, run_id: str, path: str) -> dict:
 
 
 def resolved_config(run: dict):
-    """The config the run resolved (its logged YAML), loaded as the run loaded it."""
+    """The recipe with the run's overrides, as `pareto run` resolved it: its task section is the one the run logged
+    (config/resolved.yaml), so the task built from it here is the run's."""
+    cfg = load_config(RECIPES / f"{run['name']}.yaml", run["overrides"])
     local = run["client"].download_artifacts(run["parent"].info.run_id, "config/resolved.yaml", str(run["tmp"]))
-    return load_config(local)
+    logged = yaml.safe_load(Path(local).read_text())
+    assert logged["task"] == cfg.model_dump(mode="json")["task"] and logged["objectives"] == cfg.objectives
+    return cfg
+
+
+def method_run(run: dict, method: str):
+    """The nested run that trained `method` (under the method's run)."""
+    (child,) = run["client"].search_runs([run["parent"].info.experiment_id],
+                                         f"tags.mlflow.parentRunId = '{run['children'][method].info.run_id}'")
+    return child
 
 
 def check_front(run: dict, method: str, recipe: dict, hf_paths: dict[str, Path] | None) -> Front:
@@ -300,6 +311,15 @@ def check_front(run: dict, method: str, recipe: dict, hf_paths: dict[str, Path] 
 
 
 # ---- the recipes -------------------------------------------------------------------------------------------------
+def check_training(run: dict, method: str, metrics: tuple[str, ...]) -> object:
+    """The method trained: its nested run logged every step's `metrics`, all finite."""
+    child = method_run(run, method)
+    for name in metrics:
+        history = run["client"].get_metric_history(child.info.run_id, name)
+        assert history and all(math.isfinite(m.value) for m in history), name
+    return child
+
+
 def test_panacea_dpo_pku_saferlhf_trains(recipe_data, chat_lm, gpt2_reward_models, tmp_path: Path) -> None:
     name = "panacea-dpo-pku-saferlhf"
     recipe = recipe_yaml(name)
@@ -309,27 +329,24 @@ def test_panacea_dpo_pku_saferlhf_trains(recipe_data, chat_lm, gpt2_reward_model
         "methods.panacea.max_steps=3", "methods.panacea.val_prompts=2",
     ], tmp_path)
     check_front(run, "panacea", recipe, gpt2_reward_models)
+    child = check_training(run, "panacea", ("loss", "dpo_loss/helpful", "dpo_loss/harmless", "lambda/helpful"))
+    assert child.data.metrics["steps"] == 3
+    assert len(run["client"].get_metric_history(child.info.run_id, "loss")) == 3
 
     # labels: helpful from better_response_id, harmless from safer_response_id (they disagree on harmful requests)
     cfg = resolved_config(run)
     assert cfg.task.dataset.labels == {"helpful": "better_response_id", "harmless": "safer_response_id"}
-    from pareto.data.task import build_task
-
     task = build_task(cfg)
     rows = {(r["prompt"], r["response_0"], r["response_1"]): r for r in pku_rows(40, 0)}
-    train = task.pairs["train"]
-    assert len(train) == 30 and len(task.pairs["val"]) == 10 and len(task.prompts["eval"]) == 12
+    assert len(task.pairs["train"]) == 30 and len(task.pairs["val"]) == 10 and len(task.prompts["eval"]) == 12
     disagree = 0
-    for pair in train + task.pairs["val"]:
+    for pair in task.pairs["train"] + task.pairs["val"]:
         row = rows[(pair.prompt, pair.response_0, pair.response_1)]
         assert pair.better == (row["better_response_id"], row["safer_response_id"])
         disagree += row["better_response_id"] != row["safer_response_id"]
     assert disagree >= 5
-    metrics = run["parent"].data.metrics
     data = run["children"]["base_eval"].data.metrics
     assert data["data/train_pairs"] == 30 and data["data/val_pairs"] == 10 and data["data/train_rows_skipped"] == 0
-    panacea = run["children"]["panacea"]
-    assert panacea.data.metrics["reward_model/hypervolume"] == pytest.approx(metrics["panacea/hypervolume"])
 
 
 def test_mah_dpo_ultrafeedback_trains(recipe_data, chat_lm, tmp_path: Path) -> None:
@@ -342,38 +359,33 @@ def test_mah_dpo_ultrafeedback_trains(recipe_data, chat_lm, tmp_path: Path) -> N
     ], tmp_path)
     front = check_front(run, "mah_dpo", recipe, None)
     assert front.meta["policy_kind"] == "mah_dpo"
+    objectives = recipe["objectives"]
+    child = check_training(run, "mah_dpo", ("loss", *(f"dpo_loss/{o}" for o in objectives)))
+    assert child.data.metrics["steps"] == 3
+    assert {f"passes/{o}" for o in objectives} <= set(child.data.metrics)  # every head saw its own examples
+    adapter = {a.path for a in run["client"].list_artifacts(child.info.run_id, "adapter")}
+    assert {"adapter/heads.safetensors", "adapter/meta.json"} <= adapter  # the heads serve the front
 
     # labels: each objective compares its own aspect's rating (helpfulness, honesty, truthfulness); ties and N/A
     # give no label, and at most max_pairs_per_prompt (3) pairs are drawn per instruction
     cfg = resolved_config(run)
-    from pareto.data.task import build_task
-
     task = build_task(cfg)
     aspects = ("helpfulness", "honesty", "truthfulness")
-    ratings = {}
+    ratings = {(row["instruction"], c["response"]): [c["annotations"][a]["Rating"] for a in aspects]
+               for row in ultrafeedback_rows(60, 0) for c in row["completions"]}
     per_prompt: dict[str, int] = {}
-    for row in ultrafeedback_rows(60, 0):
-        for c in row["completions"]:
-            ratings[(row["instruction"], c["response"])] = [c["annotations"][a]["Rating"] for a in aspects]
-    missing = 0
+    unlabelled = [0, 0, 0]
     for pair in task.pairs["train"] + task.pairs["val"]:
         per_prompt[pair.prompt] = per_prompt.get(pair.prompt, 0) + 1
         r0, r1 = ratings[(pair.prompt, pair.response_0)], ratings[(pair.prompt, pair.response_1)]
         for k, (a, b) in enumerate(zip(r0, r1, strict=True)):
             expected = -1 if "N/A" in (a, b) or a == b else int(float(b) > float(a))
             assert pair.better[k] == expected, (pair, k)
-            missing += expected == -1
-    assert max(per_prompt.values()) == 3 and missing > 0
-    stats = run["children"]["base_eval"].data.metrics
-    assert stats["data/train_pairs"] == len(task.pairs["train"]) > 0
-    rm = run["children"]["reward_model"].data.metrics
-    assert {f"heldout_accuracy/{o}" for o in recipe["objectives"]} <= set(rm)
-    # one head per objective, and the adapter that serves the front holds them
-    mah = run["client"].search_runs([run["parent"].info.experiment_id],
-                                    f"tags.mlflow.parentRunId = '{run['children']['mah_dpo'].info.run_id}'")[0]
-    assert {f"passes/{o}" for o in recipe["objectives"]} <= set(mah.data.metrics)
-    adapter = {a.path for a in run["client"].list_artifacts(mah.info.run_id, "adapter")}
-    assert {"adapter/heads.safetensors", "adapter/meta.json"} <= adapter
+            unlabelled[k] += expected == -1
+    assert max(per_prompt.values()) == 3 and all(unlabelled) and unlabelled[1] > unlabelled[2]  # honesty: N/A too
+    assert run["children"]["base_eval"].data.metrics["data/train_pairs"] == len(task.pairs["train"]) > 40
+    rm = run["children"]["reward_model"].data.metrics  # the learned heads score the front: their accuracy is gated
+    assert all(rm[f"heldout_accuracy/{o}"] >= cfg.reward_model.min_accuracy for o in objectives)
 
 
 def test_ric_hh_rlhf_trains(recipe_data, chat_lm, gpt2_reward_models, tmp_path: Path) -> None:
@@ -386,29 +398,33 @@ def test_ric_hh_rlhf_trains(recipe_data, chat_lm, gpt2_reward_models, tmp_path: 
     ], tmp_path)
     front = check_front(run, "ric", recipe, gpt2_reward_models)
     assert front.meta["policy_kind"] == "ric"
+    child = check_training(run, "ric", ("offline_loss", "online_loss", "online_kept"))
+    meta = artifact_json(run, child.info.run_id, "adapter/meta.json")
+    assert meta["objectives"] == recipe["objectives"] and meta["mapping"] == recipe["methods"]["ric"]["mapping"]
+    assert all(lo < hi for lo, hi in zip(meta["low"], meta["high"], strict=True))  # the observed reward range
 
-    # labels: helpful-base labels helpful only, harmless-base harmless only; the empty-reply row is skipped, counted
+    # labels: helpful-base labels helpful only, harmless-base harmless only, the chosen reply wins; the row with an
+    # empty final reply is skipped and counted
     cfg = resolved_config(run)
-    from pareto.data.task import build_task
-
     task = build_task(cfg)
-    helpful = {split_hh_transcript(r["chosen"])[0] for r in hh_rows("helpful-base", 0, 14)}
-    dialogue = next(p for p in task.prompts["eval"] if p.count("Human:") > 1)  # tags close the last human turn
+    chosen = {}
+    for subset, k in (("helpful-base", 0), ("harmless-base", 1)):
+        for row in hh_rows(subset, 0, 14):
+            prompt, good = split_hh_transcript(row["chosen"])
+            chosen[prompt] = (k, good)
+    assert len(task.pairs["train"]) == 28
+    for pair in task.pairs["train"]:
+        k, good = chosen[pair.prompt]
+        assert pair.better[1 - k] == -1 and (pair.response_0, pair.response_1)[pair.better[k]] == good
+    assert {p.better.index(-1) for p in task.pairs["train"]} == {0, 1}
+    stats = run["children"]["base_eval"].data.metrics
+    assert stats["data/train_rows_skipped"] == 1 and stats["data/train_pairs"] == 28
+    assert stats["data/val_pairs"] == 2 and len(task.prompts["eval"]) == 18  # test[:10%] and test[10%:] of each
+
+    # a dialogue prompt is conditioned inside its last human turn, before the reply starts (not as an extra
+    # assistant turn after it)
+    dialogue = next(p for p in task.prompts["eval"] if p.count("Human:") > 1)
     tagged = to_messages(format_prompt(dialogue, cfg.objectives, [1.0, -0.5]))
     assert tagged[:-1] == to_messages(dialogue)[:-1]
     assert tagged[-1] == {"role": "user", "content": to_messages(dialogue)[-1]["content"]
                           + " <helpful> +1.0 <harmless> -0.5"}
-    for pair in task.pairs["train"]:
-        assert pair.better[0 if pair.prompt in helpful else 1] in (0, 1)
-        assert pair.better[1 if pair.prompt in helpful else 0] == -1
-    assert sum(p.prompt in helpful for p in task.pairs["train"]) == 14 == len(task.pairs["train"]) - 14
-    stats = run["children"]["base_eval"].data.metrics
-    assert stats["data/train_rows_skipped"] == 1 and stats["data/train_pairs"] == 28
-    # the model was trained on prompts with reward tags inside the last human turn, before the reply starts
-    ric = run["client"].search_runs([run["parent"].info.experiment_id],
-                                    f"tags.mlflow.parentRunId = '{run['children']['ric'].info.run_id}'")[0]
-    meta = artifact_json(run, ric.info.run_id, "adapter/meta.json")
-    assert meta["objectives"] == ["helpful", "harmless"]
-    history = run["client"].get_metric_history(ric.info.run_id, "offline_loss")
-    assert history and all(math.isfinite(m.value) for m in history)
-    assert run["client"].get_metric_history(ric.info.run_id, "online_kept")

@@ -86,6 +86,10 @@ def gather(pending: dict, desc: str, progress: bool) -> dict:
     return outputs
 
 
+class RewardModelTooWeak(RuntimeError):
+    """The reward model's held-out accuracy is under `reward_model.min_accuracy` (one line: which, and the fix)."""
+
+
 # ---- stage caches --------------------------------------------------------------------------------------------------
 def cache_dir(cfg: ExperimentConfig, stage: str) -> Path:
     """Where a stage's artefact is cached: keyed by what makes it (sweeps and runs of one config share it)."""
@@ -175,14 +179,15 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
             out = outputs["reward_model"]
             store(rm_dir, out["bundle"], {"report.json": {"accuracy": out["accuracy"], "normalizer": out["normalizer"],
                                                           "train_pairs": out["train_pairs"],
-                                                          "held_out_pairs": out["held_out_pairs"]}})
+                                                          "held_out_pairs": out["held_out_pairs"],
+                                                          "seconds": out["seconds"]}})
         report = read_json(rm_dir / "report.json")
         mlflow.log_metrics({f"heldout_accuracy/{k}": v for k, v in report["accuracy"].items()})
-        mlflow.log_metrics({k: report[k] for k in ("train_pairs", "held_out_pairs") if k in report})
+        mlflow.log_metrics({k: report[k] for k in ("train_pairs", "held_out_pairs", "seconds") if k in report})
         mlflow.set_tags({"cache": "hit" if "reward_model" not in outputs else "miss"})
     too_low = {k: round(v, 4) for k, v in report["accuracy"].items() if v < cfg.reward_model.min_accuracy}
     if too_low:
-        raise RuntimeError(f"reward model held-out accuracy {too_low} is below reward_model.min_accuracy="
+        raise RewardModelTooWeak(f"reward model held-out accuracy {too_low} is below reward_model.min_accuracy="
                            f"{cfg.reward_model.min_accuracy}; train longer (reward_model.epochs), add data, or lower "
                            "the gate for noisy human labels")
     base = model_ref(base_path, cfg)
@@ -193,10 +198,13 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
             out = gather({"base_eval": remote(stages.base_eval_stage, cfg).remote(cfg, base, reward)},
                          "base model's point", progress)["base_eval"]
             store(eval_dir, {f"reward/{k}": v for k, v in (out["reward_bundle"] or reward).items() if k != "DONE"},
-                  {"point.json": out["point"], "normalizer.json": out["normalizer"], "task.json": out["task"]})
+                  {"point.json": out["point"], "normalizer.json": out["normalizer"], "task.json": out["task"],
+                   "seconds.json": {"seconds": out["seconds"]}})
         point = PointEval.from_dict(read_json(eval_dir / "point.json"))
         task = read_json(eval_dir / "task.json")
         mlflow.set_tags({"cache": "hit" if hit else "miss", "normalize_on": stages.normalize_on(cfg)})
+        if (eval_dir / "seconds.json").is_file():
+            mlflow.log_metric("seconds", read_json(eval_dir / "seconds.json")["seconds"])
         mlflow.log_dict(read_json(eval_dir / "normalizer.json"), "normalizer_stats.json")
         mlflow.log_metrics({f"{scorer}/{o}": v for scorer, means in point.mean.items()
                             for o, v in zip(cfg.objectives, means, strict=True)})
@@ -266,7 +274,10 @@ def log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_values
                 tracking.log_history(out["history"])
                 mlflow.log_metrics({"best_step": out["best_step"], "steps": out["steps"],
                                     "train_seconds": out["train_seconds"], "eval_seconds": out["eval_seconds"],
+                                    "train_wall_seconds": out.get("train_wall_seconds", 0.0),
                                     "tokens_per_second": out["tokens_per_second"]})
+                if out.get("peak_memory_gib"):
+                    mlflow.log_metric("peak_memory_gib", out["peak_memory_gib"])
                 adapter_dir = unpack(out["adapter"], tmp / f"{name}-{i}")
                 tracking.log_dir(adapter_dir, "adapter")
                 mlflow.log_dict({"method": name, "objectives": list(cfg.objectives), "weights": out["weights"],

@@ -49,6 +49,20 @@ def _mb(cfg: ExperimentConfig) -> int:
     return int(cfg.resources.by_value_max_mb * 2**20)
 
 
+def load_options(cfg: ExperimentConfig) -> dict:
+    """How the base policy's weights load everywhere: the model section's dtype and remote-code permission."""
+    return {"dtype": cfg.model.dtype, "trust_remote_code": cfg.model.trust_remote_code}
+
+
+def peak_memory_gib(placement: Placement) -> float:
+    """Peak memory of this task: the GPU's allocator peak on CUDA, else the process's peak resident set."""
+    if placement.device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 # ---- the task, the base model's source and context ----------------------------------------------------------------
 def base_source(cfg: ExperimentConfig) -> str:
     """Where the base policy is loaded from (not 'tiny'): a local folder (a GGUF file dequantized and cached once
@@ -63,7 +77,7 @@ def base_tokenizer(cfg: ExperimentConfig, examples: list[tuple[str, str]]):
     SFT stage saves), loaded for a real model. Cheap: no model weights."""
     if cfg.model.base == "tiny":
         return train_tokenizer([f"User: {p}\nAssistant: {r}" for p, r in examples], cfg.model.tiny.vocab_size)
-    return load_tokenizer(base_source(cfg))
+    return load_tokenizer(base_source(cfg), trust_remote_code=cfg.model.trust_remote_code)
 
 
 def max_length(cfg: ExperimentConfig, base_dir: str | Path, tokenizer) -> int:
@@ -80,7 +94,7 @@ def fitted_task(cfg: ExperimentConfig, base_dir: str | Path | None = None, token
         return task
     if tokenizer is None:
         base_dir = base_dir or base_source(cfg)
-        tokenizer = load_tokenizer(base_dir)
+        tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
     prompt_tokens, response_tokens = context_budget(cfg, model_context(base_dir, tokenizer))
     return fit_to_context(task, tokenizer, prompt_tokens, response_tokens)
 
@@ -136,8 +150,7 @@ def sft_stage(cfg: ExperimentConfig, out_dir: str | None = None) -> dict:
         length = cfg.model.tiny.max_length
     else:
         source = base_source(cfg)
-        model, tokenizer = load_policy(source, cfg.model.dtype, device=placement.device,
-                                       gradient_checkpointing=placement.gradient_checkpointing)
+        model, tokenizer = load_policy(source, **load_options(cfg), **placement.load_kwargs())
         task = fitted_task(cfg, source, tokenizer)
         length = max_length(cfg, source, tokenizer)
     losses: list[float] = []
@@ -212,7 +225,7 @@ def base_eval_stage(cfg: ExperimentConfig, base: ModelRef, reward_bundle: ModelR
     gen = _gen_settings(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         base_dir = unpack(base, Path(tmp) / "base")
-        model, tokenizer = load_policy(base_dir, device=placement.device)
+        model, tokenizer = load_policy(base_dir, **load_options(cfg), device=placement.device)
         task = fitted_task(cfg, base_dir, tokenizer)
         reward = SourcedReward.load(unpack(reward_bundle, Path(tmp) / "reward"), device=placement.device)
         start = time.perf_counter()
@@ -248,7 +261,7 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
     gen = _gen_settings(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         base_dir = unpack(base, Path(tmp) / "base")
-        tokenizer = load_tokenizer(base_dir)
+        tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
         task = fitted_task(cfg, base_dir, tokenizer)
         pairs = PairSet.from_pairs(task.pairs["train"], range(len(names)))
         limit = getattr(mcfg, "max_pairs", None)
@@ -259,7 +272,7 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
         reward = SourcedReward.load(unpack(reward_bundle, Path(tmp) / "reward"), device=placement.device)
         ctx = FitContext(base_dir=base_dir, pairs=pairs, val_prompts=val_prompts, reward=reward, objectives=names,
                          max_length=max_length(cfg, base_dir, tokenizer), seed=cfg.seed + seed_offset, gen=gen,
-                         task=task, placement=placement)
+                         task=task, placement=placement, load_options=load_options(cfg))
         with placement.context():
             policy, result = load_method(method).fit(ctx, mcfg, weights)
             eval_grid = np.asarray([weights] if mcfg.per_weight else grid)
@@ -278,7 +291,7 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
             "train_seconds": getattr(result, "cpu_seconds", 0.0) or result.seconds,
             "train_wall_seconds": result.seconds,
             "tokens_per_second": result.tokens_per_second, "eval_seconds": eval_seconds,
-            "points": [p.to_dict() for p in points],
+            "points": [p.to_dict() for p in points], "peak_memory_gib": peak_memory_gib(placement),
             "models_trained": getattr(result, "models", 1), "policy_kind": getattr(policy, "kind", None)}
 
 

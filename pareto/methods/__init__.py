@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -27,13 +27,12 @@ class FitContext:
     gen: dict                    # generation settings used for validation and evaluation
     task: object = None          # the task (pareto.data.task.Task), for methods that need more than pairs
     placement: object = None     # pareto.models.device.Placement: device, autocast dtype, gradient checkpointing
+    load_options: dict = field(default_factory=dict)  # load_policy's dtype / trust_remote_code (model section)
 
     def load_base(self) -> tuple:
         """(model, tokenizer) of the base policy, on this fit's device, checkpointed when the config asks."""
-        if self.placement is None:
-            return load_policy(self.base_dir)
-        return load_policy(self.base_dir, device=self.placement.device,
-                           gradient_checkpointing=self.placement.gradient_checkpointing)
+        placed = {} if self.placement is None else self.placement.load_kwargs()
+        return load_policy(self.base_dir, **self.load_options, **placed)
 
 
 # name -> module; each module has `fit(ctx, cfg, weights=None) -> (ConditionedPolicy, TrainResult)`.

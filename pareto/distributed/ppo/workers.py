@@ -88,7 +88,7 @@ class RewardWorker:
         if self.oracle is not None:
             out["oracle"] = self.oracle(prompts, responses).float()
         if self.scorer is not None:
-            out["reward_model"] = self.scorer(prompts, responses)
+            out["reward_model"] = self.scorer.raw(prompts, responses)
         return out
 
 
