@@ -277,6 +277,22 @@ def _text(row: Row, name: str) -> str:
     return value
 
 
+def _prompt(row: Row) -> str:
+    """The prompt: text, or a chat as a list of {role: user|assistant, content} messages ending on a user turn
+    (kept as an HH transcript string, which `pareto.data.chat` turns back into one message per turn)."""
+    value = _get(row, "prompt")
+    if not isinstance(value, list):
+        return _text(row, "prompt")
+    from pareto.data.chat import from_messages
+
+    if not value or not isinstance(value[-1], dict) or value[-1].get("role") != "user":
+        raise RowError("prompt", "a message list must end with a user message")
+    try:
+        return from_messages(value)
+    except ValueError as exc:
+        raise RowError("prompt", f"{exc}; e.g. [{{\"role\": \"user\", \"content\": \"...\"}}]") from None
+
+
 def _binary_label(row: Row, name: str, allow_missing: bool = False) -> int:
     value = _get(row, name)
     if value is None and allow_missing:
@@ -326,7 +342,7 @@ def _pairs_two_responses(rows: Iterable[tuple[int, Row | RowError]], objectives:
             yield number, row
             continue
         try:
-            prompt, r0, r1 = _text(row, "prompt"), _text(row, "response_0"), _text(row, "response_1")
+            prompt, r0, r1 = _prompt(row), _text(row, "response_0"), _text(row, "response_1")
             better = tuple(_binary_label(row, labels[o], allow_missing=allow_missing) if o in labels else -1
                            for o in objectives)
         except RowError as err:

@@ -21,6 +21,7 @@ from pareto.config import ActorShare, ExperimentConfig
 from pareto.distributed.ppo.rollout import engine_class
 from pareto.distributed.ppo.trainer import TrainerRank
 from pareto.distributed.ppo.workers import ReferenceWorker, RewardWorker
+from pareto.distributed.stages import load_options
 
 NAMESPACE = "pareto"  # named actors, so an operator (or a fault test) can find them: ray.get_actor(name, NAMESPACE)
 PLACEMENT_TIMEOUT_S = 900
@@ -96,9 +97,11 @@ class ActorGroup:
         if oracle_ref is None and cfg.task.dataset is None:
             oracle_ref = ray.put(task_oracle(cfg))
 
-        def make(cls, share: ActorShare, role: str, i: int, *args, **options):
+        loads = {"load_options": load_options(cfg)}  # the base loads as in every stage: model.dtype, remote code
+
+        def make(cls, share: ActorShare, role: str, i: int, *args, init: dict | None = None, **options):
             actor = ray.remote(cls).options(name=f"{self.tag}-{role}-{i}", namespace=NAMESPACE, max_restarts=0,
-                                            **_resources(share), **options).remote(*args)
+                                            **_resources(share), **options).remote(*args, **(init or {}))
             self.actors.append(actor)
             return actor
 
@@ -111,18 +114,20 @@ class ActorGroup:
                                    f"{PLACEMENT_TIMEOUT_S} s (ppo.trainer.count / cpus / gpus, ppo.placement_strategy)")
             self.trainers = [
                 make(TrainerRank, ppo.trainer, "trainer", i, i, ppo.trainer.count, base_ref, method, mcfg, objectives,
-                     n_heads, ppo.trainer.threads, _device(ppo.trainer),
+                     n_heads, ppo.trainer.threads, _device(ppo.trainer), init=loads,
                      scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
                 for i in range(ppo.trainer.count)]
             engine_args = (ppo.vllm,) if ppo.engine == "vllm" else ()
             self.engines = [make(engine_class(ppo.engine), ppo.rollout, "rollout", i, base_ref, method, mcfg,
-                                 objectives, seed, ppo.rollout.threads, _device(ppo.rollout), *engine_args)
+                                 objectives, seed, ppo.rollout.threads, _device(ppo.rollout), *engine_args,
+                                 init=loads)
                             for i in range(ppo.rollout.count)]
             self.rewards = [make(RewardWorker, ppo.reward, "reward", i, reward_ref, objectives, training_sources(cfg),
                                  oracle_ref, cfg.seed, ppo.reward.threads, cfg.reward_model.hf, _device(ppo.reward))
                             for i in range(ppo.reward.count)]
             self.references = [make(ReferenceWorker, ppo.reference, "reference", i, base_ref, seed,
-                                    ppo.reference.threads, _device(ppo.reference)) for i in range(ppo.reference.count)]
+                                    ppo.reference.threads, _device(ppo.reference), init=loads)
+                               for i in range(ppo.reference.count)]
             host, port = ray.get(self.trainers[0].address.remote())
             get_all([t.init_group.remote(host, port, ppo.backend) for t in self.trainers])
             self.info = ray.get(self.engines[0].info.remote())

@@ -30,12 +30,13 @@ class TransformersRolloutEngine:
     """transformers `generate` on a local copy of the policy (base + adapter), weights replaced on sync."""
 
     def __init__(self, base: ModelRef, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", load_options: dict | None = None) -> None:
+        """`load_options`: `load_policy`'s dtype / trust_remote_code (the model section, `stages.load_options`)."""
         setup_worker(threads, seed)
         self.method, self.mcfg, self.objectives = load_method(method), mcfg, tuple(objectives)
         self.device = actor_device(device, "rollout")
         self.base_dir = unpack_tmp(base, "base")  # bytes unpacked; a folder or hub id by reference, never copied
-        base_model, self.tokenizer = load_policy(self.base_dir, device=self.device)
+        base_model, self.tokenizer = load_policy(self.base_dir, **(load_options or {}), device=self.device)
         self.model = self.method.build_policy(base_model, len(objectives), mcfg).to(self.device).eval()
         self.version = 0  # the freshly built adapter is a zero change: version 0 is the base policy
 

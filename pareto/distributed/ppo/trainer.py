@@ -54,8 +54,10 @@ class TrainerRank:
     """One data-parallel rank. `setup` builds fresh models and optimizers (one call per trained unit)."""
 
     def __init__(self, rank: int, world_size: int, base: ModelRef, method: str, mcfg, objectives: Sequence[str],
-                 n_heads: int, threads: int, device: str = "cpu") -> None:
+                 n_heads: int, threads: int, device: str = "cpu", load_options: dict | None = None) -> None:
+        """`load_options`: `load_policy`'s dtype / trust_remote_code (the model section, `stages.load_options`)."""
         setup_worker(threads, rank)
+        self.load_options = dict(load_options or {})
         self.rank, self.world_size, self.device = rank, world_size, actor_device(device, "trainer")
         self.base_dir = unpack_tmp(base, "base")  # bytes unpacked; a folder or hub id by reference, never copied
         self.method_name, self.method, self.mcfg = method, load_method(method), mcfg
@@ -82,10 +84,13 @@ class TrainerRank:
         """Fresh policy adapter, critic and optimizers, identical on every rank (same seed; DDP also broadcasts)."""
         torch.manual_seed(seed)
         cfg = self.mcfg
-        base, _ = load_policy(self.base_dir, device=self.device)
+        base, _ = load_policy(self.base_dir, **self.load_options, device=self.device)
         self.policy = self.method.build_policy(base, len(self.objectives), cfg).to(self.device)
         self.policy.train()
-        backbone = AutoModel.from_pretrained(str(self.base_dir)).to(self.device)
+        # the critic trains every weight: float32 whatever the (frozen) policy base loads in
+        backbone = AutoModel.from_pretrained(str(self.base_dir), dtype=torch.float32,
+                                             trust_remote_code=self.load_options.get("trust_remote_code", False))
+        backbone.to(self.device)
         self.critic = ValueModel(backbone, self.n_heads, len(self.objectives)).to(self.device)
         # λ is a per-rank buffer of the SVD-LoRA layers: DDP must not broadcast rank 0's over ours at each forward.
         self.ddp_policy = DDP(self.policy, forward_sync_buffers=False)

@@ -63,9 +63,9 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
     """Rollouts from a vLLM server; the interface of `TransformersRolloutEngine` (same outputs, same versions)."""
 
     def __init__(self, base: ModelRef, method: str, mcfg, objectives: Sequence[str], seed: int, threads: int,
-                 device: str = "cpu", vllm: PPOVLLMConfig | None = None) -> None:
+                 device: str = "cpu", vllm: PPOVLLMConfig | None = None, load_options: dict | None = None) -> None:
         # the local copy only receives syncs and exports adapters: CPU, whatever the server runs on
-        super().__init__(base, method, mcfg, objectives, seed, threads, device="cpu")
+        super().__init__(base, method, mcfg, objectives, seed, threads, device="cpu", load_options=load_options)
         self.cfg = vllm or PPOVLLMConfig()
         self.tag = f"ppo-{uuid.uuid4().hex[:8]}"  # unique: several engines may share one server
         root = Path(self.cfg.adapter_dir) if self.cfg.adapter_dir else Path(tempfile.gettempdir())

@@ -88,17 +88,18 @@ class RewardWorker:
         if self.oracle is not None:
             out["oracle"] = self.oracle(prompts, responses).float()
         if self.scorer is not None:
-            out["reward_model"] = self.scorer.raw(prompts, responses)
+            out["reward_model"] = self.scorer(prompts, responses)
         return out
 
 
 class ReferenceWorker:
     """The frozen SFT policy: per-token log-probs of rollouts, for the KL penalty."""
 
-    def __init__(self, base: ModelRef, seed: int, threads: int, device: str = "cpu") -> None:
+    def __init__(self, base: ModelRef, seed: int, threads: int, device: str = "cpu",
+                 load_options: dict | None = None) -> None:
         setup_worker(threads, seed)
         self.device = actor_device(device, "reference")
-        self.model, _ = load_policy(unpack_tmp(base, "base"), device=self.device)
+        self.model, _ = load_policy(unpack_tmp(base, "base"), **(load_options or {}), device=self.device)
 
     def ping(self) -> bool:
         return True
