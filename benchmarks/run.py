@@ -25,9 +25,13 @@ BENCHMARKS = {
     "ray_overhead": "benchmarks.ray_overhead",
     "quickstart": "benchmarks.quickstart",
     "front_per_compute": "benchmarks.front_per_compute",
+    # the real model and data (~20 and ~60 minutes on 2 cores), and the GPU check (a GPU machine only)
+    "hh_smol": "benchmarks.hh_smol:run",
+    "hh_smol_front_per_compute": "benchmarks.hh_smol:run_front_per_compute",
+    "gpu_check": "benchmarks.gpu_check:run",
 }
 ORDER = ["front_per_compute", "dpo_throughput", "switch_latency", "vector_reward", "ray_overhead", "quickstart",
-         "generation"]  # the table follows the issue's numbering
+         "generation", "hh_smol", "hh_smol_front_per_compute", "gpu_check"]  # the table follows the issues' numbering
 NOTES = """\
 Every speed figure is a ratio against a baseline measured in the same process (or the same invocation), as a
 median over repeats: the machine these numbers come from was shared and heavily loaded (other engineers' tests
@@ -43,7 +47,8 @@ def run(names: list[str]) -> list[dict]:
         start = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
-            result = importlib.import_module(BENCHMARKS[name]).run()
+            module, _, function = BENCHMARKS[name].partition(":")
+            result = getattr(importlib.import_module(module), function or "run")()
         except Exception as err:  # one failing benchmark must not lose the others' numbers
             traceback.print_exc()
             result = {"name": name, "rows": [skipped(name, "", f"failed: {type(err).__name__}: {err}")],
