@@ -21,7 +21,7 @@ import torch
 
 from pareto.config import HFRewardModelConfig
 from pareto.models.device import no_autocast, resolve_device
-from pareto.objectives.base import RunningZScore
+from pareto.objectives.base import RunningZScore, ZScoredReward
 
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -148,7 +148,7 @@ class HFRewardModel:
         return torch.cat(rows) if rows else torch.zeros(0, len(self.objectives))
 
 
-class HFVectorReward:
+class HFVectorReward(ZScoredReward):
     """VectorReward from HF reward models: `[B, K]` in `names` order, z-scored by a frozen normaliser."""
 
     def __init__(self, models: Sequence[HFRewardModel], names: Sequence[str],
@@ -191,12 +191,4 @@ class HFVectorReward:
             return torch.zeros(len(prompts), 0)
         return torch.stack([per_model[m][:, j] for m, j in self._columns], dim=-1)
 
-    def fit_normalizer(self, prompts: Sequence[str], responses: Sequence[str]) -> RunningZScore:
-        """Fit z-score stats on a reference set; they stay frozen afterwards (`__call__` never updates them)."""
-        norm = RunningZScore(names=self.names)
-        norm.update(self.raw(prompts, responses))
-        self.normalizer = norm
-        return norm
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        return self.normalizer(self.raw(prompts, responses)).float()

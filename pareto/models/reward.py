@@ -23,7 +23,7 @@ from torch import nn
 from pareto.data.chat import last_user_turn
 from pareto.io import read_safetensors
 from pareto.models.device import no_autocast
-from pareto.objectives.base import RunningZScore
+from pareto.objectives.base import RunningZScore, ZScoredReward
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_DIM = 384
@@ -406,7 +406,7 @@ def _fit(
 # --------------------------------------------------------------------------------------------------
 
 
-class LearnedVectorReward:
+class LearnedVectorReward(ZScoredReward):
     """VectorReward from a trained multi-head model: `[B, K]` float32 from one batched encoder pass."""
 
     def __init__(
@@ -435,15 +435,7 @@ class LearnedVectorReward:
         with no_autocast(device):
             return self.model(x.to(device)).float().cpu()
 
-    def fit_normalizer(self, prompts: Sequence[str], responses: Sequence[str]) -> RunningZScore:
-        """Fit z-score stats on a reference set; they stay frozen afterwards (`__call__` never updates)."""
-        norm = RunningZScore(names=self.names)
-        norm.update(self.raw(prompts, responses))
-        self.normalizer = norm
-        return norm
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        return self.normalizer(self.raw(prompts, responses)).float()
 
     # -- persistence: safetensors for the weights, JSON for everything else (never pickle) ----------
 

@@ -17,7 +17,7 @@ import torch
 
 from pareto.config import HFRewardModelConfig
 from pareto.models.reward import LearnedVectorReward
-from pareto.objectives.base import RunningZScore
+from pareto.objectives.base import RunningZScore, ZScoredReward
 
 SCORER_FILE = "scorer.json"
 
@@ -27,7 +27,7 @@ def length_score(responses: Sequence[str]) -> torch.Tensor:
     return torch.tensor([-float(len(r.split())) for r in responses])
 
 
-class SourcedReward:
+class SourcedReward(ZScoredReward):
     """VectorReward `[B, K]` in `names` order; `raw` is unnormalised, `__call__` z-scored by the frozen normaliser."""
 
     def __init__(self, names: Sequence[str], sources: dict[str, str], learned: LearnedVectorReward | None = None,
@@ -73,15 +73,7 @@ class SourcedReward:
                 columns.append(length_score(responses))
         return torch.stack(columns, dim=1).float()
 
-    def fit_normalizer(self, prompts: Sequence[str], responses: Sequence[str]) -> RunningZScore:
-        """Fit z-score stats on a reference set (the base model's answers, or the training responses)."""
-        norm = RunningZScore(names=self.names)
-        norm.update(self.raw(prompts, responses))
-        self.normalizer = norm
-        return norm
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        return self.normalizer(self.raw(prompts, responses)).float()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -82,6 +82,27 @@ class VectorReward(Protocol):
         ...
 
 
+class ZScoredReward:
+    """A VectorReward whose `raw` scores are z-scored by a normaliser fit once on a reference set and frozen after
+    (the learned heads, HF reward models, the sourced reward model share this)."""
+
+    names: tuple[str, ...]
+    normalizer: RunningZScore
+
+    def raw(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:  # [B, K], unnormalised
+        raise NotImplementedError
+
+    def fit_normalizer(self, prompts: Sequence[str], responses: Sequence[str]) -> RunningZScore:
+        """Fit z-score stats on a reference set; they stay frozen afterwards (`__call__` never updates them)."""
+        norm = RunningZScore(names=self.names)
+        norm.update(self.raw(prompts, responses))
+        self.normalizer = norm
+        return norm
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        return self.normalizer(self.raw(prompts, responses)).float()
+
+
 @dataclass
 class ObjectiveSet:
     """A VectorReward made of independent objectives (e.g. the oracle of a synthetic task)."""

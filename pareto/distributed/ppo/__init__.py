@@ -1,11 +1,14 @@
 """Distributed RLHF/PPO on Ray with vector rewards: MORLHF and Panacea-PPO.
 
 Actors: rollout engines (transformers `generate`, or a vLLM server over HTTP with the policy synced as versioned
-LoRA adapters), a reward worker scoring the reward vector [B, K] (learned MiniLM reward-model heads, Hugging Face
-reward models and rule-based objectives together), a reference worker (KL), and trainer
-ranks (torch DDP) in a placement group. The controller (`controller.py`) runs on the driver: it keeps the
-reward a vector until λ scalarizes it at the advantage step, syncs weights to the engines with a version,
-checkpoints atomically and resumes after a restart or an actor failure.
+LoRA adapters), a reward worker scoring the reward vector [B, K] through `pareto.models.scorer` (learned MiniLM
+reward-model heads, Hugging Face reward models and rule-based objectives together; the fronts by the run's saved
+reward model, like every other method's), a reference worker (KL), and trainer ranks (torch DDP) in a placement
+group. Every actor loads the base model on its own device, from bytes or by reference (a shared folder, a hub id).
+Prompts come from the run's task (`pareto.data.task`: tiny-hh or a real dataset, fit into the model's context).
+The controller (`controller.py`) runs on the driver: it keeps the reward a vector until λ scalarizes it at the
+advantage step, syncs weights to the engines with a version, checkpoints atomically and resumes after a restart or an
+actor failure.
 """
 
 from pareto.distributed.ppo.controller import PPORun, checkpoint_root, run_ppo_method
