@@ -125,6 +125,7 @@ class InProcessGroup:
     def __init__(self, cfg, method: str, base, seed: int, n_heads: int) -> None:
         import torch.distributed as dist
 
+        from pareto.data.task import build_task
         from pareto.distributed.ppo.rollout import TransformersRolloutEngine
         from pareto.distributed.ppo.trainer import TrainerRank
         from pareto.distributed.ppo.workers import ReferenceWorker, RewardWorker
@@ -137,7 +138,8 @@ class InProcessGroup:
         if not dist.is_initialized():  # a one-rank gloo group: DDP wraps the models exactly as on the actors
             self.trainer.init_group("127.0.0.1", port, "gloo")
         self.engine = TransformersRolloutEngine(base, method, mcfg, objectives, seed, ppo.rollout.threads, "cpu")
-        self.reward = RewardWorker(None, objectives, ppo.reward_sources, cfg.task.name, cfg.seed, ppo.reward.threads)
+        self.reward = RewardWorker(None, objectives, ppo.reward_sources, build_task(cfg).oracle, cfg.seed,
+                                   ppo.reward.threads)
         self.reference = ReferenceWorker(base, seed, ppo.reference.threads, "cpu")
         self.info = self.engine.info()
 
@@ -360,7 +362,7 @@ def run(repeats: int = 3, niceness: int | None = 0, ppo_steps: int = 8, ppo_warm
     try:
         import ray
 
-        from pareto.distributed.pipeline import WORKER_ENV
+        from pareto.distributed.recorder import worker_env
     except ImportError as err:
         return {"name": "ray_overhead", "rows": [skipped("Ray task vs in-process", "≤ 1.25×", str(err))],
                 "details": {}}
@@ -372,7 +374,7 @@ def run(repeats: int = 3, niceness: int | None = 0, ppo_steps: int = 8, ppo_warm
     rows = []
     start = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": WORKER_ENV})
+             runtime_env={"env_vars": worker_env()})
     details["ray_init_seconds"] = init_seconds = time.perf_counter() - start
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:

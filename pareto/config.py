@@ -468,9 +468,10 @@ class PPOConfig(Strict):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of trainers")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     reward_sources: dict[str, Literal["learned", "hf", "length", "oracle"]] = Field(
-        default_factory=dict, description="objective -> learned (default: the MiniLM reward model's head), hf (the "
-                                          "reward_model.hf entry scoring it), length (rule: shorter is better) or "
-                                          "oracle (the synthetic task's rule)")
+        default_factory=dict, description="objective -> the PPO training reward: learned (the MiniLM reward "
+                                          "model's head), hf (the reward_model.hf entry scoring it), length (rule: "
+                                          "shorter is better) or oracle (the synthetic task's rule); default: what "
+                                          "scores it in the reward model (ExperimentConfig.reward_sources)")
     checkpoint_every: int = Field(10, ge=1, description="PPO steps between atomic checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     resume: Literal["auto", "never"] = Field("auto", description="auto: continue from the latest checkpoint")

@@ -24,12 +24,12 @@ from mlflow.tracking import MlflowClient
 from pareto.config import config_from_dict
 from pareto.data import load_task
 from pareto.distributed.bundle import pack
-from pareto.distributed.pipeline import WORKER_ENV
 from pareto.distributed.ppo import PPORun
 from pareto.distributed.ppo.checkpoint import latest_checkpoint, load_checkpoint
 from pareto.distributed.ppo.common import collate
 from pareto.distributed.ppo.controller import compare_to_base
 from pareto.distributed.ppo.group import NAMESPACE, ActorGroup, get_all
+from pareto.distributed.recorder import worker_env
 from pareto.models.policy import build_tiny_model, save_model, train_tokenizer
 from tests.conftest import ROOT, _exe
 from tests.test_hf_reward import gpt2_rm  # noqa: F401 (fixture: a tiny GPT-2 reward model saved locally)
@@ -55,7 +55,7 @@ def small_cfg(state: Path, method: str = "panacea_ppo", **method_over):
 @pytest.fixture(scope="module")
 def local_ray():
     ray.shutdown()  # a test that ran a pipeline in this process may have left its Ray connected
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": worker_env()},
              log_to_driver=False)
     yield
     ray.shutdown()

@@ -25,7 +25,9 @@ from pareto.config import TinyModelConfig, load_config
 from pareto.data.chat import to_messages
 from pareto.data.loaders import HH_ASSISTANT
 from pareto.distributed import stages
+from pareto.distributed.bundle import pack
 from pareto.distributed.pipeline import run_pipeline
+from pareto.distributed.ppo import common
 from pareto.io import package_path
 from pareto.models.policy import build_tiny_model, load_tokenizer, prompt_text, save_model, train_tokenizer
 from tests.conftest import ROOT
@@ -97,11 +99,24 @@ def run(dataset: Path, tiny_chat_lm: Path, tmp_path_factory: pytest.TempPathFact
         "evaluation.grid_points=3", "evaluation.n_prompts=3", "evaluation.max_new_tokens=8",
         "evaluation.normalizer_prompts=8",
         "resources.cpus_per_task=1", "resources.num_cpus=2",
+        "resources.by_value_max_mb=0",  # the base model travels by reference, as a real model does on the cluster
         f"state_dir={tmp / 'state'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "tracking.registry=false",
     ]
     cfg = load_config(RECIPE, overrides)
     result = run_pipeline(cfg, progress=False)
     return {"cfg": cfg, "result": result, "state": tmp / "state", "base": tiny_chat_lm}
+
+
+def test_actors_load_a_model_by_reference_without_copying(tiny_chat_lm: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "UNPACK_ROOT", tmp_path / "unpacked")
+    assert common.unpack_tmp(str(tiny_chat_lm), "base") == tiny_chat_lm  # a shared folder: read where it is
+    assert common.unpack_tmp("Qwen/Qwen2.5-0.5B-Instruct", "base") == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub id
+    assert not (tmp_path / "unpacked").exists()  # nothing copied
+    with pytest.raises(FileNotFoundError, match="not readable on this node"):
+        common.unpack_tmp(str(tmp_path / "missing"), "base")
+    copy = common.unpack_tmp(pack(tiny_chat_lm), "base")  # bytes: unpacked into the actor's own temp dir
+    assert copy.parent.parent == tmp_path / "unpacked" and (copy / "config.json").is_file()
 
 
 def unit_results(state: Path, method: str) -> list[dict]:

@@ -143,8 +143,15 @@ def model_context(model_dir: str | Path, tokenizer: Any) -> int:
     config = Path(model_dir) / "config.json"
     if config.is_file():
         value = json.loads(config.read_text()).get("max_position_embeddings")
-        if isinstance(value, int) and value > 0:
-            return value
+    else:  # a hub id: its config from the Hugging Face cache (or the hub)
+        from transformers import AutoConfig
+
+        try:
+            value = getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", None)
+        except OSError:
+            value = None
+    if isinstance(value, int) and value > 0:
+        return value
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if isinstance(limit, int) and 0 < limit < 10**7 else 2048
 

@@ -41,6 +41,8 @@ def unpack(bundle: ModelRef, path: str | Path) -> Path:
     """A bundle written into `path` atomically (temp dir, then rename); a reference is returned as it is."""
     if isinstance(bundle, str):
         ref = Path(bundle)
+        if not ref.is_absolute():
+            return ref  # a hub id ("owner/name"): every worker loads it from the hub or its cache
         if not ref.is_dir():
             raise FileNotFoundError(f"model folder {bundle} is not readable on this node; put the state folder "
                                     "(state_dir / PARETO_HOME) on storage every Ray node shares")

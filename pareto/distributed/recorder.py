@@ -37,10 +37,10 @@ _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARAL
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def worker_env(cfg: ExperimentConfig) -> dict[str, str]:
-    """Environment of every Ray worker: one thread per CPU share; offline only when the config or the driver's
-    environment says so (workers of a cluster with the network download hub models and datasets)."""
-    offline = cfg.resources.offline
+def worker_env(offline: bool | None = None) -> dict[str, str]:
+    """Environment of every Ray worker: one thread per CPU share; offline only when the config
+    (`resources.offline`) or the driver's environment says so (workers of a cluster with the network download hub
+    models and datasets)."""
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     return _WORKER_ENV | (_OFFLINE if offline else {})
@@ -51,7 +51,7 @@ def init_ray(cfg: ExperimentConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": worker_env(cfg)}
+    runtime_env = {"env_vars": worker_env(cfg.resources.offline)}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
