@@ -68,6 +68,9 @@ def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, promp
             int(batch.attention_mask.sum()))
 
 
+LOGITS_BUDGET = 2**28  # float32 logits per forward when the reference runs over a whole pair set (1 GiB)
+
+
 @torch.no_grad()
 def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
                     max_length: int, batch_size: int = 64) -> torch.Tensor:
@@ -75,8 +78,13 @@ def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, 
 
     Computed on the model's device and stored on the CPU (`train_dpo` moves each batch's rows to the model).
     """
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
+    # Cap the float32 logits of one forward (2·batch·length·vocab, and as much again for the log-softmax) at
+    # LOGITS_BUDGET: a 49k vocabulary at 64 pairs of 192 tokens would need ~10 GiB; the tiny LM is far below.
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (2 * max_length * vocab)))
     out = []
-    for s in range(0, len(pairs), batch_size):
+    for s in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", mininterval=5.0,
+                  disable=len(pairs) <= batch_size):
         logp, _, _ = pair_logps(model, tokenizer, pairs.prompts[s:s + batch_size],
                                 pairs.responses[s:s + batch_size], max_length)
         out.append(logp.cpu())
