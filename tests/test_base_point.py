@@ -257,13 +257,13 @@ class FakeReward:
 def test_explore_page_on_a_reward_model_only_front(monkeypatch: pytest.MonkeyPatch, rm_only: dict) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from pareto.models.reward import LearnedVectorReward
+    from pareto.models.scorer import SourcedReward
 
     # The models are not in this store: answer with a fixed text and score with a fake reward model, so the real
     # `ServedRun.score` decides which scores an answer gets.
     monkeypatch.setattr(serving.ServedRun, "respond", lambda self, choice, prompt, max_new_tokens=48: "be kind")
     monkeypatch.setattr(serving.ServedRun, "_download", lambda self, run_id, path: Path("/nonexistent"))
-    monkeypatch.setattr(LearnedVectorReward, "load", classmethod(lambda cls, path: FakeReward()))
+    monkeypatch.setattr(SourcedReward, "load", classmethod(lambda cls, path, device="cpu": FakeReward()))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", rm_only["uri"])
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()

@@ -125,8 +125,13 @@ def test_every_trial_is_a_nested_run_linked_to_its_trial_number(killed: dict) ->
     study, client = killed["study"], MlflowClient(killed["uri"])
     parent = client.get_run(study.user_attrs["mlflow_run_id"])  # one run for both drives of the study
     assert parent.data.tags["pareto.kind"] == "sweep" and parent.data.tags["optuna.study_name"] == "sweep-test"
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    nested = client.search_runs([parent.info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # besides one run per trial: the stages that built (or fetched) the base and reward models and scored the base
+    # model, once per drive of the study
+    children = [r for r in nested if r.data.tags.get("pareto.kind") == "trial"]
+    assert {r.data.tags.get("mlflow.runName") for r in nested if r not in children} == \
+        {"base_eval", "reward_model", "sft"}
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
     assert len(children) == N_TRIALS and sorted(by_number) == list(range(N_TRIALS))
     for t in study.trials:
