@@ -271,6 +271,9 @@ class DPOConfig(Strict):
     patience: int = Field(3, ge=1, description="checks without improvement before stopping")
     val_prompts: int = Field(24, ge=2)
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
+    keep: Literal["best", "last"] = Field("best", description="the checkpoint a run returns: the best by the held-out "
+                                                              "front metric, or the last (when a few noisy "
+                                                              "validation prompts cannot tell checkpoints apart)")
 
 
 class PanaceaConfig(DPOConfig):

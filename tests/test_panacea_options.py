@@ -79,3 +79,28 @@ def test_options_are_validated() -> None:
         config_from_dict({"methods": {"panacea": {"vertex_prob": 1.5}}})
     cfg = load_config(ROOT / "configs" / "panacea.yaml")
     assert cfg.methods.panacea.aggregation == "tchebycheff" and list(cfg.methods.enabled()) == ["panacea"]
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_returns_the_best_or_the_last_checkpoint(tiny_fit_context, keep: str) -> None:
+    """keep=best restores the state of the best validation check (here the untouched model: a validator that only
+    ever likes step 0); keep=last returns the trained weights."""
+    import torch
+
+    from pareto.methods.dpo import reference_logps, train_dpo
+    from pareto.models.policy import load_policy
+    from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
+
+    ctx = tiny_fit_context(n_pairs=16)
+    model, tok = load_policy(ctx.base_dir)
+    model = add_panacea_adapter(model, panacea_lora_config(K, 4, 16.0, ["q_proj", "v_proj"]))
+    with model.disable_adapter():
+        ctx.pairs.ref_logp = reference_logps(model, tok, ctx.pairs, ctx.max_length)
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = PanaceaConfig(lr=1e-2, max_steps=6, eval_every=3, patience=10, batch_size=4, nll_weight=0.0, keep=keep)
+    result = train_dpo(model, tok, ctx.pairs, cfg, objectives=ctx.objectives,
+                       sample_weights=lambda rng: np.full(K, 1 / K), apply_weights=lambda w: set_preference(model, w),
+                       validate=lambda step: (1.0 if step == 0 else 0.0, {}, True), max_length=ctx.max_length)
+    moved = any(not torch.equal(p, start[n]) for n, p in model.named_parameters() if p.requires_grad)
+    assert result.steps == 6
+    assert (result.best_step, moved) == ((0, False) if keep == "best" else (6, True))

@@ -197,10 +197,13 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
     bar.close()
     result.seconds = time.perf_counter() - start
     result.cpu_seconds = time.process_time() - cpu_start
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, value in best_state.items():
-            params[name].copy_(value)
+    if getattr(cfg, "keep", "best") == "best":  # else the last state: validation only logs (and stops on patience)
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, value in best_state.items():
+                params[name].copy_(value)
+    else:
+        result.best_step = result.steps
     model.eval()
     return result
 
