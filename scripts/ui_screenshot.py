@@ -65,9 +65,9 @@ def main() -> int:
             page.goto(url)
             page.wait_for_selector(".js-plotly-plot .main-svg")
             if args.prompt:
-                box = page.locator("textarea").first
+                box = page.get_by_role("textbox").first  # the prompt (selectboxes are comboboxes)
                 box.fill(args.prompt)
-                box.press("Control+Enter")
+                box.press("Enter")
             page.get_by_role("button", name="Ask").click()
             page.wait_for_function("() => document.body.innerText.includes('answered by')")
             page.wait_for_timeout(1500)  # plotly's transition
