@@ -530,6 +530,10 @@ class ResourcesConfig(Strict):
                                                    "HF_HUB_OFFLINE of the driver's environment")
     cluster: ClusterConfig | None = Field(None, description="the GPU cluster a real-scale recipe is planned for")
 
+    @property
+    def by_value_max_bytes(self) -> int:
+        return int(self.by_value_max_mb * 2**20)
+
 
 class ServingConfig(Strict):
     """How answers are generated when a front is served (`pareto query`, the UI): transformers+PEFT in process,

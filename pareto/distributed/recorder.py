@@ -104,17 +104,13 @@ def cached(path: Path) -> Path | None:
 
 
 def store(path: Path, bundle: ModelRef, extra: dict[str, object] | None = None) -> Path:
-    """Persist a stage's output as a finished cache entry (a by-reference output already lives at `path`)."""
-    files = {} if isinstance(bundle, str) else dict(bundle)
-    if isinstance(bundle, str) and Path(bundle).resolve() != path.resolve():
-        files = pack(bundle)
-    files.update({name: json.dumps(value, indent=2, default=float).encode() for name, value in (extra or {}).items()})
-    if isinstance(bundle, str) and Path(bundle).resolve() == path.resolve():
-        for name, data in files.items():
+    """Persist a stage's output as a finished cache entry, with `extra` JSON files beside it."""
+    files = {name: json.dumps(value, indent=2, default=float).encode() for name, value in (extra or {}).items()}
+    if isinstance(bundle, str) and Path(bundle).resolve() == path.resolve():  # the stage wrote it in place
+        for name, data in {**files, "DONE": b"ok"}.items():
             (path / name).write_bytes(data)
-        (path / "DONE").write_bytes(b"ok")
         return path
-    unpack({**files, "DONE": b"ok"}, path)
+    unpack({**(pack(bundle) if isinstance(bundle, str) else bundle), **files, "DONE": b"ok"}, path)
     return path
 
 
@@ -127,7 +123,7 @@ def model_ref(path: Path | str, cfg: ExperimentConfig) -> ModelRef:
     if isinstance(path, str) and not Path(path).is_dir():
         return path  # a hub id: every worker loads it itself
     path = Path(path)
-    if folder_bytes(path) <= cfg.resources.by_value_max_mb * 2**20:
+    if folder_bytes(path) <= cfg.resources.by_value_max_bytes:
         return {k: v for k, v in pack(path).items() if k != "DONE"}
     return str(path.resolve())
 
@@ -135,7 +131,7 @@ def model_ref(path: Path | str, cfg: ExperimentConfig) -> ModelRef:
 def log_model(path: Path | str, artifact: str, cfg: ExperimentConfig) -> None:
     """A model served from the run: its files when small, else a SOURCE.json saying where it is (a hub id, a
     GGUF file's cached folder): multi-GB weights are not copied into every run's artifacts."""
-    if isinstance(path, str) and not Path(path).is_dir() or folder_bytes(path) > cfg.resources.by_value_max_mb * 2**20:
+    if isinstance(path, str) and not Path(path).is_dir() or folder_bytes(path) > cfg.resources.by_value_max_bytes:
         mlflow.log_dict({"base": cfg.model.base, "path": str(path)}, f"{artifact}/SOURCE.json")
     else:
         tracking.log_dir(Path(path), artifact)

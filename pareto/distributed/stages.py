@@ -45,10 +45,6 @@ def _setup(cfg: ExperimentConfig, seed_offset: int = 0) -> None:
     set_seed(cfg.seed + seed_offset)
 
 
-def _mb(cfg: ExperimentConfig) -> int:
-    return int(cfg.resources.by_value_max_mb * 2**20)
-
-
 def load_options(cfg: ExperimentConfig) -> dict:
     """How the base policy's weights load everywhere: the model section's dtype and remote-code permission."""
     return {"dtype": cfg.model.dtype, "trust_remote_code": cfg.model.trust_remote_code}
@@ -162,7 +158,8 @@ def sft_stage(cfg: ExperimentConfig, out_dir: str | None = None) -> dict:
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model.to("cpu"), tokenizer, Path(tmp) / "model")
-        bundle = ship(Path(tmp) / "model", out_dir, _mb(cfg)) if out_dir else pack(Path(tmp) / "model")
+        model_dir = Path(tmp) / "model"
+        bundle = ship(model_dir, out_dir, cfg.resources.by_value_max_bytes) if out_dir else pack(model_dir)
     return {"bundle": bundle, "losses": losses, "seconds": seconds, "examples": len(task.sft_examples),
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -289,7 +286,7 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
             eval_seconds = time.perf_counter() - start
         policy.save(Path(tmp) / "adapter")
         adapter = ship(Path(tmp) / "adapter", Path(cfg.state_path()) / "models" / f"{method}-{_digest(cfg)}"
-                       f"-{seed_offset}", _mb(cfg))
+                       f"-{seed_offset}", cfg.resources.by_value_max_bytes)
     return {"method": method, "weights": weights, "adapter": adapter, "history": result.history,
             "best_step": result.best_step, "steps": result.steps,
             # CPU-seconds, not wall: compute comparisons must not depend on what else the machine runs
