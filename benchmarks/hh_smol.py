@@ -18,22 +18,23 @@ from benchmarks.common import ROOT, SUBPROCESS_ENV, row, skipped
 from benchmarks.quickstart import run_measured
 
 CONFIG = ROOT / "configs" / "hh_smol.yaml"
-# The baseline trains one LoRA-DPO model per λ of the same grid, each with Panacea's data, steps and learning rate.
+# The baseline trains one LoRA-DPO model per λ of the same grid, each with Panacea's data, steps, batch, NLL term and
+# LoRA placement (rank 8 on the top 10 layers), kept at its last step like Panacea; plain LoRA starts from B = 0
+# with a random A, so it learns at the usual alpha 16 and lr 1e-3 (Panacea's zero-change SVD init needs alpha 128).
 PER_WEIGHT = ["--set", "methods.per_weight_dpo={beta: 0.1, lr: 1.0e-3, max_steps: 120, batch_size: 4, "
-              "max_pairs: 480, nll_weight: 0.1, lora_rank: 8, lora_alpha: 16, lora_layers: 10, eval_every: 40, "
-              "patience: 3, val_prompts: 16, max_repetition: 0.2}"]
+              "max_pairs: 480, nll_weight: 0.1, lora_rank: 8, lora_alpha: 16, lora_layers: 10, eval_every: 120, "
+              "keep: last, patience: 3, val_prompts: 24, max_repetition: 0.35}"]
 
 
 def _fronts(home: Path) -> dict[str, Any]:
     from pareto import tracking
-    from pareto.front.metrics import vertex_separation
 
     uri = tracking.tracking_uri(None, home)
     run = tracking.find_run("latest", uri)
     out: dict[str, Any] = {"run_id": run.info.run_id}
     for front in tracking.load_fronts(run, uri):
         gains = front.gain_over_base() if front.base_point is not None else None
-        sep = vertex_separation(front.weights(), front.values(), front.stderr())
+        sep = front.vertex_separation()
         own = {}
         for i, name in enumerate(front.objectives):
             at = [j for j, p in enumerate(front.points) if abs(p.weights[i] - 1.0) < 1e-9]

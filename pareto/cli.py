@@ -98,11 +98,9 @@ def data_line(task: dict) -> str:
 def check_lines(front) -> list[str]:
     """The vertex check (each objective highest at its own vertex, and above the base model there) in standard
     errors, and how fluent the answers stayed."""
-    from pareto.front.metrics import vertex_separation
-
     if len(front.points) < 2:
         return []
-    sep = vertex_separation(front.weights(), front.values(), front.stderr())
+    sep = front.vertex_separation()
     gains = front.gain_over_base() if front.base_point is not None else None
     parts = []
     for i, name in enumerate(front.objectives):
@@ -444,3 +442,54 @@ def model_get(
 
 if __name__ == "__main__":
     app()
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="Cached stage artefacts (base, reward model, base point) and "
+                                                   "model folders under the state folder.")
+app.add_typer(cache_app, name="cache")
+StateDirOption = Annotated[Path | None, typer.Option("--state-dir", help="the state folder (default: $PARETO_HOME "
+                                                                         "or .pareto)")]
+
+
+def _state_dir(state_dir: Path | None) -> Path:
+    return (state_dir or Path(os.environ.get("PARETO_HOME") or ".pareto")).resolve()
+
+
+@cache_app.command("list")
+def cache_list(state_dir: StateDirOption = None,
+               as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False) -> None:
+    """Every cache entry: its stage, whether today's code would still use it (current / stale / unfinished), size."""
+    from pareto.cache import list_entries
+
+    rows = [e.row() for e in list_entries(_state_dir(state_dir))]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no cache entries under {_state_dir(state_dir)}")
+        return
+    cols = ("kind", "state", "size_mb", "modified", "name")
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        typer.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    typer.echo(f"{len(rows)} entries, {sum(r['size_mb'] for r in rows):.1f} MB; "
+               "`pareto cache clear --stale` removes what today's code would not use")
+
+
+@cache_app.command("clear")
+def cache_clear(state_dir: StateDirOption = None,
+                stale: Annotated[bool, typer.Option("--stale", help="only entries today's code would not use "
+                                                                   "(stale or unfinished)")] = False,
+                kind: Annotated[str | None, typer.Option("--kind", help="only this kind: base, reward, base_eval, "
+                                                                        "model")] = None) -> None:
+    """Remove cache entries (all, or only stale ones, or one kind). MLflow runs and their artifacts are kept."""
+    from pareto.cache import STAGE_VERSIONS, clear_entries, list_entries
+
+    kinds = (*STAGE_VERSIONS, "model")
+    if kind is not None and kind not in kinds:
+        _fail(f"--kind {kind!r}: choose one of {', '.join(kinds)}")
+    entries = [e for e in list_entries(_state_dir(state_dir))
+               if (kind is None or e.kind == kind) and (not stale or not e.finished or e.current is False)]
+    freed = clear_entries(entries)
+    typer.echo(f"removed {len(entries)} entries ({freed / 2**20:.1f} MB) from {_state_dir(state_dir)}")

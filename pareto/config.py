@@ -274,6 +274,9 @@ class DPOConfig(Strict):
     keep: Literal["best", "last"] = Field("best", description="the checkpoint a run returns: the best by the held-out "
                                                               "front metric, or the last (when a few noisy "
                                                               "validation prompts cannot tell checkpoints apart)")
+    checkpoint_every: int = Field(50, ge=1, description="steps between trainer checkpoints (state_dir/checkpoints; "
+                                                        "a rerun of the same config resumes from the newest)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per trainer (older ones are removed)")
 
 
 class PanaceaConfig(DPOConfig):
@@ -320,6 +323,8 @@ class RiCConfig(Strict):
                             "own vertex, with the largest hypervolume")
     val_prompts: int = Field(24, ge=2)
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (one after the offline pass and after each "
+                                                       "online round; a rerun resumes after the last finished one)")
 
 
 class MAHDPOConfig(DPOConfig):
@@ -990,7 +995,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         problem = getattr(exc, "problem", None) or exc.__class__.__name__
         raise ConfigError(f"{path}{where}: not valid YAML for safe_load ({problem}); "
                           "plain mappings, lists and scalars only") from None
-    return config_from_dict(data or {}, overrides)
+    if data is None:
+        raise ConfigError(f"{path}: empty (no settings, only comments or blank lines); write at least a name and "
+                          "the objectives, e.g. start from configs/quickstart.yaml ('{}' alone means all defaults)")
+    return config_from_dict(data, overrides)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -27,18 +27,21 @@ class PointEval:
     mean_words: float
     samples: list[dict] = field(default_factory=list)
     empty_rate: float = 0.0                # share of empty answers (with repetition_rate: is the text still text)
+    # scorer -> per-prompt scores [n, K]: every point answers the same prompts, so two points are compared by the
+    # standard error of their paired differences (front.metrics.difference_stderr), not of two independent means
+    scores: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"weights": list(self.weights), "mean": {k: list(v) for k, v in self.mean.items()},
                 "stderr": {k: list(v) for k, v in self.stderr.items()}, "repetition_rate": self.repetition_rate,
                 "mean_words": self.mean_words, "samples": self.samples,
-                "empty_rate": self.empty_rate}
+                "empty_rate": self.empty_rate, "scores": self.scores}
 
     @classmethod
     def from_dict(cls, d: dict) -> PointEval:
         return cls(tuple(d["weights"]), {k: tuple(v) for k, v in d["mean"].items()},
                    {k: tuple(v) for k, v in d["stderr"].items()}, d["repetition_rate"], d["mean_words"],
-                   d.get("samples", []), d.get("empty_rate", 0.0))
+                   d.get("samples", []), d.get("empty_rate", 0.0), d.get("scores", {}))
 
 
 def evaluate_grid(generate: GenerateFn, prompts: Sequence[str], grid: np.ndarray,
@@ -62,7 +65,8 @@ def evaluate_grid(generate: GenerateFn, prompts: Sequence[str], grid: np.ndarray
         samples = [{"prompt": prompts[i], "response": texts[i]} for i in range(min(n_samples, n))]
         points.append(PointEval(tuple(float(w) for w in weights), mean, stderr, repetition_rate(texts),
                                 float(np.mean([len(t.split()) for t in texts])), samples,
-                                float(np.mean([not t.strip() for t in texts]))))
+                                float(np.mean([not t.strip() for t in texts])),
+                                {k: v[g].tolist() for k, v in scores.items()}))
     return points
 
 

@@ -21,6 +21,64 @@ from pareto.front.types import Front
 from pareto.io import ensure_writable_dir
 
 PIPELINE_TAG = "pareto.kind"
+DRIVER_TAG = "pareto.driver"   # host:pid of the process that runs a pipeline or sweep (to tell a dead one)
+FAILURE_TAG = "pareto.failure"  # why a run ended FAILED, in one line
+
+
+def driver_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _driver_alive(driver: str) -> bool | None:
+    """Whether the driver `host:pid` still runs: None when it ran on another host (this one cannot tell)."""
+    import socket
+
+    host, _, pid = driver.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _under(run: Run, roots: set[str], runs: list[Run]) -> bool:
+    by_id = {r.info.run_id: r for r in runs}
+    parent = run.data.tags.get("mlflow.parentRunId")
+    while parent:
+        if parent in roots:
+            return True
+        parent = by_id[parent].data.tags.get("mlflow.parentRunId") if parent in by_id else None
+    return False
+
+
+def fail_dead_runs(uri: str, experiment_id: str, successor: str) -> list[str]:
+    """Mark FAILED, with the reason, every RUNNING run of the experiment whose driver died on this host (killed,
+    out of memory, the machine rebooted), and its RUNNING nested runs: no run stays RUNNING forever. `successor`
+    is the run that picks the work up (from the caches and the trainers' checkpoints). -> the runs failed."""
+    client = MlflowClient(uri)
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+    dead = [r for r in running if r.info.run_id != successor and r.data.tags.get(DRIVER_TAG)
+            and _driver_alive(r.data.tags[DRIVER_TAG]) is False]
+    failed = []
+    for run in dead:
+        reason = (f"the driver {run.data.tags[DRIVER_TAG]} died before the run finished; run {successor} took the "
+                  "work up from the stage caches and trainer checkpoints")
+        family, ids = [run], {run.info.run_id}
+        for r in running:  # nested runs (and theirs) that were RUNNING when the driver died
+            if r.info.run_id not in ids and _under(r, ids, running):
+                family.append(r)
+                ids.add(r.info.run_id)
+        for member in family:
+            client.set_tag(member.info.run_id, FAILURE_TAG, reason)
+            client.set_terminated(member.info.run_id, status="FAILED")
+            failed.append(member.info.run_id)
+    return failed
 
 
 def tracking_uri(uri: str | None, state_dir: Path) -> str:
@@ -157,15 +215,20 @@ class TrackingUnavailable(RuntimeError):
 class MetricBuffer:
     """Log metrics of one run so that an outage never drops them silently.
 
-    Each `log` queues the metrics and tries to send everything queued (one quick attempt, no long client-side
-    retry loop). While the server is down the metrics stay queued; the next successful send flushes them all,
-    in order, with their original timestamps and steps. If the server has been unreachable for more than
-    `max_wait` seconds, `log`/`flush` raise `TrackingUnavailable` (the queue is kept: a later flush still sends).
+    Each `log` queues the metrics and tries to send everything queued. A tracking server is asked `/health` first
+    (2 s): while it does not answer, nothing is sent, so MLflow's own retry loop (minutes of backoff) never blocks
+    a trainer, and nothing here touches `os.environ`. While the server is down the metrics stay queued; the next
+    successful send flushes them all, in order, with their original timestamps and steps, each exactly once (a
+    chunk leaves the queue only after MLflow acknowledged it). If the server has been unreachable for more than
+    `max_wait` seconds, `log`/`flush` raise `TrackingUnavailable`, naming how many metrics are unsent and the
+    JSON Lines file under `spool_dir` that holds them (the queue is kept too: a later flush still sends).
     """
 
-    def __init__(self, run_id: str, uri: str, max_wait: float = 120.0, retry_every: float = 1.0) -> None:
+    def __init__(self, run_id: str, uri: str, max_wait: float = 120.0, retry_every: float = 1.0,
+                 spool_dir: Path | None = None) -> None:
         self.run_id, self.uri = run_id, uri
         self.max_wait, self.retry_every = max_wait, retry_every
+        self.spool_dir = spool_dir or Path(tempfile.gettempdir()) / "pareto-unsent"
         self.pending: list = []  # mlflow.entities.Metric, oldest first
         self.down_since: float | None = None
         self.last_error = "no answer"
@@ -188,12 +251,26 @@ class MetricBuffer:
                 self._raise(time.monotonic() - start)
             time.sleep(self.retry_every)
 
+    def _server_answers(self) -> bool:
+        """A tracking server's /health within 2 s (a local store, sqlite or files, always answers)."""
+        if not self.uri.startswith(("http://", "https://")):
+            return True
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=2) as reply:
+                return reply.status == 200
+        except OSError as exc:
+            self.last_error = f"{self.uri}/health: {exc}"[:160]
+            return False
+
     def _try_send(self) -> bool:
         from mlflow.exceptions import MlflowException
 
-        # One fast attempt per call: MLflow's own retries (7, exponential backoff) would block for minutes.
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-        os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+        if self.pending and not self._server_answers():
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            return False
         try:
             while self.pending:
                 chunk = self.pending[:1000]  # MLflow's log_batch limit
@@ -204,14 +281,18 @@ class MetricBuffer:
                 self.down_since = time.monotonic()
             self.last_error = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             return False
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
         self.down_since = None
         return True
+
+    def spill(self) -> Path:
+        """Write the unsent metrics to `<spool_dir>/<run id>.jsonl` (key, value, timestamp, step per line)."""
+        from pareto.io import atomic_write_text
+
+        path = self.spool_dir / f"{self.run_id}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp,
+                                                    "step": m.step}) + "\n" for m in self.pending))
+        return path
 
     def _raise_if_too_long(self) -> None:
         if self.down_since is not None and time.monotonic() - self.down_since > self.max_wait:
@@ -220,4 +301,4 @@ class MetricBuffer:
     def _raise(self, waited: float) -> None:
         raise TrackingUnavailable(
             f"MLflow at {self.uri} unreachable for {waited:.0f} s; {len(self.pending)} metrics of run {self.run_id} "
-            f"are kept unsent ({self.last_error}); restart the server and flush again")
+            f"are kept unsent in {self.spill()} ({self.last_error}); restart the server and flush again")

@@ -8,6 +8,7 @@ and that the loader wrote nothing.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -96,6 +97,8 @@ CONFIG_ROWS = [
      ["safe_load", "plain mappings"]),
     ("yaml-syntax", "name: x\nobjectives: [helpful, harmless\n", [], ["line", "not valid YAML"]),
     ("top-level-list", "- a\n- b\n", [], ["top level must be a mapping"]),
+    ("empty-file", "", [], ["bad.yaml", "empty", "configs/quickstart.yaml"]),
+    ("comments-only", "# name: x\n\n# objectives: [a, b]\n", [], ["bad.yaml", "empty", "only comments"]),
     ("non-utf8-config", b"name: caf\xe9\n", [], ["not UTF-8", "save the config as UTF-8"]),
     ("bad-override", QUICK, ["--set", "methods.panacea.lr"], ["--set", "KEY=VALUE"]),
     ("override-wrong-type", QUICK, ["--set", "evaluation.grid_points=many"], ["evaluation.grid_points", "integer"]),
@@ -366,3 +369,79 @@ def test_a_hub_dataset_offline_is_one_line_before_compute(tmp_path: Path) -> Non
     assert lines[0].startswith("error: task.dataset.hub_id=PKU-Alignment/PKU-SafeRLHF: could not load split")
     assert "task.dataset.path" in lines[0] and "network" in lines[0]
     assert not state.exists() or not any(state.iterdir())
+
+
+# ---- real-data files through `pareto run`: one line naming file, row and field; what was written stays intact ----
+def _hh_row(prompt: str, good: str, bad: str) -> dict:
+    return {"chosen": f"\n\nHuman: {prompt}\n\nAssistant: {good}",
+            "rejected": f"\n\nHuman: {prompt}\n\nAssistant: {bad}"}
+
+
+def _gzip_lines(rows: list[dict]) -> bytes:
+    return gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0)
+
+
+HH_GOOD = [_hh_row(f"question {i}?", f"a kind answer {i}", f"a rude answer {i}") for i in range(300)]
+JSONL_GOOD = [{"prompt": f"q{i}", "response_0": "a", "response_1": "b", "h": 1, "s": 0} for i in range(40)]
+# (id, format, {file name: bytes}, words the one-line error must contain)
+REAL_DATA_ROWS = [
+    ("gzip-truncated", "hh_rlhf", {"helpful-base/train.jsonl.gz": _gzip_lines(HH_GOOD)[:2000]},
+     ["helpful-base/train.jsonl.gz", "damaged gzip after line", "copy the file again"]),
+    ("gzip-corrupt", "hh_rlhf", {"helpful-base/train.jsonl.gz": _gzip_lines(HH_GOOD)[:30] + b"\xff" * 64
+                                 + _gzip_lines(HH_GOOD)[94:]},
+     ["helpful-base/train.jsonl.gz", "damaged gzip"]),
+    ("hh-not-json", "hh_rlhf", {"helpful-base/train.jsonl.gz": gzip.compress(
+        json.dumps(HH_GOOD[0]).encode() + b'\n{"chosen": "x", oops\n', mtime=0)},
+     ["helpful-base/train.jsonl.gz", "row 2", "not valid JSON"]),
+    ("hh-missing-rejected", "hh_rlhf", {"helpful-base/train.jsonl.gz": _gzip_lines(
+        [*HH_GOOD[:5], {"chosen": HH_GOOD[5]["chosen"]}])}, ["helpful-base/train.jsonl.gz", "row 6", "rejected"]),
+    ("hh-no-assistant", "hh_rlhf", {"helpful-base/train.jsonl.gz": _gzip_lines(
+        [*HH_GOOD[:2], {"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}])},
+     ["row 3", "chosen", "no '\\n\\nAssistant:' turn"]),
+    ("jsonl-not-utf8", "jsonl", {"train.jsonl": json.dumps(JSONL_GOOD[0]).encode() + b"\n"
+                                 + json.dumps(JSONL_GOOD[1]).replace("q1", "caf\udce9").encode(
+                                     "utf-8", "surrogateescape") + b"\n"}, ["train.jsonl", "row 2", "UTF-8"]),
+    ("jsonl-label-out-of-range", "jsonl", {"train.jsonl": "".join(
+        json.dumps(r) + "\n" for r in [*JSONL_GOOD[:3], {**JSONL_GOOD[3], "h": 5}]).encode()},
+     ["train.jsonl", "row 4", "'h'", "out of range"]),
+    ("jsonl-zero-usable", "jsonl", {"train.jsonl": "".join(json.dumps({**r, "h": -1, "s": -1}) + "\n"
+                                                           for r in JSONL_GOOD).encode()},
+     ["0 usable training pairs of", "task.dataset.labels"]),
+]
+
+
+def _real_data_config(root: Path, fmt: str) -> dict:
+    if fmt == "hh_rlhf":
+        dataset = {"format": "hh_rlhf", "path": str(root),
+                   "labels": {"helpful": "helpful-base", "harmless": "harmless-base"}, "splits": {"train": "train"}}
+    else:
+        dataset = {"format": "jsonl", "path": str(root / "train.jsonl"), "labels": {"helpful": "h", "harmless": "s"},
+                   "splits": {"train": "train"}}
+    return {**_with("objectives", ["helpful", "harmless"]), "task": {"name": "my-data", "dataset": dataset},
+            "evaluation": {**QUICK.get("evaluation", {}), "reference_point": [-1.0, -1.0], "scorer": "reward_model"}}
+
+
+@pytest.mark.parametrize(("fmt", "files", "needles"), [r[1:] for r in REAL_DATA_ROWS],
+                         ids=[r[0] for r in REAL_DATA_ROWS])
+def test_bad_real_data_file_stops_a_run_and_keeps_what_was_written(tmp_path: Path, fmt: str, files: dict,
+                                                                   needles: list[str]) -> None:
+    data = tmp_path / "data"
+    if fmt == "hh_rlhf":  # the other subset is fine
+        files = {"harmless-base/train.jsonl.gz": _gzip_lines(HH_GOOD), **files}
+    for name, content in files.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(content)
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(_real_data_config(data, fmt)))
+    # a state folder that already holds a finished cache entry, a checkpoint and an MLflow store: all untouched
+    state = tmp_path / "state"
+    for name, content in {"cache/reward-0123/DONE": b"ok", "cache/reward-0123/model.safetensors": os.urandom(256),
+                          "checkpoints/panacea-x/step-000050/state.json": b'{"step": 50}',
+                          "mlflow.db": os.urandom(4096)}.items():
+        (state / name).parent.mkdir(parents=True, exist_ok=True)
+        (state / name).write_bytes(content)
+    before = {p: (state / p).read_bytes() for p in files_under(state) if (state / p).is_file()}
+    proc = run_cli(["run", str(config)], state, tmp_path)
+    assert_one_line_error(proc, *needles)
+    assert {p for p in files_under(state) if (state / p).is_file()} == set(before)  # nothing new, nothing lost
+    assert {p: (state / p).read_bytes() for p in before} == before

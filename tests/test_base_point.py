@@ -113,6 +113,39 @@ def test_gain_over_base_by_hand() -> None:
         _front(base=None).gain_over_base()
 
 
+def test_paired_standard_errors_by_hand(tmp_path: Path) -> None:
+    """Points answered on the same prompts are compared by the standard error of their per-prompt differences:
+    a shared prompt effect cancels, so a small consistent gain is many standard errors, not a fraction of one."""
+    hard = np.array([[-2.0, 0.0], [0.0, 0.0], [2.0, 0.0], [4.0, 0.0]])  # the prompts differ a lot in score
+    base_scores = hard + np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0], [0.0, -1.0]])
+    own = hard + np.array([[0.1, 1.0], [0.3, -1.0], [0.1, 1.0], [0.3, -1.0]])  # +0.2 on a on average
+
+    def point(w: tuple, scores: np.ndarray, base: bool = False) -> FrontPoint:
+        se = scores.std(0, ddof=1) / 2.0
+        extra = {"scores": scores.tolist()}
+        return (FrontPoint.base(scores.mean(0), se, extra=extra) if base
+                else FrontPoint(w, scores.mean(0), se, extra=extra))
+
+    base = point((), base_scores, base=True)
+    front = Front("m", ("a", "b"), (point((1.0, 0.0), own), point((0.0, 1.0), base_scores)), (-5.0, -5.0),
+                  base_point=base)
+    # differences on a: 0.1, 0.3, 0.1, 0.3 -> mean 0.2, std (ddof 1) 0.11547, se 0.057735 -> 3.4641 SE
+    gain = front.gain_over_base()
+    assert gain[0, 0] == pytest.approx(0.2 / (0.2 / 3**0.5 / 2.0))
+    assert gain[0, 1] == 0.0 and gain[1].tolist() == [0.0, 0.0]
+    assert front.vertex_separation()[0] == pytest.approx(gain[0, 0])
+    # unpaired, the same gain is a fraction of one standard error
+    unpaired = Front("m", ("a", "b"), tuple(FrontPoint(p.weights, p.values, p.stderr) for p in front.points),
+                     (-5.0, -5.0), base_point=FrontPoint.base(base.values, base.stderr))
+    assert 0 < unpaired.gain_over_base()[0, 0] < 0.2
+    # the per-prompt scores survive the JSON round trip; a point without them falls back to independent means
+    again = Front.from_json(front.to_json())
+    assert again.gain_over_base()[0, 0] == pytest.approx(gain[0, 0])
+    mixed = Front("m", ("a", "b"), (FrontPoint((1.0, 0.0), own.mean(0), (0.5, 0.5)), front.points[1]), (-5.0, -5.0),
+                  base_point=base)
+    assert mixed.gain_over_base()[0, 0] == pytest.approx(0.2 / np.hypot(0.5, base.stderr[0]))
+
+
 def test_table_shows_the_base_first() -> None:
     lines = _front().table().splitlines()
     assert lines[1].split() == ["#", "lambda", "a", "b", "vs", "base", "(SE)", "nd"]

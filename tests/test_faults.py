@@ -6,12 +6,14 @@ store (its own function-scoped fixture: the session server of conftest stays up 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,7 +58,7 @@ def restartable_mlflow(tmp_path: Path) -> Iterator[RestartableServer]:
         server.stop()
 
 
-def test_metrics_survive_a_tracking_server_outage(restartable_mlflow: RestartableServer) -> None:
+def test_metrics_survive_a_tracking_server_outage(restartable_mlflow: RestartableServer, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     from pareto.tracking import MetricBuffer, TrackingUnavailable
@@ -74,9 +76,13 @@ def test_metrics_survive_a_tracking_server_outage(restartable_mlflow: Restartabl
     assert [m.step for m in buffer.pending] == [1, 2, 3]
 
     # A run that cannot wait fails clearly, naming what is unsent, and still keeps it.
-    impatient = MetricBuffer(run_id, server.url, max_wait=0, retry_every=0.1)
-    with pytest.raises(TrackingUnavailable, match=r"unreachable .* 1 metrics of run .* kept unsent"):
+    impatient = MetricBuffer(run_id, server.url, max_wait=0, retry_every=0.1, spool_dir=tmp_path / "unsent")
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=r"unreachable .* 1 metrics of run .* kept unsent in .*unsent"):
         impatient.log({"acc": 0.5}, step=7)
+    assert time.monotonic() - started < 30  # one /health probe, not MLflow's minutes of retries
+    spilled = [json.loads(line) for line in (tmp_path / "unsent" / f"{run_id}.jsonl").read_text().splitlines()]
+    assert [(m["key"], m["value"], m["step"]) for m in spilled] == [("acc", 0.5, 7)]
     with pytest.raises(TrackingUnavailable, match=r"2 metrics of run"):
         impatient.log({"acc": 0.6}, step=8)
     with pytest.raises(TrackingUnavailable):

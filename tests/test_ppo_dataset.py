@@ -185,7 +185,7 @@ def test_both_methods_get_reward_model_fronts_with_the_base_point(run: dict) -> 
 def test_fronts_are_scored_like_every_front_by_the_runs_reward_model(run: dict) -> None:
     """The PPO points' "reward_model" values are the run's saved reward model (its normaliser refit on the base
     model's answers, as the base point and the DPO fronts use it) applied to the points' own answers."""
-    from pareto.distributed.recorder import cache_dir
+    from pareto.cache import cache_dir
     from pareto.models.scorer import SourcedReward
 
     reward = SourcedReward.load(cache_dir(run["cfg"], "base_eval") / "reward")

@@ -290,7 +290,7 @@ def test_conditioned_sweep_is_a_grid_evaluation(killed: dict, local_ray, tmp_pat
     assert out.choice.model.version == registered.version and out.choice.served_weights == (0.3, 0.7)
     run_id, path = registered.model_uri.removeprefix("runs:/").split("/", 1)
     adapter = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=killed["uri"])
-    from pareto.distributed.recorder import cache_dir
+    from pareto.cache import cache_dir
 
     direct = PanaceaPolicy.load(cache_dir(cfg, "base"), adapter, ("helpful", "concise"))
     assert out.text == direct.generate(["how do i learn guitar?"], np.array([0.3, 0.7]), max_new_tokens=16)[0]

@@ -142,10 +142,15 @@ def _decode_line(raw: bytes) -> Row | RowError:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Row | RowError]]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield number, _decode_line(raw.rstrip(b"\r\n"))
+    number = 0
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if raw.strip():
+                    yield number, _decode_line(raw.rstrip(b"\r\n"))
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a truncated or damaged download
+        raise DatasetError(f"{path}: damaged gzip after line {number} ({type(exc).__name__}: {exc}); download or "
+                           "copy the file again (gzip -t checks it)") from None
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, Row | RowError]]:

@@ -115,6 +115,13 @@ def _dataset_task(cfg: ExperimentConfig) -> Task:
         held = set(order[len(order) - max(1, round(VAL_SHARE * len(order))):])
         val = [p for p in train if p.prompt in held]
         train = [p for p in train if p.prompt not in held]
+    labelled = sum(any(b >= 0 for b in p.better) for p in train)
+    if not labelled:
+        from pareto.data.loaders import DatasetError
+
+        raise DatasetError(f"task.dataset {cfg.task.dataset.source}: 0 usable training pairs of {len(train)} rows "
+                           f"(no row has a preference label for any of {list(names)}: every label missing or a "
+                           "tie); check task.dataset.labels maps each objective to its column or subset")
     eval_pairs = ds.splits.get("eval") or val
     sft = list(dict.fromkeys((p.prompt, (p.response_0, p.response_1)[b]) for p in train for b in p.better if b >= 0))
     pairs = {"train": train, "val": val}

@@ -60,7 +60,9 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
         mlflow.set_tags({tracking.PIPELINE_TAG: "pipeline", "pareto.task": cfg.task.name,
                          "pareto.objectives": ",".join(cfg.objectives),
                          "pareto.methods": ",".join(cfg.methods.enabled()),
-                         "pareto.dataset": cfg.task.dataset.source if cfg.task.dataset else ""})
+                         "pareto.dataset": cfg.task.dataset.source if cfg.task.dataset else "",
+                         tracking.DRIVER_TAG: tracking.driver_id()})
+        tracking.fail_dead_runs(uri, exp_id, parent.info.run_id)
         mlflow.log_params(cfg.flat())
         mlflow.log_text(dump_config(cfg), "config/resolved.yaml")
         result = PipelineResult(parent.info.run_id, uri, cfg.experiment_name)

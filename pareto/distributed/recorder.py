@@ -2,8 +2,9 @@
 build the cached stage artefacts (base model, reward model, the base model's own point), build fronts and log them
 to MLflow. Drivers never reach into each other's privates; they call these functions.
 
-Caches live under `<state>/cache/<stage>-<digest>/`, keyed by the config sections that make the artefact, and are
-written atomically with a DONE marker: a killed stage leaves nothing that looks finished.
+Caches live under `<state>/cache/<stage>-<digest>/`, keyed by everything that makes the artefact (`pareto.cache`:
+config sections, stage version, pareto's source, library versions; the key is written beside it as key.json), and
+are written atomically with a DONE marker: a killed stage leaves nothing that looks finished.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import ray  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pareto import tracking  # noqa: E402
+from pareto.cache import KEY_FILE, cache_dir, cache_key  # noqa: E402
 from pareto.config import ExperimentConfig  # noqa: E402
 from pareto.distributed import stages  # noqa: E402
 from pareto.distributed.bundle import ModelRef, folder_bytes, pack, unpack  # noqa: E402
@@ -91,14 +93,6 @@ class RewardModelTooWeak(RuntimeError):
 
 
 # ---- stage caches --------------------------------------------------------------------------------------------------
-def cache_dir(cfg: ExperimentConfig, stage: str) -> Path:
-    """Where a stage's artefact is cached: keyed by what makes it (sweeps and runs of one config share it)."""
-    sections = {"base": ("seed", "task", "model"),
-                "reward": ("seed", "task", "objectives", "reward_model"),
-                "base_eval": ("seed", "task", "objectives", "model", "reward_model", "evaluation")}[stage]
-    return cfg.state_path() / "cache" / f"{stage}-{cfg.digest(*sections)}"
-
-
 def cached(path: Path) -> Path | None:
     return path if (path / "DONE").is_file() else None
 
@@ -164,7 +158,7 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
     with mlflow.start_run(run_name="sft", nested=True):
         if "sft" in outputs:
             out = outputs["sft"]
-            store(base_dir, out["bundle"])
+            store(base_dir, out["bundle"], {KEY_FILE: cache_key(cfg, "base")})
             tracking.log_history([{"step": i + 1, "sft_loss": v} for i, v in enumerate(out["losses"])])
             mlflow.log_metrics({"sft_seconds": out["seconds"], "parameters": out["parameters"]})
         base_path: Path | str = base_dir if needs_base else stages.base_source(cfg)
@@ -173,10 +167,8 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
     with mlflow.start_run(run_name="reward_model", nested=True):
         if "reward_model" in outputs:
             out = outputs["reward_model"]
-            store(rm_dir, out["bundle"], {"report.json": {"accuracy": out["accuracy"], "normalizer": out["normalizer"],
-                                                          "train_pairs": out["train_pairs"],
-                                                          "held_out_pairs": out["held_out_pairs"],
-                                                          "seconds": out["seconds"]}})
+            report = {k: out[k] for k in ("accuracy", "normalizer", "train_pairs", "held_out_pairs", "seconds")}
+            store(rm_dir, out["bundle"], {KEY_FILE: cache_key(cfg, "reward"), "report.json": report})
         report = read_json(rm_dir / "report.json")
         mlflow.log_metrics({f"heldout_accuracy/{k}": v for k, v in report["accuracy"].items()})
         mlflow.log_metrics({k: report[k] for k in ("train_pairs", "held_out_pairs", "seconds") if k in report})
@@ -194,7 +186,8 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
             out = gather({"base_eval": remote(stages.base_eval_stage, cfg).remote(cfg, base, reward)},
                          "base model's point", progress)["base_eval"]
             store(eval_dir, {f"reward/{k}": v for k, v in (out["reward_bundle"] or reward).items() if k != "DONE"},
-                  {"point.json": out["point"], "normalizer.json": out["normalizer"], "task.json": out["task"],
+                  {KEY_FILE: cache_key(cfg, "base_eval"), "point.json": out["point"],
+                   "normalizer.json": out["normalizer"], "task.json": out["task"],
                    "seconds.json": {"seconds": out["seconds"]}})
         point = PointEval.from_dict(read_json(eval_dir / "point.json"))
         task = read_json(eval_dir / "task.json")
@@ -215,7 +208,16 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
 # ---- fronts ---------------------------------------------------------------------------------------------------------
 def base_front_point(point: PointEval, scorer: str) -> FrontPoint:
     return FrontPoint(weights=(), values=tuple(point.mean[scorer]), stderr=tuple(point.stderr[scorer]),
-                      extra={"repetition_rate": point.repetition_rate, "mean_words": point.mean_words})
+                      extra=point_extra(point, scorer))
+
+
+def point_extra(point: PointEval, scorer: str) -> dict:
+    """What a front point keeps of its evaluation besides the means: fluency, and the per-prompt scores that
+    paired standard errors need."""
+    extra = {"repetition_rate": point.repetition_rate, "mean_words": point.mean_words, "empty_rate": point.empty_rate}
+    if scorer in point.scores:
+        extra["scores"] = point.scores[scorer]
+    return extra
 
 
 def make_front(cfg: ExperimentConfig, method: str, points: list[FrontPoint], scorer: str, meta: dict,
@@ -274,6 +276,8 @@ def log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_values
                                     "tokens_per_second": out["tokens_per_second"]})
                 if out.get("peak_memory_gib"):
                     mlflow.log_metric("peak_memory_gib", out["peak_memory_gib"])
+                if out.get("resumed_from"):  # a rerun after a kill: training went on from this checkpoint step
+                    mlflow.log_metric("resumed_from_step", out["resumed_from"])
                 adapter_dir = unpack(out["adapter"], tmp / f"{name}-{i}")
                 tracking.log_dir(adapter_dir, "adapter")
                 mlflow.log_dict({"method": name, "objectives": list(cfg.objectives), "weights": out["weights"],
@@ -295,8 +299,7 @@ def log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_values
         for scorer in scorer_names(points):
             fps = [FrontPoint(weights=p.weights, values=p.mean[scorer], stderr=p.stderr[scorer],
                               model_uri=uris.get(p.weights, ""),
-                              extra={"repetition_rate": p.repetition_rate, "mean_words": p.mean_words,
-                                     "empty_rate": p.empty_rate})
+                              extra=point_extra(p, scorer))
                    for p in points]
             front = make_front(cfg, name, fps, scorer, meta, base_point)
             front.compute_metrics(oracle_front=oracle_values if scorer == "oracle" else None)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pareto.cache import source_digest
 from pareto.config import PPO_METHODS, ExperimentConfig
 from pareto.data.task import Task, build_task, context_budget, fit_to_context, model_context
 from pareto.distributed.bundle import ModelRef, pack, ship, unpack
@@ -104,7 +105,8 @@ def preflight(cfg: ExperimentConfig) -> Path:
         check_context(cfg)
     else:
         build_task(cfg)  # reads every row: a damaged file stops here, before compute
-        base_source(cfg)
+        if cfg.model.base != "tiny":  # the tiny LM is built from the data by the SFT stage
+            base_source(cfg)
     return state
 
 
@@ -274,7 +276,8 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
         reward = SourcedReward.load(unpack(reward_bundle, Path(tmp) / "reward"), device=placement.device)
         ctx = FitContext(base_dir=base_dir, pairs=pairs, val_prompts=val_prompts, reward=reward, objectives=names,
                          max_length=max_length(cfg, base_dir, tokenizer), seed=cfg.seed + seed_offset, gen=gen,
-                         task=task, placement=placement, load_options=load_options(cfg))
+                         task=task, placement=placement, load_options=load_options(cfg),
+                         checkpoint_dir=checkpoint_dir(cfg, method, weights, seed_offset))
         with placement.context():
             policy, result = load_method(method).fit(ctx, mcfg, weights)
             eval_grid = np.asarray([weights] if mcfg.per_weight else grid)
@@ -294,7 +297,15 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
             "train_wall_seconds": result.seconds,
             "tokens_per_second": result.tokens_per_second, "eval_seconds": eval_seconds,
             "points": [p.to_dict() for p in points], "peak_memory_gib": peak_memory_gib(placement),
-            "models_trained": getattr(result, "models", 1), "policy_kind": getattr(policy, "kind", None)}
+            "models_trained": getattr(result, "models", 1), "policy_kind": getattr(policy, "kind", None),
+            "resumed_from": getattr(result, "resumed_from", 0)}
+
+
+def checkpoint_dir(cfg: ExperimentConfig, method: str, weights: list[float] | None, seed_offset: int) -> Path:
+    """Where one method task's trainers checkpoint: the same config, code and λ resume there after a kill."""
+    at = "" if weights is None else "-" + "_".join(f"{w:.4f}" for w in weights)
+    return (Path(cfg.state_path()) / "checkpoints" /
+            f"{method}-{_digest(cfg)}-{source_digest()}-{seed_offset}{at}")
 
 
 def _digest(cfg: ExperimentConfig) -> str:

@@ -228,14 +228,32 @@ def front_metrics(
     return out
 
 
-def vertex_separation(weights: Any, values: Any, stderr: Any) -> np.ndarray:
+def difference_stderr(stderr_a: Any, stderr_b: Any, scores_a: Any = None, scores_b: Any = None) -> np.ndarray:
+    """The standard error [K] of (mean_a − mean_b), per objective.
+
+    With per-prompt scores ``[n, K]`` of both points on the same prompts, it is the standard error of the paired
+    differences, std(a − b) / √n: both points answered the same prompts, so how hard a prompt is cancels out.
+    Without them (or with different prompt counts) the two means are treated as independent:
+    √(se_a² + se_b²), which is larger whenever the scores of the two points correlate across prompts.
+    """
+    if scores_a is not None and scores_b is not None:
+        a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+        if a.shape == b.shape and a.ndim == 2 and a.shape[0] > 1:
+            return (a - b).std(0, ddof=1) / np.sqrt(a.shape[0])
+    return np.hypot(np.asarray(stderr_a, dtype=np.float64), np.asarray(stderr_b, dtype=np.float64))
+
+
+def vertex_separation(weights: Any, values: Any, stderr: Any, scores: Any = None) -> np.ndarray:
     """How far each objective's own vertex beats the other vertices, in standard errors.
 
-    For objective i: min over vertices e_j (j ≠ i) of (ξ_i(e_i) − ξ_i(e_j)) / sqrt(se_i(e_i)² + se_i(e_j)²).
-    Returns [K] (NaN for an objective whose vertex is not on the grid). > 2 everywhere means the front really
-    responds to λ: each objective peaks at its own vertex by more than two standard errors.
+    For objective i: min over vertices e_j (j ≠ i) of (ξ_i(e_i) − ξ_i(e_j)) / se_i(e_i − e_j), with the standard
+    error of the difference from :func:`difference_stderr` (paired when ``scores``, a per-point list of per-prompt
+    score arrays ``[n, K]`` or None, has both vertices). Returns [K] (NaN for an objective whose vertex is not on
+    the grid). > 2 everywhere means the front really responds to λ: each objective peaks at its own vertex by
+    more than two standard errors.
     """
     w, v, s = (np.asarray(x, dtype=np.float64) for x in (weights, values, stderr))
+    per_prompt = list(scores) if scores is not None else [None] * len(w)
     k = w.shape[1]
     vertex_row = {}
     for i in range(k):
@@ -244,7 +262,7 @@ def vertex_separation(weights: Any, values: Any, stderr: Any) -> np.ndarray:
             vertex_row[i] = int(hits[0])
     out = np.full(k, np.nan)
     for i, ri in vertex_row.items():
-        gaps = [(v[ri, i] - v[rj, i]) / max(np.hypot(s[ri, i], s[rj, i]), 1e-12)
+        gaps = [(v[ri, i] - v[rj, i]) / max(difference_stderr(s[ri], s[rj], per_prompt[ri], per_prompt[rj])[i], 1e-12)
                 for j, rj in vertex_row.items() if j != i]
         if gaps:
             out[i] = min(gaps)

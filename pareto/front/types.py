@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import front_metrics, hypervolume, non_dominated_mask, vertex_separation
+from .metrics import difference_stderr, front_metrics, hypervolume, non_dominated_mask, vertex_separation
 
 __all__ = ["FrontPoint", "Front", "SCHEMA"]
 
@@ -56,7 +56,9 @@ def _check_str(x: Any, where: str) -> str:
 class FrontPoint:
     """One evaluated point: the preference it was trained/queried at and its objective values.
 
-    ``values`` are means over the evaluation prompts (maximised), ``stderr`` their standard errors. The base
+    ``values`` are means over the evaluation prompts (maximised), ``stderr`` their standard errors;
+    ``extra["scores"]``, when present, holds the per-prompt scores ``[n, K]`` that two points answered on the same
+    prompts are compared by (paired standard errors, :meth:`per_prompt_scores`). The base
     model's point (:attr:`Front.base_point`) has no preference: its ``weights`` is the empty tuple
     (:meth:`FrontPoint.base` builds one).
     """
@@ -74,6 +76,14 @@ class FrontPoint:
     def base(cls, values: Any, stderr: Any, model_uri: str = "", extra: dict | None = None) -> FrontPoint:
         """The untrained base model's point: its mean scores and standard errors, no preference (``weights=()``)."""
         return cls((), values, stderr, model_uri, dict(extra or {}))
+
+    def per_prompt_scores(self) -> np.ndarray | None:
+        """The per-prompt scores ``[n, K]`` behind ``values``, or None when the writer did not keep them."""
+        scores = self.extra.get("scores")
+        if scores is None:
+            return None
+        arr = np.asarray(scores, dtype=np.float64)
+        return arr if arr.ndim == 2 and arr.shape[1] == len(self.values) else None
 
     @property
     def is_base(self) -> bool:
@@ -221,16 +231,24 @@ class Front:
     def gain_over_base(self) -> np.ndarray:
         """``(N, K)``: how far each point moved from the base model, per objective, in standard errors.
 
-        ``(value - base) / hypot(stderr, base_stderr)``; where both standard errors are 0 the gain is 0 for an
-        equal value and +/-inf otherwise. Raises ``ValueError`` when the front has no ``base_point``.
+        ``(value - base) / se(value - base)`` (:func:`~pareto.front.metrics.difference_stderr`: paired over the
+        prompts when both points kept their per-prompt scores); where that standard error is 0 the gain is 0 for
+        an equal value and +/-inf otherwise. Raises ``ValueError`` when the front has no ``base_point``.
         """
         if self.base_point is None:
             raise ValueError("Front.base_point: this front has none, so there is no gain over the base model")
-        diff = self.values() - np.asarray(self.base_point.values, dtype=float)
-        scale = np.hypot(self.stderr(), np.asarray(self.base_point.stderr, dtype=float))
+        base = self.base_point
+        diff = self.values() - np.asarray(base.values, dtype=float)
+        scale = np.array([difference_stderr(p.stderr, base.stderr, p.per_prompt_scores(), base.per_prompt_scores())
+                          for p in self.points], dtype=float).reshape(diff.shape)
         with np.errstate(divide="ignore", invalid="ignore"):
             gain = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), np.sign(diff) * np.inf)
         return np.where((scale == 0) & (diff == 0), 0.0, gain)
+
+    def vertex_separation(self) -> np.ndarray:
+        """[K]: how far each objective's own vertex beats the other vertices, in (paired) standard errors."""
+        return vertex_separation(self.weights(), self.values(), self.stderr(),
+                                 [p.per_prompt_scores() for p in self.points])
 
     def nondominated(self) -> Front:
         """A new ``Front`` holding only the non-dominated points (order kept, metrics cleared)."""
@@ -248,8 +266,7 @@ class Front:
             oracle_front = oracle_front.values()
         m = front_metrics(self.weights(), self.values(), self.reference_point, oracle_front=oracle_front)
         if self.points:
-            for name, sep in zip(self.objectives, vertex_separation(self.weights(), self.values(), self.stderr()),
-                                 strict=True):
+            for name, sep in zip(self.objectives, self.vertex_separation(), strict=True):
                 if np.isfinite(sep):
                     m[f"vertex_separation/{name}"] = float(sep)
         self.metrics.clear()

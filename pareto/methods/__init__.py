@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from pareto.config import DPOConfig, RiCConfig
+from pareto.methods.checkpoint import Checkpoints
 from pareto.methods.dpo import PairSet
 from pareto.models.conditioned import ConditionedPolicy
 from pareto.models.policy import load_policy
@@ -28,11 +30,20 @@ class FitContext:
     task: object = None          # the task (pareto.data.task.Task), for methods that need more than pairs
     placement: object = None     # pareto.models.device.Placement: device, autocast dtype, gradient checkpointing
     load_options: dict = field(default_factory=dict)  # load_policy's dtype / trust_remote_code (model section)
+    checkpoint_dir: Path | None = None  # where this fit's trainers checkpoint (None: no checkpoints, e.g. tests)
 
     def load_base(self) -> tuple:
         """(model, tokenizer) of the base policy, on this fit's device, checkpointed when the config asks."""
         placed = {} if self.placement is None else self.placement.load_kwargs()
         return load_policy(self.base_dir, **self.load_options, **placed)
+
+    def checkpoints(self, cfg: DPOConfig | RiCConfig, part: str = "") -> Checkpoints | None:
+        """The checkpoints of one trainer of this fit (`part` names one of several, e.g. a Soups vertex); RiC
+        checkpoints once per phase."""
+        if self.checkpoint_dir is None:
+            return None
+        folder = self.checkpoint_dir / part if part else self.checkpoint_dir
+        return Checkpoints(folder, getattr(cfg, "checkpoint_every", 1), cfg.keep_checkpoints)
 
 
 # name -> module; each module has `fit(ctx, cfg, weights=None) -> (ConditionedPolicy, TrainResult)`.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from pareto.config import DPOConfig
 from pareto.evaluation import evaluate_grid
 from pareto.front.metrics import Z_REFERENCE, hypervolume
+from pareto.methods.checkpoint import Checkpoints, TrainerState
 from pareto.models.device import model_device
 from pareto.models.policy import encode_pairs, token_logprobs
 from pareto.objectives import VectorReward, aggregate_losses
@@ -101,6 +103,7 @@ class TrainResult:
     cpu_seconds: float = 0.0  # process CPU time: the compute a method costs, whatever else runs on the machine
     tokens: int = 0
     models: int = 1  # models (adapters) this result trained, e.g. K for Rewarded Soups
+    resumed_from: int = 0  # the checkpoint step training resumed from (0: from the start)
 
     @property
     def tokens_per_second(self) -> float:
@@ -113,28 +116,40 @@ Validator = Callable[[int], tuple[float, dict, bool]]
 BatchSampler = Callable[[np.random.Generator], tuple[np.ndarray, torch.Tensor]]
 
 
+class Stateful(Protocol):
+    """A sampler with state of its own (beyond the trainer's RNG) that a checkpoint must carry."""
+
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
               *, objectives: Sequence[str], sample_weights: Callable[[np.random.Generator], np.ndarray],
               apply_weights: Callable[[np.ndarray], None], validate: Validator, aggregation: str = "linear",
               max_length: int = 128, seed: int = 0, desc: str = "dpo",
-              sample_batch: BatchSampler | None = None) -> TrainResult:
+              sample_batch: BatchSampler | None = None, checkpoints: Checkpoints | None = None,
+              sampler_state: Stateful | None = None) -> TrainResult:
     """Minimise aggregate_λ(per-objective DPO losses) + nll_weight · NLL(λ-preferred response).
 
     `sample_batch` replaces the uniform pair sampler (e.g. MAH-DPO's objective-balanced, objective-tagged batches:
     the labels it returns may mask objectives out). `pairs.offset`, when set, shifts each DPO logit (MODPO).
     Runs on the model's device: labels, offsets, λ and the stored reference log-probs (CPU) of each micro-batch
     move there. Autocast is the caller's: run it inside `Placement.context()`.
+    With `checkpoints`, the trainer saves its whole state every `checkpoints.every` steps (and at its last step)
+    and first resumes from the newest checkpoint there: the rest of the run is bit-identical to an uninterrupted
+    one (`sampler_state`: a sampler's own state, carried along).
     """
     assert pairs.ref_logp is not None, "compute reference_logps first"
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainable = list(params.values())
     device = model_device(model)  # everything that meets the model's outputs goes there (no-ops on the CPU)
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult()
 
     def snapshot() -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return {n: p.detach().clone() for n, p in params.items()}
 
     def check(step: int) -> bool:
         """Validate; keep the best eligible state. Returns True when patience has run out."""
@@ -149,12 +164,46 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
             bad_checks += 1
         return bad_checks >= cfg.patience
 
+    def save(step: int, stopped: bool) -> None:
+        tensors = {f"param/{n}": p for n, p in params.items()} | {f"best/{n}": t for n, t in best_state.items()}
+        tensors["rng/torch"] = torch.get_rng_state()
+        if device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+        checkpoints.save(TrainerState(step, tensors, optim.state_dict(), {
+            "numpy_rng": rng.bit_generator.state, "sampler": sampler_state.state_dict() if sampler_state else None,
+            "bad_checks": bad_checks, "stopped": stopped, "history": result.history, "best_step": result.best_step,
+            "best_metric": result.best_metric, "tokens": result.tokens, "seconds": spent + time.perf_counter() - start,
+            "cpu_seconds": cpu_spent + time.process_time() - cpu_start}))
+
     best_state, bad_checks = snapshot(), 0
+    spent = cpu_spent = 0.0
     start, cpu_start = time.perf_counter(), time.process_time()
-    check(0)  # the untouched (SFT) model is the fallback: training never returns something worse on validation
+    resumed = checkpoints.latest(device) if checkpoints is not None else None
+    if resumed is None:
+        check(0)  # the untouched (SFT) model is the fallback: training never returns something worse on validation
+        first, stopped = 1, False
+    else:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(resumed.tensors[f"param/{n}"])
+        best_state = {n: resumed.tensors[f"best/{n}"] for n in params}
+        torch.set_rng_state(resumed.tensors["rng/torch"].cpu())
+        if "rng/cuda" in resumed.tensors:
+            torch.cuda.set_rng_state(resumed.tensors["rng/cuda"].cpu(), device)
+        optim.load_state_dict(resumed.optimizer)
+        st = resumed.state
+        rng.bit_generator.state = st["numpy_rng"]
+        if sampler_state is not None:
+            sampler_state.load_state_dict(st["sampler"])
+        bad_checks, stopped, spent, cpu_spent = st["bad_checks"], st["stopped"], st["seconds"], st["cpu_seconds"]
+        result.history, result.best_step, result.best_metric = st["history"], st["best_step"], st["best_metric"]
+        result.tokens, result.steps, first = st["tokens"], resumed.step, resumed.step + 1
+        result.resumed_from = resumed.step
     model.train()
-    bar = tqdm(total=cfg.max_steps, desc=desc, unit="step", mininterval=2.0)
-    for step in range(1, cfg.max_steps + 1):
+    bar = tqdm(total=cfg.max_steps, initial=first - 1, desc=desc, unit="step", mininterval=2.0)
+    for step in range(first, cfg.max_steps + 1):
+        if stopped:
+            break
         optim.zero_grad()
         logged: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
@@ -192,14 +241,14 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
         bar.update(1)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            if check(step):
-                break
+            stopped = check(step)
+        if checkpoints is not None and checkpoints.due(step, last=stopped or step == cfg.max_steps):
+            save(step, stopped)
     bar.close()
-    result.seconds = time.perf_counter() - start
-    result.cpu_seconds = time.process_time() - cpu_start
+    result.seconds = spent + time.perf_counter() - start
+    result.cpu_seconds = cpu_spent + time.process_time() - cpu_start
     if getattr(cfg, "keep", "best") == "best":  # else the last state: validation only logs (and stops on patience)
         with torch.no_grad():
-            params = dict(model.named_parameters())
             for name, value in best_state.items():
                 params[name].copy_(value)
     else:

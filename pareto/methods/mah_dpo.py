@@ -43,6 +43,16 @@ class BalancedObjectiveSampler:
         self._pos = dict.fromkeys(self.active, 0)
         self.epochs = dict.fromkeys(self.active, 0)  # completed passes over each objective's pool
 
+    def state_dict(self) -> dict:
+        """Where each objective's pass stands (JSON): a resumed trainer continues the same data order."""
+        return {str(h): {"order": self._order[h].tolist(), "pos": self._pos[h], "epochs": self.epochs[h]}
+                for h in self.active}
+
+    def load_state_dict(self, state: dict) -> None:
+        for h in self.active:
+            self._order[h] = np.asarray(state[str(h)]["order"], dtype=self._order[h].dtype)
+            self._pos[h], self.epochs[h] = int(state[str(h)]["pos"]), int(state[str(h)]["epochs"])
+
     def _take(self, h: int, n: int, rng: np.random.Generator) -> list[int]:
         out: list[int] = []
         while len(out) < n:
@@ -111,6 +121,7 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
             # α_h = 1/K: with every objective in every batch this is the mean of the per-head DPO losses
             sample_weights=lambda rng: uniform, apply_weights=lambda w: None, validate=validate,
             aggregation="linear", max_length=max_length, seed=ctx.seed, desc="mah-dpo", sample_batch=sample_batch,
+            checkpoints=ctx.checkpoints(cfg), sampler_state=sampler,
         )
     result.history.append({"step": result.steps, **{f"passes/{objectives[h]}": float(n)
                                                     for h, n in sampler.epochs.items()}})

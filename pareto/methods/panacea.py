@@ -44,5 +44,6 @@ def fit(ctx: FitContext, cfg: PanaceaConfig,
         sample_weights=lambda rng: sample_preferences(rng, k, 1, cfg.vertex_prob)[0],
         apply_weights=lambda w: set_preference(model, w), validate=validate,
         aggregation=cfg.aggregation, max_length=max_length, seed=ctx.seed, desc="panacea",
+        checkpoints=ctx.checkpoints(cfg),
     )
     return policy, result

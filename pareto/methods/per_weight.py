@@ -44,6 +44,6 @@ def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None =
     result = train_dpo(
         model, tokenizer, pairs, cfg, objectives=objectives, sample_weights=lambda rng: lam,
         apply_weights=lambda w: None, validate=validate, aggregation="linear", max_length=max_length, seed=ctx.seed,
-        desc=f"per-weight λ={np.round(lam, 2).tolist()}",
+        desc=f"per-weight λ={np.round(lam, 2).tolist()}", checkpoints=ctx.checkpoints(cfg),
     )
     return policy, result

@@ -28,6 +28,7 @@ from pareto.evaluation import evaluate_grid
 from pareto.front.grid import preference_grid
 from pareto.front.metrics import Z_REFERENCE, hypervolume
 from pareto.methods import FitContext
+from pareto.methods.checkpoint import TrainerState
 from pareto.methods.dpo import TrainResult, front_validator
 from pareto.methods.panacea import validation_weights
 from pareto.models.policy import generate, pair_token_counts, repetition_rate, sft_train
@@ -122,17 +123,62 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
         step += len(losses)
         result.tokens += epochs * sum(len(tokenizer(p + " " + r)["input_ids"]) for p, r in examples)
 
-    check()  # the untrained model (the SFT model with tags it never saw) is the fallback
+    # Checkpoints: one after the offline pass (phase 1) and after each online round (phase r + 2). A rerun of the
+    # same config resumes after the last finished phase, bit-identically (a killed phase is trained again).
+    checkpoints = ctx.checkpoints(cfg)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    online: list[tuple[str, str, np.ndarray]] = []
+    labels_seen = [z]
+    phase = 0
+
+    def save() -> None:
+        if checkpoints is None:
+            return
+        tensors = {f"param/{n}": p for n, p in params.items()} | {"rng/torch": torch.get_rng_state()}
+        tensors |= {f"best/{n}": t for n, t in best.get("state", {}).items()}
+        checkpoints.save(TrainerState(phase, tensors, {}, {
+            "numpy_rng": rng.bit_generator.state, "sft_step": step, "history": result.history, "tokens": result.tokens,
+            "best_step": result.best_step, "best_metric": result.best_metric,
+            "best_range": {k: np.asarray(best[k]).tolist() for k in ("low", "high", "observed")} if best else None,
+            "range": {"low": list(policy.low), "high": list(policy.high),
+                      "observed": np.asarray(policy.observed).tolist()},
+            "online": [(p, t, o.tolist()) for p, t, o in online],
+            "labels_seen": [a.tolist() for a in labels_seen[1:]],
+            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}))
+
+    resumed = checkpoints.latest() if checkpoints is not None else None
+    if resumed is not None:
+        st, phase = resumed.state, resumed.step
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(resumed.tensors[f"param/{n}"])
+        torch.set_rng_state(resumed.tensors["rng/torch"])
+        rng.bit_generator.state = st["numpy_rng"]
+        step, result.history, result.tokens = st["sft_step"], st["history"], st["tokens"]
+        result.best_step, result.best_metric = st["best_step"], st["best_metric"]
+        if st["best_range"] is not None:
+            best.update(state={n: resumed.tensors[f"best/{n}"] for n in params},
+                        **{k: np.asarray(v) if k == "observed" else v for k, v in st["best_range"].items()})
+        policy.low, policy.high = st["range"]["low"], st["range"]["high"]
+        policy.observed = np.asarray(st["range"]["observed"])
+        online = [(p, t, np.asarray(o)) for p, t, o in st["online"]]
+        labels_seen += [np.asarray(a).reshape(-1, k) for a in st["labels_seen"]]
+        result.resumed_from = phase
+        start -= st["seconds"]
+        cpu_start -= st["cpu_seconds"]
+
     offline = [(format_prompt(p, objectives, zi), r) for p, r, zi in zip(prompts, responses, z, strict=True)]
-    train(offline, cfg.epochs, cfg.lr, "offline")
-    check()
+    if phase < 1:
+        check()  # the untrained model (the SFT model with tags it never saw) is the fallback
+        train(offline, cfg.epochs, cfg.lr, "offline")
+        check()
+        phase = 1
+        save()
 
     # ---- online: multi-objective rejection sampling rounds ------------------------------------------------------
     origin = np.flatnonzero(above_quantile(z, cfg.quantile))
-    online: list[tuple[str, str, np.ndarray]] = []
-    labels_seen = [z]
     unique_prompts = list(dict.fromkeys(prompts))
-    for r in range(cfg.online_rounds):
+    for r in range(phase - 1, cfg.online_rounds):
         chosen = rng.choice(len(unique_prompts), size=min(cfg.online_prompts, len(unique_prompts)), replace=False)
         round_prompts = [unique_prompts[i] for i in chosen]
         targets = sample_targets(rng, len(round_prompts), np.asarray(policy.low), np.asarray(policy.high))
@@ -157,6 +203,8 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
                                                                                  strict=True)}})
         train(examples, cfg.online_epochs, cfg.online_lr, "online")
         check()
+        phase = r + 2
+        save()
 
     if best:  # restore the best validated weights and the reward range they were trained with
         with torch.no_grad():

@@ -42,7 +42,8 @@ def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = Non
                                    vertex[None, :], ctx.reward, cfg.max_repetition)
         result = train_dpo(model, tokenizer, pairs, cfg, objectives=objectives, sample_weights=lambda rng, v=vertex: v,
                            apply_weights=lambda w: None, validate=validate, aggregation="linear",
-                           max_length=max_length, seed=ctx.seed + i, desc=f"soups {objective}")
+                           max_length=max_length, seed=ctx.seed + i, desc=f"soups {objective}",
+                           checkpoints=ctx.checkpoints(cfg, name))
         # one history, steps continued across adapters; keys say which adapter a value belongs to
         offset = total.steps
         total.history += [{"step": offset + row["step"], **{f"{objective}/{key}": v for key, v in row.items()
@@ -51,6 +52,7 @@ def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = Non
         total.seconds += result.seconds
         total.cpu_seconds += result.cpu_seconds
         total.tokens += result.tokens
+        total.resumed_from = max(total.resumed_from, result.resumed_from)
         total.history.append({"step": total.steps, f"best_step/{objective}": float(result.best_step),
                               f"best_val_metric/{objective}": result.best_metric})
     model.eval()
