@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class CacheEntry:
     """One cached artefact under the state folder."""
 
     path: Path
-    kind: str          # a stage name, or "model" for converted base models and shipped adapters
+    kind: str          # a stage name, "model" (converted base models, shipped adapters) or "checkpoint"
     finished: bool     # a stage entry with its DONE marker (a killed stage leaves an unfinished one)
     current: bool | None  # would today's code and libraries still use it? None when the entry cannot say
     bytes: int
@@ -131,10 +132,19 @@ def _model_entry(path: Path) -> CacheEntry:
     return CacheEntry(path, "model", True, current, _size(path), path.stat().st_mtime)
 
 
+def _checkpoint_entry(path: Path) -> CacheEntry:
+    """A method task's trainer checkpoints: current when written by today's code (a DPO-family folder names the
+    source digest it was written by, `<method>-<config>-<code>-<task>`); PPO's folders cannot say (None)."""
+    match = re.fullmatch(r".+?-[0-9a-f]{16}-([0-9a-f]{16})-\d+(-.*)?", path.name)
+    current = None if match is None else match.group(1) == source_digest()
+    return CacheEntry(path, "checkpoint", True, current, _size(path), path.stat().st_mtime)
+
+
 def list_entries(state_dir: Path) -> list[CacheEntry]:
-    """Every cached stage artefact and model folder under `state_dir`, oldest first."""
+    """Every cached stage artefact, model folder and trainer checkpoint folder under `state_dir`, oldest first."""
     entries = [_stage_entry(p) for p in sorted((state_dir / "cache").glob("*")) if p.is_dir()]
     entries += [_model_entry(p) for p in sorted((state_dir / "models").glob("*")) if p.is_dir()]
+    entries += [_checkpoint_entry(p) for p in sorted((state_dir / "checkpoints").glob("*")) if p.is_dir()]
     return sorted(entries, key=lambda e: e.modified)
 
 

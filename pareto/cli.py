@@ -444,8 +444,8 @@ if __name__ == "__main__":
     app()
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="Cached stage artefacts (base, reward model, base point) and "
-                                                   "model folders under the state folder.")
+cache_app = typer.Typer(no_args_is_help=True, help="Cached stage artefacts (base, reward model, base point), model "
+                                                   "folders and trainer checkpoints under the state folder.")
 app.add_typer(cache_app, name="cache")
 StateDirOption = Annotated[Path | None, typer.Option("--state-dir", help="the state folder (default: $PARETO_HOME "
                                                                          "or .pareto)")]
@@ -482,11 +482,11 @@ def cache_clear(state_dir: StateDirOption = None,
                 stale: Annotated[bool, typer.Option("--stale", help="only entries today's code would not use "
                                                                    "(stale or unfinished)")] = False,
                 kind: Annotated[str | None, typer.Option("--kind", help="only this kind: base, reward, base_eval, "
-                                                                        "model")] = None) -> None:
+                                                                        "model, checkpoint")] = None) -> None:
     """Remove cache entries (all, or only stale ones, or one kind). MLflow runs and their artifacts are kept."""
     from pareto.cache import STAGE_VERSIONS, clear_entries, list_entries
 
-    kinds = (*STAGE_VERSIONS, "model")
+    kinds = (*STAGE_VERSIONS, "model", "checkpoint")
     if kind is not None and kind not in kinds:
         _fail(f"--kind {kind!r}: choose one of {', '.join(kinds)}")
     entries = [e for e in list_entries(_state_dir(state_dir))

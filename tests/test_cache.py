@@ -37,7 +37,8 @@ def test_the_key_names_everything_that_makes_the_artefact(monkeypatch: pytest.Mo
     monkeypatch.setattr(cache, "source_digest", lambda: "0" * 16)
     assert cache.cache_dir(cfg, "base") != base
     monkeypatch.undo()
-    monkeypatch.setattr(cache, "library_versions", lambda: {**cache.library_versions(), "torch": "0.0.1"})
+    upgraded = {**cache.library_versions(), "torch": "0.0.1"}
+    monkeypatch.setattr(cache, "library_versions", lambda: upgraded)
     assert cache.cache_dir(cfg, "base") != base
     monkeypatch.undo()
     assert cache.cache_dir(cfg, "base") == base
@@ -98,3 +99,17 @@ def test_a_new_sft_version_rebuilds_the_base_and_an_unchanged_tree_reuses_it(
     assert out.returncode == 0 and "removed 1 entries" in out.stdout, out.stdout + out.stderr
     assert not new_base.exists() and (base / "DONE").is_file()
     assert _cli("clear", "--kind", "sft", state=state).returncode != 0
+
+
+def test_checkpoint_folders_are_listed_and_only_other_code_is_stale(tmp_path: Path) -> None:
+    names = {f"panacea-{'0' * 16}-{cache.source_digest()}-0": "current",
+             f"per_weight_dpo-{'0' * 16}-{'f' * 16}-1-0.5000_0.5000": "stale",
+             f"panacea_ppo-{'0' * 16}": "unknown"}  # PPO's folders do not name the code: never cleared as stale
+    for name in names:
+        (tmp_path / "checkpoints" / name / "step-000050").mkdir(parents=True)
+    rows = {r["name"]: r for r in (e.row() for e in cache.list_entries(tmp_path))}
+    assert {n: rows[n]["state"] for n in names} == names and {r["kind"] for r in rows.values()} == {"checkpoint"}
+    out = _cli("clear", "--stale", "--kind", "checkpoint", state=tmp_path)
+    assert out.returncode == 0 and "removed 1 entries" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(n for n, s in names.items()
+                                                                                 if s != "stale")

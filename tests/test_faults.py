@@ -99,6 +99,58 @@ def test_metrics_survive_a_tracking_server_outage(restartable_mlflow: Restartabl
         (7, 0.5), (8, 0.6)]
 
 
+def test_a_tracking_outage_mid_run_keeps_the_outputs_and_a_rerun_logs_each_step_once(
+        restartable_mlflow: RestartableServer, tmp_path: Path) -> None:
+    """`pareto run` against a real MLflow server that is stopped while the methods train and does not come back:
+    the run ends with one line saying nothing of its fronts was logged and where they are on disk. The server
+    starts again; the same command logs everything from the caches and checkpoints, every metric step exactly once,
+    and the dead run is FAILED with the reason."""
+    from mlflow.tracking import MlflowClient
+
+    from pareto import tracking
+
+    server, state = restartable_mlflow, tmp_path / "state"
+    cmd = [_exe("pareto"), "run", str(Path(__file__).parent / "configs" / "small.yaml"), "--set",
+           f"state_dir={state}", "--set", f"tracking.uri={server.url}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PARETO_HOME")}
+    # MLflow's own retry loop (minutes of backoff) is the grace period a real run gets; the test does not wait it
+    quick = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    proc = subprocess.Popen(cmd, env=quick, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while not list((state / "checkpoints").rglob("step-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    server.stop()
+    _, err = proc.communicate(timeout=900)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, err[-3000:]
+    assert "stopped answering before run" in lines[0] and "nothing of them was logged" in lines[0]
+    unsent = Path(lines[0].split("kept in ")[1].split(";")[0])
+    assert unsent.parent == state / "unsent" and (unsent / "panacea.json").is_file()
+    assert json.loads((unsent / "panacea.json").read_text())["points"] and (unsent / "panacea-adapter").is_dir()
+
+    server.start()  # same port, same store
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    client = MlflowClient(server.url)
+    new = tracking.find_run("latest", server.url)
+    experiment = new.info.experiment_id
+    dead = [r for r in client.search_runs([experiment], f"tags.{tracking.PIPELINE_TAG} = 'pipeline'")
+            if r.info.run_id != new.info.run_id]
+    assert len(dead) == 1 and dead[0].info.status == "FAILED" and new.info.status == "FINISHED"
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    runs = client.search_runs([experiment], max_results=1000)
+    logged = 0
+    for run in runs:
+        if run.info.run_id == dead[0].info.run_id or run.data.tags.get("mlflow.parentRunId") == dead[0].info.run_id:
+            continue
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)  # each step exactly once
+            logged += len(steps)
+    assert logged > 100
+    assert {f.method for f in tracking.load_fronts(new, server.url)} == {"panacea", "per_weight_dpo"}
+
+
 def test_log_history_goes_through_the_buffer(tmp_path: Path) -> None:
     """The pipeline's metric series (tracking.log_history) are sent with MetricBuffer: same values, in order."""
     import mlflow

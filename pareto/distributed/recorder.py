@@ -88,6 +88,26 @@ def gather(pending: dict, desc: str, progress: bool) -> dict:
     return outputs
 
 
+def keep_unsent(outputs: dict, folder: Path) -> Path:
+    """What a run could not log (the tracking server went away): every method task's output (points, history,
+    timings) as JSON and its adapter as a folder, under `folder`. A rerun of the same config logs it all from the
+    caches and checkpoints; this copy is for reading meanwhile."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, out in outputs.items():
+        name = key.replace("/", "-")
+        adapter = out.get("adapter")
+        if adapter is not None:
+            unpack(adapter, folder / f"{name}-adapter")
+        (folder / f"{name}.json").write_text(json.dumps({k: v for k, v in out.items() if k != "adapter"},
+                                                        default=float), encoding="utf-8")
+    return folder
+
+
+def tracking_down(uri: str) -> bool:
+    """True when `uri` is a tracking server that does not answer /health (an outage, not a bug in a logging call)."""
+    return not tracking.MetricBuffer("", uri)._server_answers()
+
+
 class RewardModelTooWeak(RuntimeError):
     """The reward model's held-out accuracy is under `reward_model.min_accuracy` (one line: which, and the fix)."""
 

@@ -65,7 +65,8 @@ class Checkpoints:
         save_file({k: v.detach().contiguous().cpu() for k, v in trainer.tensors.items()},
                   str(tmp / "tensors.safetensors"))
         torch.save(trainer.optimizer, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": trainer.step, **trainer.state}), encoding="utf-8")
+        (tmp / "state.json").write_text(json.dumps({"step": trainer.step, **trainer.state}, default=float),
+                                         encoding="utf-8")
         if final.exists():  # the same step again (a rerun that had finished it): replace it whole
             shutil.rmtree(final)
         tmp.rename(final)
