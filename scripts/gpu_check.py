@@ -191,7 +191,7 @@ def collect(uri: str, experiment: str, run_id: str | None = None) -> dict:
         fronts, out["fronts_error"] = [], f"{type(exc).__name__}: {exc}"
     out["fronts"] = []
     for f in fronts:
-        from pareto.cli import check_lines
+        from pareto.report import check_lines
 
         out["fronts"].append({"method": f.method, "scorer": f.scorer, "objectives": list(f.objectives),
                               "hypervolume": f.metrics.get("hypervolume"), "reference_point": list(f.reference_point),

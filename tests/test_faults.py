@@ -111,7 +111,8 @@ def test_a_tracking_outage_mid_run_keeps_the_outputs_and_a_rerun_logs_each_step_
 
     server, state = restartable_mlflow, tmp_path / "state"
     cmd = [_exe("pareto"), "run", str(Path(__file__).parent / "configs" / "small.yaml"), "--set",
-           f"state_dir={state}", "--set", f"tracking.uri={server.url}"]
+           f"state_dir={state}", "--set", f"tracking.uri={server.url}", "--set", "methods.per_weight_dpo=null",
+           "--set", "methods.panacea.max_steps=40", "--set", "methods.panacea.checkpoint_every=10"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PARETO_HOME")}
     # MLflow's own retry loop (minutes of backoff) is the grace period a real run gets; the test does not wait it
     quick = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -147,8 +148,8 @@ def test_a_tracking_outage_mid_run_keeps_the_outputs_and_a_rerun_logs_each_step_
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)  # each step exactly once
             logged += len(steps)
-    assert logged > 100
-    assert {f.method for f in tracking.load_fronts(new, server.url)} == {"panacea", "per_weight_dpo"}
+    assert logged > 50
+    assert {f.method for f in tracking.load_fronts(new, server.url)} == {"panacea"}
 
 
 def test_log_history_goes_through_the_buffer(tmp_path: Path) -> None:

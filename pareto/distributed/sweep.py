@@ -53,7 +53,7 @@ from optuna.distributions import (  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from pareto import tracking  # noqa: E402
+from pareto import report, tracking  # noqa: E402
 from pareto.config import ExperimentConfig, MethodsConfig, SearchRange, SweepConfig, dump_config  # noqa: E402
 from pareto.data.task import build_task  # noqa: E402
 from pareto.distributed import pipeline, recorder, stages  # noqa: E402
@@ -640,10 +640,8 @@ def summary(result: SweepResult, cfg: ExperimentConfig) -> str:
     """The closing report of `pareto sweep`."""
     sw = cfg.sweep
     if result.pipeline is not None:
-        from pareto.cli import summary as run_summary
-
         return (f"pareto sweep: {sw.method} is conditioned: one model evaluated on a λ grid of "
-                f"{result.n_complete} points (no retraining)\n" + run_summary(result.pipeline, cfg)
+                f"{result.n_complete} points (no retraining)\n" + report.summary(result.pipeline, cfg)
                 + _registered_lines(result))
     st = result.stats
     lines = [f"pareto sweep: study {result.study_name!r} ({sw.sampler}, {sw.method}) — {result.n_complete}/"
