@@ -60,11 +60,13 @@ def test_a_killed_trainer_resumes_bit_identical(method: str, tiny_lm: Path, tmp_
         assert again[key] == whole[key], key
 
 
-def test_a_killed_pipeline_resumes_and_fails_the_dead_run(ray_head: dict, tmp_path: Path,
+@pytest.mark.parametrize("when", ["between-stages", "inside-a-stage"])
+def test_a_killed_pipeline_resumes_and_fails_the_dead_run(when: str, ray_head: dict, tmp_path: Path,
                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
-    """`pareto run` killed inside the Panacea stage (on a real Ray head), run again: the finished stages come from
-    the cache, Panacea from its checkpoint, the dead run is FAILED with the reason, and the front is bit-identical
-    to an uninterrupted run of the same config (tests/test_ui's small run, in another state folder)."""
+    """`pareto run` killed (on a real Ray head) as soon as the base and reward models and the base point are cached,
+    or inside the Panacea stage, run again: the finished stages come from the cache, Panacea from its checkpoint,
+    the dead run is FAILED with the reason, and the front is bit-identical to an uninterrupted run of the same
+    config (tests/test_ui's small run, in another state folder)."""
     from mlflow.tracking import MlflowClient
 
     from pareto import tracking
@@ -78,8 +80,14 @@ def test_a_killed_pipeline_resumes_and_fails_the_dead_run(ray_head: dict, tmp_pa
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 900
-    while not _steps(state / "checkpoints") and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
+
+    def reached() -> bool:
+        if when == "between-stages":
+            return bool(list((state / "cache").glob("base_eval-*/DONE")))
+        return any(_steps(folder) for folder in (state / "checkpoints").glob("panacea-*"))
+
+    while not reached() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the pipeline finished before it was killed"
@@ -100,7 +108,8 @@ def test_a_killed_pipeline_resumes_and_fails_the_dead_run(ray_head: dict, tmp_pa
     assert {by_name[n].data.tags["cache"] for n in ("sft", "reward_model", "base_eval")} == {"hit"}
     panacea = client.search_runs([new.info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{by_name['panacea'].info.run_id}'")
-    assert panacea[0].data.metrics["resumed_from_step"] >= 20
+    if when == "inside-a-stage":
+        assert panacea[0].data.metrics["resumed_from_step"] >= 20
     fronts = {f.method: f for f in tracking.load_fronts(new, uri)}
     expected = {f.method: f for f in tracking.load_fronts(tracking.find_run(reference["run_id"], reference["uri"]),
                                                           reference["uri"])}
