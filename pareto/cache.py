@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pareto.config import ExperimentConfig
+from pareto.io import folder_bytes
 
 # Bump a stage's version when what it builds changes meaning without a config change (the source digest catches
 # any code change too; the version says which stage a change meant, and lets a test simulate one).
@@ -100,10 +101,6 @@ class CacheEntry:
                 "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.modified)), "path": str(self.path)}
 
 
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _stage_entry(path: Path) -> CacheEntry:
     key_file = path / KEY_FILE
     current = None
@@ -117,7 +114,7 @@ def _stage_entry(path: Path) -> CacheEntry:
     elif (path / "DONE").is_file():
         current = False  # written before caches had keys: built by older code
     kind = path.name.rsplit("-", 1)[0]
-    return CacheEntry(path, kind, (path / "DONE").is_file(), current, _size(path), path.stat().st_mtime)
+    return CacheEntry(path, kind, (path / "DONE").is_file(), current, folder_bytes(path), path.stat().st_mtime)
 
 
 def _model_entry(path: Path) -> CacheEntry:
@@ -129,7 +126,7 @@ def _model_entry(path: Path) -> CacheEntry:
             current = all(record.get(lib) == _version(lib) for lib in ("transformers", "gguf") if lib in record)
         except (OSError, json.JSONDecodeError):
             current = None
-    return CacheEntry(path, "model", True, current, _size(path), path.stat().st_mtime)
+    return CacheEntry(path, "model", True, current, folder_bytes(path), path.stat().st_mtime)
 
 
 def _checkpoint_entry(path: Path) -> CacheEntry:
@@ -137,7 +134,7 @@ def _checkpoint_entry(path: Path) -> CacheEntry:
     source digest it was written by, `<method>-<config>-<code>-<task>`); PPO's folders cannot say (None)."""
     match = re.fullmatch(r".+?-[0-9a-f]{16}-([0-9a-f]{16})-\d+(-.*)?", path.name)
     current = None if match is None else match.group(1) == source_digest()
-    return CacheEntry(path, "checkpoint", True, current, _size(path), path.stat().st_mtime)
+    return CacheEntry(path, "checkpoint", True, current, folder_bytes(path), path.stat().st_mtime)
 
 
 def list_entries(state_dir: Path) -> list[CacheEntry]:

@@ -169,6 +169,11 @@ def ensure_writable_dir(path: str | Path, what: str = "state folder") -> Path:
 PACKAGE_PREFIX = "package:"
 
 
+def folder_bytes(path: str | Path) -> int:
+    """The bytes of every file under `path`."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
 def package_path(spec: str, field: str = "path") -> Path:
     """`package:<import name>/<relative path>` -> the file or folder inside that installed package, found without
     importing it (a package's __init__ may import what is not installed). One-line ValueError otherwise."""

@@ -47,11 +47,11 @@ def _driver_alive(driver: str) -> bool | None:
     return True
 
 
-def _under(run: Run, roots: set[str], runs: list[Run]) -> bool:
-    by_id = {r.info.run_id: r for r in runs}
+def _descends(run: Run, root: str, by_id: dict[str, Run]) -> bool:
+    """Whether `run` is nested (at any depth) under run `root`, following parentRunId tags through `by_id`."""
     parent = run.data.tags.get("mlflow.parentRunId")
     while parent:
-        if parent in roots:
+        if parent == root:
             return True
         parent = by_id[parent].data.tags.get("mlflow.parentRunId") if parent in by_id else None
     return False
@@ -63,17 +63,14 @@ def fail_dead_runs(uri: str, experiment_id: str, successor: str) -> list[str]:
     is the run that picks the work up (from the caches and the trainers' checkpoints). -> the runs failed."""
     client = MlflowClient(uri)
     running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+    by_id = {r.info.run_id: r for r in running}
     dead = [r for r in running if r.info.run_id != successor and r.data.tags.get(DRIVER_TAG)
             and _driver_alive(r.data.tags[DRIVER_TAG]) is False]
     failed = []
     for run in dead:
         reason = (f"the driver {run.data.tags[DRIVER_TAG]} died before the run finished; run {successor} took the "
                   "work up from the stage caches and trainer checkpoints")
-        family, ids = [run], {run.info.run_id}
-        for r in running:  # nested runs (and theirs) that were RUNNING when the driver died
-            if r.info.run_id not in ids and _under(r, ids, running):
-                family.append(r)
-                ids.add(r.info.run_id)
+        family = [run] + [r for r in running if _descends(r, run.info.run_id, by_id)]
         for member in family:
             client.set_tag(member.info.run_id, FAILURE_TAG, reason)
             client.set_terminated(member.info.run_id, status="FAILED")
@@ -212,6 +209,20 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server stayed unreachable past the allowed wait; the message says how many metrics wait."""
 
 
+def server_problem(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer `/health` within 2 s, or None when it does (a local store,
+    sqlite or files, always answers). Asked before sending, so MLflow's own retry loop never blocks a caller."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=2) as reply:
+            return None if reply.status == 200 else f"{uri}/health: HTTP {reply.status}"
+    except OSError as exc:
+        return f"{uri}/health: {exc}"[:160]
+
+
 class MetricBuffer:
     """Log metrics of one run so that an outage never drops them silently.
 
@@ -251,23 +262,11 @@ class MetricBuffer:
                 self._raise(time.monotonic() - start)
             time.sleep(self.retry_every)
 
-    def _server_answers(self) -> bool:
-        """A tracking server's /health within 2 s (a local store, sqlite or files, always answers)."""
-        if not self.uri.startswith(("http://", "https://")):
-            return True
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=2) as reply:
-                return reply.status == 200
-        except OSError as exc:
-            self.last_error = f"{self.uri}/health: {exc}"[:160]
-            return False
-
     def _try_send(self) -> bool:
         from mlflow.exceptions import MlflowException
 
-        if self.pending and not self._server_answers():
+        if self.pending and (problem := server_problem(self.uri)) is not None:
+            self.last_error = problem
             if self.down_since is None:
                 self.down_since = time.monotonic()
             return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pareto.io import atomic_dir
+from pareto.io import atomic_dir, folder_bytes
 
 Bundle = dict[str, bytes]
 ModelRef = Bundle | str  # bytes by value, or the path of a folder every worker can read
@@ -21,10 +21,6 @@ ModelRef = Bundle | str  # bytes by value, or the path of a folder every worker 
 def pack(path: str | Path) -> Bundle:
     root = Path(path)
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def folder_bytes(path: str | Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def ship(path: str | Path, dest: str | Path, max_bytes: int) -> ModelRef:

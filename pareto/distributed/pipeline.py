@@ -98,13 +98,13 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
             try:
                 _log_fronts(cfg, outputs, models, result, uri)
             except (MlflowException, OSError):
-                if recorder.tracking_down(uri):  # an outage: keep what could not be logged, then say where
+                if tracking.server_problem(uri) is not None:  # an outage (not a bug): keep what was not logged
                     unsent = recorder.keep_unsent(outputs, state / "unsent" / result.run_id)
                 raise
             result.seconds = time.perf_counter() - start
             mlflow.log_metric("pipeline_seconds", result.seconds)
     except (MlflowException, OSError) as err:
-        if unsent is None or not recorder.tracking_down(uri):
+        if unsent is None:  # not an outage of the tracking server at the end: a real error
             raise
         raise tracking.TrackingUnavailable(
             f"MLflow at {uri} stopped answering before run {result.run_id} logged its fronts, metrics and models "

@@ -29,10 +29,11 @@ from pareto import tracking  # noqa: E402
 from pareto.cache import KEY_FILE, cache_dir, cache_key  # noqa: E402
 from pareto.config import ExperimentConfig  # noqa: E402
 from pareto.distributed import stages  # noqa: E402
-from pareto.distributed.bundle import ModelRef, folder_bytes, pack, unpack  # noqa: E402
+from pareto.distributed.bundle import ModelRef, pack, unpack  # noqa: E402
 from pareto.evaluation import PointEval  # noqa: E402
 from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
 from pareto.front.types import Front, FrontPoint  # noqa: E402
+from pareto.io import folder_bytes  # noqa: E402
 
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -101,11 +102,6 @@ def keep_unsent(outputs: dict, folder: Path) -> Path:
         (folder / f"{name}.json").write_text(json.dumps({k: v for k, v in out.items() if k != "adapter"},
                                                         default=float), encoding="utf-8")
     return folder
-
-
-def tracking_down(uri: str) -> bool:
-    """True when `uri` is a tracking server that does not answer /health (an outage, not a bug in a logging call)."""
-    return not tracking.MetricBuffer("", uri)._server_answers()
 
 
 class RewardModelTooWeak(RuntimeError):
