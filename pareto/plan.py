@@ -1,5 +1,8 @@
 """Resolve what a config will do on a cluster, without downloading anything.
 
+(One module of ~700 lines on purpose: it is one computation read top to bottom, models -> memory -> datasets ->
+methods -> placement, and its sections share the small Arch/ModelInfo/ActorPlan records.)
+
 `resolve_plan(cfg)` names the models (parameter counts from a `transformers` config when one is on disk —
 a local path or the Hugging Face cache — else from a small table of the ids the recipes use), the dataset
 (published split sizes or a count of local rows), the objectives, the Ray resources and placement of every
@@ -24,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pareto.config import ExperimentConfig
+from pareto.config import METHODS, PPO_METHODS, ExperimentConfig
 
 GIB = 1024**3
 CUDA_CONTEXT_GIB = 1.0
@@ -81,17 +84,6 @@ PUBLISHED_ROWS: dict[str, dict[str, int]] = {
 }
 LOCAL_COUNT_LIMIT = 512 * 1024**2  # count rows of local files up to this size; larger ones stay "unknown"
 
-METHOD_TITLES = {
-    "panacea": "one SVD-LoRA model for every λ (per-objective DPO)",
-    "per_weight_dpo": "one LoRA-DPO model per λ (baseline)",
-    "mah_dpo": "one model, one LM-head delta per objective (DPO)",
-    "soups": "one LoRA-DPO adapter per objective, merged by λ",
-    "modpo": "one MODPO model per λ",
-    "ric": "rewards-in-context SFT + rejection-sampling rounds",
-    "morlhf": "one PPO policy per λ on the scalarized reward vector",
-    "panacea_ppo": "one SVD-LoRA PPO policy for every λ",
-}
-PPO_NAMES = ("morlhf", "panacea_ppo")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -469,7 +461,7 @@ def _dpo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
                 splits: list[SplitPlan], seq_len: int, ckpt: bool) -> MethodPlan:
     arch = policy.arch
     k = cfg.k
-    if name in ("per_weight_dpo", "modpo"):
+    if METHODS[name].per_lambda:
         n_models = _grid_size(cfg, mcfg)
     elif name == "soups":
         n_models = k
@@ -494,7 +486,7 @@ def _dpo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
     res = cfg.resources
     actor = ActorPlan("trainer", 1, res.cpus_per_task, res.gpus_per_task, memory,
                       note="one Ray task per model (resources.cpus_per_task / gpus_per_task)")
-    return MethodPlan(name, METHOD_TITLES.get(name, name), n_models, steps, [actor])
+    return MethodPlan(name, METHODS[name].title, n_models, steps, [actor])
 
 
 def _ric_method(cfg: ExperimentConfig, mcfg: Any, policy: ModelInfo, rewards: list[ModelInfo],
@@ -522,7 +514,7 @@ def _ric_method(cfg: ExperimentConfig, mcfg: Any, policy: ModelInfo, rewards: li
     res = cfg.resources
     actor = ActorPlan("trainer", 1, res.cpus_per_task, res.gpus_per_task, memory,
                       note="one Ray task; scores samples with the reward models in the same process")
-    return MethodPlan("ric", METHOD_TITLES["ric"], 1, offline + online, [actor])
+    return MethodPlan("ric", METHODS["ric"].title, 1, offline + online, [actor])
 
 
 def _ppo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, rewards: list[ModelInfo],
@@ -563,7 +555,7 @@ def _ppo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
     steps = (f"{mcfg.max_steps:,} PPO iterations per model × {mcfg.rows_per_step} rollouts "
              f"({mcfg.prompts_per_step} prompts × {mcfg.samples_per_prompt}) = {updates:,} optimizer steps, "
              f"≤ {tokens:,} generated tokens")
-    return MethodPlan(name, METHOD_TITLES.get(name, name), n_models, steps, actors)
+    return MethodPlan(name, METHODS[name].title, n_models, steps, actors)
 
 
 def resolve_plan(cfg: ExperimentConfig) -> Plan:
@@ -583,77 +575,15 @@ def resolve_plan(cfg: ExperimentConfig) -> Plan:
     splits = dataset_splits(cfg)
     methods: list[MethodPlan] = []
     for name, mcfg in cfg.methods.enabled().items():
-        if name in PPO_NAMES:
+        if name in PPO_METHODS:
             methods.append(_ppo_method(cfg, name, mcfg, policy, rewards, seq_len, ckpt))
         elif name == "ric":
             methods.append(_ric_method(cfg, mcfg, policy, rewards, splits, seq_len, ckpt))
         else:
             methods.append(_dpo_method(cfg, name, mcfg, policy, rewards, splits, seq_len, ckpt))
 
-    warnings: list[str] = []
-    res = cfg.resources
-    total_gpus = cluster.nodes * cluster.gpus_per_node if cluster else 0
-    total_cpus = cluster.nodes * cluster.cpus_per_node if cluster else res.num_cpus or os.cpu_count() or 1
-    # The pipeline starts every method at once. A PPO method's task drives one actor group that holds its
-    # resources for the whole run (trainer ranks wait for their placement group); plain method tasks queue.
-    held_gpu = held_cpu = 0.0
-    for mp in methods:
-        if cluster and any(a.gpus > cluster.gpus_per_node for a in mp.actors):
-            raise PlanError(f"method {mp.name}: an actor asks for more GPUs than one node has "
-                            f"({cluster.gpus_per_node}); an actor runs on one node")
-        if mp.name not in PPO_NAMES:
-            continue
-        held_gpu += sum(a.count * a.gpus for a in mp.actors) + res.gpus_per_task
-        held_cpu += sum(a.count * a.cpus for a in mp.actors) + res.cpus_per_task
-        trainer = cfg.ppo.trainer
-        if cluster and cfg.ppo.placement_strategy == "STRICT_PACK" and \
-                trainer.count * trainer.gpus > cluster.gpus_per_node:
-            raise PlanError(f"ppo.placement_strategy: STRICT_PACK puts {trainer.count} trainer ranks × "
-                            f"{trainer.gpus:g} GPU on one node, which has {cluster.gpus_per_node}; "
-                            "use PACK or fewer ranks")
-    if cluster and held_gpu > total_gpus + 1e-9:
-        raise PlanError(f"the PPO methods' actor groups run at once and hold {held_gpu:g} GPUs, but "
-                        f"resources.cluster has {total_gpus}; lower ppo.<role>.gpus, run fewer methods, or add nodes")
-    if cluster and held_cpu > total_cpus + 1e-9:
-        raise PlanError(f"the PPO methods' actor groups hold {held_cpu:g} CPUs, but there are {total_cpus}; "
-                        "lower ppo.<role>.cpus or resources.cpus_per_task")
-    free_gpu, free_cpu = total_gpus - held_gpu, total_cpus - held_cpu
-    ask_gpu = ask_cpu = 0.0
-    for mp in methods:
-        if mp.name in PPO_NAMES:
-            continue
-        task = mp.actors[0]
-        fits = mp.models_trained
-        if task.cpus > 0:
-            fits = min(fits, int(free_cpu // task.cpus))
-        if cluster and task.gpus > 0:
-            fits = min(fits, int(free_gpu // task.gpus))
-        if fits < 1 and cluster:
-            raise PlanError(f"method {mp.name}: a task asks for {task.cpus:g} CPU and {task.gpus:g} GPU, more than "
-                            f"the {free_cpu:g} CPU / {free_gpu:g} GPU left; lower resources.cpus_per_task / "
-                            "gpus_per_task")
-        mp.concurrency = max(fits, 1)
-        ask_gpu += task.gpus * mp.models_trained
-        ask_cpu += task.cpus * mp.models_trained
-    peak_gpus = held_gpu + (min(free_gpu, ask_gpu) if cluster else ask_gpu)
-    peak_cpus = held_cpu + min(free_cpu, ask_cpu)
-    for mp in methods:
-        for a in mp.actors:
-            if a.gpus <= 0:
-                a.memory.pop("CUDA context", None)  # host memory: no CUDA context
-            mem = a.memory_gib
-            if cluster is None or mem is None:
-                continue
-            if a.gpus <= 0:
-                if total_gpus and mem > 2.0:  # big models on CPU on a GPU cluster: almost surely a slip
-                    knob = f"ppo.{a.role}.gpus" if mp.name in PPO_NAMES else "resources.gpus_per_task"
-                    warnings.append(f"{mp.name} {a.role} (~{mem:.1f} GiB) asks for no GPU, so it runs on CPU; "
-                                    f"set {knob}")
-                continue
-            budget = cluster.gpu_memory_gib * min(a.gpus, 1.0)  # one process uses one device
-            if mem > budget:
-                warnings.append(f"{mp.name} {a.role}: ~{mem:.1f} GiB estimated > {budget:.0f} GiB of GPU memory it "
-                                "is given; use a smaller batch, shorter seq_len, or a larger GPU share")
+    peak_gpus, peak_cpus = _place(cfg, methods)
+    warnings = _memory_warnings(cfg, methods)
     if policy.arch is None:
         warnings.append(f"{policy.name}: parameter count unknown offline; memory estimates are missing (add it to "
                         "pareto.plan.KNOWN_MODELS or put its config.json in the Hugging Face cache)")
@@ -674,6 +604,84 @@ def resolve_plan(cfg: ExperimentConfig) -> Plan:
         models=[policy, *rewards], cluster=cluster.model_dump(mode="json") if cluster else None,
         ray={"address": address, "gpus": peak_gpus, "cpus": peak_cpus}, methods=methods, evaluation=evaluation,
         warnings=warnings)
+
+
+def _place(cfg: ExperimentConfig, methods: list[MethodPlan]) -> tuple[float, float]:
+    """Ray placement: how many of each method's tasks run at once (sets `concurrency`), and the peak GPUs and CPUs
+    the run asks for; raises PlanError when the cluster cannot hold it."""
+    cluster = cfg.resources.cluster
+    res = cfg.resources
+    total_gpus = cluster.nodes * cluster.gpus_per_node if cluster else 0
+    total_cpus = cluster.nodes * cluster.cpus_per_node if cluster else res.num_cpus or os.cpu_count() or 1
+    # The pipeline starts every method at once. A PPO method's task drives one actor group that holds its
+    # resources for the whole run (trainer ranks wait for their placement group); plain method tasks queue.
+    held_gpu = held_cpu = 0.0
+    for mp in methods:
+        if cluster and any(a.gpus > cluster.gpus_per_node for a in mp.actors):
+            raise PlanError(f"method {mp.name}: an actor asks for more GPUs than one node has "
+                            f"({cluster.gpus_per_node}); an actor runs on one node")
+        if mp.name not in PPO_METHODS:
+            continue
+        held_gpu += sum(a.count * a.gpus for a in mp.actors) + res.gpus_per_task
+        held_cpu += sum(a.count * a.cpus for a in mp.actors) + res.cpus_per_task
+        trainer = cfg.ppo.trainer
+        if cluster and cfg.ppo.placement_strategy == "STRICT_PACK" and \
+                trainer.count * trainer.gpus > cluster.gpus_per_node:
+            raise PlanError(f"ppo.placement_strategy: STRICT_PACK puts {trainer.count} trainer ranks × "
+                            f"{trainer.gpus:g} GPU on one node, which has {cluster.gpus_per_node}; "
+                            "use PACK or fewer ranks")
+    if cluster and held_gpu > total_gpus + 1e-9:
+        raise PlanError(f"the PPO methods' actor groups run at once and hold {held_gpu:g} GPUs, but "
+                        f"resources.cluster has {total_gpus}; lower ppo.<role>.gpus, run fewer methods, or add nodes")
+    if cluster and held_cpu > total_cpus + 1e-9:
+        raise PlanError(f"the PPO methods' actor groups hold {held_cpu:g} CPUs, but there are {total_cpus}; "
+                        "lower ppo.<role>.cpus or resources.cpus_per_task")
+    free_gpu, free_cpu = total_gpus - held_gpu, total_cpus - held_cpu
+    ask_gpu = ask_cpu = 0.0
+    for mp in methods:
+        if mp.name in PPO_METHODS:
+            continue
+        task = mp.actors[0]
+        fits = mp.models_trained
+        if task.cpus > 0:
+            fits = min(fits, int(free_cpu // task.cpus))
+        if cluster and task.gpus > 0:
+            fits = min(fits, int(free_gpu // task.gpus))
+        if fits < 1 and cluster:
+            raise PlanError(f"method {mp.name}: a task asks for {task.cpus:g} CPU and {task.gpus:g} GPU, more than "
+                            f"the {free_cpu:g} CPU / {free_gpu:g} GPU left; lower resources.cpus_per_task / "
+                            "gpus_per_task")
+        mp.concurrency = max(fits, 1)
+        ask_gpu += task.gpus * mp.models_trained
+        ask_cpu += task.cpus * mp.models_trained
+    peak_gpus = held_gpu + (min(free_gpu, ask_gpu) if cluster else ask_gpu)
+    peak_cpus = held_cpu + min(free_cpu, ask_cpu)
+    return peak_gpus, peak_cpus
+
+
+def _memory_warnings(cfg: ExperimentConfig, methods: list[MethodPlan]) -> list[str]:
+    """Actors whose memory estimate exceeds their GPU share, or that run a large model on CPU on a GPU cluster."""
+    cluster = cfg.resources.cluster
+    total_gpus = cluster.nodes * cluster.gpus_per_node if cluster else 0
+    warnings: list[str] = []
+    for mp in methods:
+        for a in mp.actors:
+            if a.gpus <= 0:
+                a.memory.pop("CUDA context", None)  # host memory: no CUDA context
+            mem = a.memory_gib
+            if cluster is None or mem is None:
+                continue
+            if a.gpus <= 0:
+                if total_gpus and mem > 2.0:  # big models on CPU on a GPU cluster: almost surely a slip
+                    knob = f"ppo.{a.role}.gpus" if mp.name in PPO_METHODS else "resources.gpus_per_task"
+                    warnings.append(f"{mp.name} {a.role} (~{mem:.1f} GiB) asks for no GPU, so it runs on CPU; "
+                                    f"set {knob}")
+                continue
+            budget = cluster.gpu_memory_gib * min(a.gpus, 1.0)  # one process uses one device
+            if mem > budget:
+                warnings.append(f"{mp.name} {a.role}: ~{mem:.1f} GiB estimated > {budget:.0f} GiB of GPU memory it "
+                                "is given; use a smaller batch, shorter seq_len, or a larger GPU share")
+    return warnings
 
 
 def _training_line(cfg: ExperimentConfig, seq_len: int) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from pareto.config import DPOConfig, RiCConfig
+from pareto.config import METHODS, DPOConfig, RiCConfig
 from pareto.methods.checkpoint import Checkpoints
 from pareto.methods.dpo import PairSet
 from pareto.models.conditioned import ConditionedPolicy
@@ -46,20 +46,13 @@ class FitContext:
         return Checkpoints(folder, getattr(cfg, "checkpoint_every", 1), cfg.keep_checkpoints)
 
 
-# name -> module; each module has `fit(ctx, cfg, weights=None) -> (ConditionedPolicy, TrainResult)`.
-METHOD_MODULES = {"panacea": "pareto.methods.panacea", "per_weight_dpo": "pareto.methods.per_weight"}
-# the conditioned-policy methods of issue 3 and the MODPO per-weight baseline
-METHOD_MODULES.update({"ric": "pareto.methods.ric", "mah_dpo": "pareto.methods.mah_dpo",
-                       "soups": "pareto.methods.soups", "modpo": "pareto.methods.modpo"})
-# PPO methods run on Ray actors (pareto.distributed.ppo); their modules give build_policy / step_preferences /
-# apply_preferences / save_policy instead of a working `fit`.
-METHOD_MODULES.update({"morlhf": "pareto.methods.morlhf", "panacea_ppo": "pareto.methods.panacea_ppo"})
-
-
 def load_method(name: str) -> ModuleType:
-    if name not in METHOD_MODULES:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHOD_MODULES)}")
-    return importlib.import_module(METHOD_MODULES[name])
+    """A method's module (the method table's `module`): `fit(ctx, cfg, weights=None) -> (ConditionedPolicy,
+    TrainResult)`; PPO methods run on Ray actors (pareto.distributed.ppo) and give build_policy /
+    step_preferences / apply_preferences / save_policy instead of a working `fit`."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return importlib.import_module(METHODS[name].module)
 
 
-__all__ = ["ConditionedPolicy", "FitContext", "METHOD_MODULES", "load_method"]
+__all__ = ["ConditionedPolicy", "FitContext", "load_method"]

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 from peft import PeftModel
 
+from pareto.config import METHODS
 from pareto.models.policy import generate, load_policy
 from pareto.models.svd_lora import export_lora, load_panacea, save_panacea, set_preference
 
@@ -109,14 +110,10 @@ class PerWeightPolicy:
         return cls(model, tokenizer, objectives, {n: np.asarray(w, dtype=np.float64) for n, (w, _) in adapters.items()})
 
 
-# Conditioned policy kinds (front.meta["policy_kind"]) -> "module:Class"; each class has
-# load(base_dir, adapter_dir, objectives). Imported lazily so serving pulls in only the kind it serves.
-POLICY_KINDS: dict[str, str] = {
-    "panacea": "pareto.models.conditioned:PanaceaPolicy",
-    "ric": "pareto.models.rewards_in_context:RiCPolicy",
-    "mah_dpo": "pareto.models.multihead:MultiHeadPolicy",
-    "soups": "pareto.models.soups:SoupsPolicy",
-}
+# Conditioned policy kinds (front.meta["policy_kind"], a method's name) -> "module:Class" with
+# load(base_dir, adapter_dir, objectives), from the method table; imported lazily so serving pulls in only the kind
+# it serves.
+POLICY_KINDS: dict[str, str] = {name: spec.policy for name, spec in METHODS.items() if spec.policy}
 
 
 def read_policy_meta(adapter_dir: str | Path, marker: str, objectives: Sequence[str], what: str) -> dict:

@@ -1,0 +1,67 @@
+"""What every config module shares: the error types, the strict base model, the simplex check and the constants
+that validation needs without compute."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+KNOWN_TASKS: dict[str, tuple[str, ...]] = {"tiny-hh": ("helpful", "harmless", "concise")}
+Z_REFERENCE = -3.0  # hypervolume reference of z-scored reward-model fronts (pareto.front.metrics re-exports it)
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line: where it is and how to fix it."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def simplex_problem(weights: Any, k: int) -> str | None:
+    """Why `weights` is not a preference on the K-simplex, or None if it is."""
+    try:
+        values = [float(x) for x in weights]
+    except (TypeError, ValueError):
+        return "weights must be a list of numbers"
+    if len(values) != k:
+        return f"has {len(values)} weights but there are {k} objectives; give one weight per objective"
+    if not all(math.isfinite(x) for x in values):
+        return "weights must be finite (no NaN or inf)"
+    if any(x < 0 for x in values):
+        return "weights must be non-negative"
+    if abs(sum(values) - 1.0) > 1e-6:
+        return f"weights sum to {sum(values):.6g}, not 1; normalise them onto the simplex"
+    return None
+
+
+
+# vLLM's max_lora_rank must be one of these (pareto.models.svd_lora.VLLM_LORA_RANKS; repeated here: core imports
+# no torch-heavy module).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _http_url(v: str | None) -> str | None:
+    if v is not None and not v.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000")
+    return v
+
+
+def _vllm_rank(v: int) -> int:
+    if v not in VLLM_LORA_RANKS:
+        raise ValueError(f"vLLM allows only {list(VLLM_LORA_RANKS)}")
+    return v
+
+
+ServerURL = Annotated[str | None, AfterValidator(_http_url)]
+VLLMRank = Annotated[int, AfterValidator(_vllm_rank)]

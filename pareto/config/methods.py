@@ -1,0 +1,267 @@
+"""The methods: each one's config section, and the method table that describes every method exactly once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import (
+    Field,
+    create_model,
+    model_validator,
+)
+
+from pareto.config.base import DEFAULT_TARGETS, Strict
+
+
+class MethodConfig(Strict):
+    """What every method's section answers from the method table."""
+
+    @property
+    def per_weight(self) -> bool:
+        """One model per λ (the pipeline fans out one task per λ), or one model for every λ."""
+        return method_of(self).per_lambda
+
+
+class DPOConfig(MethodConfig):
+    """What every DPO-trained method shares."""
+
+
+    beta: float = Field(0.5, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1, description="preference pairs per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    nll_weight: float = Field(0.1, ge=0, description="SFT term on the λ-preferred response (keeps text fluent)")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    lora_layers: int | None = Field(None, ge=1, description="adapt only the top N decoder layers (backward stops "
+                                                            "below them: much cheaper on a real model); null = all")
+    max_pairs: int | None = Field(None, ge=1, description="train on a seeded subset of this many training pairs "
+                                                          "(their reference log-probs are computed once); "
+                                                          "null = all")
+    eval_every: int = Field(50, ge=1, description="steps between held-out front checks (early stopping)")
+    patience: int = Field(3, ge=1, description="checks without improvement before stopping")
+    val_prompts: int = Field(24, ge=2)
+    max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
+    keep: Literal["best", "last"] = Field("best", description="the checkpoint a run returns: the best by the held-out "
+                                                              "front metric, or the last (when a few noisy "
+                                                              "validation prompts cannot tell checkpoints apart)")
+    checkpoint_every: int = Field(50, ge=1, description="steps between trainer checkpoints (state_dir/checkpoints; "
+                                                        "a rerun of the same config resumes from the newest)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per trainer (older ones are removed)")
+
+
+class PanaceaConfig(DPOConfig):
+    aggregation: Literal["linear", "tchebycheff"] = "linear"
+    vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
+
+
+class PerWeightConfig(DPOConfig):
+    lr: float = Field(2e-4, gt=0)
+    weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
+
+
+
+# ---- conditioned-policy methods of issue 3: RiC, MAH-DPO, Rewarded Soups, and the MODPO per-weight baseline -------
+
+
+class RiCConfig(MethodConfig):
+    """Rewards-in-Context: SFT with z-scored rewards written into the prompt, then rejection-sampling rounds."""
+
+    lr: float = Field(3e-3, gt=0, description="offline SFT learning rate")
+    epochs: int = Field(10, ge=1, description="offline SFT epochs")
+    batch_size: int = Field(32, ge=1)
+    lora_rank: int | None = Field(None, ge=1, description="LoRA rank; null = full fine-tuning (the tiny LM must "
+                                                          "learn to read numbers, which a LoRA did not; use LoRA "
+                                                          "for large models)")
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    offline_samples: int | None = Field(1500, ge=2, description="(prompt, response) samples of the training pairs "
+                                                                "scored and trained on; null = all")
+    online_rounds: int = Field(1, ge=0, description="multi-objective rejection sampling rounds after offline SFT")
+    online_prompts: int = Field(256, ge=1, description="prompts generated per online round")
+    online_epochs: int = Field(1, ge=1)
+    online_lr: float = Field(5e-4, gt=0)
+    origin_samples: int = Field(1000, ge=0, description="offline samples (quantile-filtered) mixed into each round")
+    quantile: float = Field(0.7, gt=0, lt=1, description="keep a generation above this quantile on any objective")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of online generations")
+    mapping: Literal["linf", "l2", "linear", "front", "auto"] = Field(
+        "linf", description="λ -> desired rewards: a closed form over the observed reward range (linf: the paper's), "
+                            "or front: the mean of the observed reward vectors best under λ; auto: the one whose "
+                            "held-out front (reward model, validation prompts) keeps each objective highest at its "
+                            "own vertex, with the largest hypervolume")
+    val_prompts: int = Field(24, ge=2)
+    max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (one after the offline pass and after each "
+                                                       "online round; a rerun resumes after the last finished one)")
+
+
+class FixedDPOConfig(DPOConfig):
+    """Fixed-λ DPO: one LoRA-DPO model trained at one λ, the same answer for every λ (a baseline, and the worked
+    example of docs/adding-a-method.md)."""
+
+    lr: float = Field(2e-4, gt=0)
+    weights: list[float] | None = Field(None, description="the one λ it trains at; default: equal weights")
+
+
+class MAHDPOConfig(DPOConfig):
+    """Multi-action-head DPO: a shared LoRA backbone (target_modules) and one LoRA delta per objective on lm_head."""
+
+    head_rank: int = Field(8, ge=1, description="rank of each objective's delta on the shared LM head")
+    head_alpha: float = Field(16.0, gt=0)
+
+
+class SoupsConfig(DPOConfig):
+    """Rewarded Soups: one LoRA-DPO adapter per objective, merged by λ at inference."""
+
+    merge: Literal["delta", "params"] = Field("delta", description="delta: Σλ_i B_i A_i (exact); params: "
+                                                                   "(Σλ_i B_i)(Σλ_i A_i) as the reference code")
+
+
+class MODPOConfig(DPOConfig):
+    """MODPO: DPO on one objective's labels with a margin from the other objectives' rewards; one model per λ."""
+
+    lr: float = Field(2e-4, gt=0)
+    weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
+    scalarizer: Literal["linear", "log_sigmoid"] = Field("linear", description="how the other objectives' "
+                                                                               "rewards form the margin")
+    preference_objective: str | None = Field(None, description="objective whose labels DPO trains on; "
+                                                               "default: the largest weight of each λ")
+    margin_pairs: int | None = Field(600, ge=2, description="training pairs scored by the reward model for "
+                                                            "margins; null = all")
+
+
+
+# ---- PPO (RLHF on Ray actors): MORLHF (one policy per λ) and Panacea-PPO (one SVD-LoRA policy for every λ) -------
+# learned (the MiniLM reward-model head), hf (a reward_model.hf sequence-classifier), or a rule-based objective
+REWARD_SOURCES = ("learned", "hf", "length", "oracle")
+
+
+class PPOMethodConfig(MethodConfig):
+    """What every PPO-trained method shares. Units are explicit: prompts per step, samples per prompt."""
+
+    max_steps: int = Field(40, ge=1, description="PPO iterations (rollout, score, update, weight sync)")
+    prompts_per_step: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(2, ge=1)
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout batch")
+    minibatches: int = Field(2, ge=1, description="optimizer steps per pass")
+    lr: float = Field(1e-3, gt=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear learning-rate warm-up")
+    clip_range: float = Field(0.2, gt=0)
+    value_clip: float | None = Field(None, gt=0, description="value-loss clipping (e.g. 0.2); null = none")
+    gamma: float = Field(1.0, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty to the reference (SFT) policy")
+    kl_target: float | None = Field(None, gt=0, description="adaptive KL: target KL per response; null = fixed β")
+    kl_horizon: int = Field(10000, ge=1)
+    scalarizer: Literal["linear", "tchebycheff", "log_sigmoid"] = "linear"
+    ideal: float = Field(3.0, description="Tchebycheff ideal point, in whitened reward units")
+    critic: Literal["per_objective", "scalar"] = Field(
+        "per_objective", description="one value head per objective (+ KL), or one on the scalarized reward")
+    whiten_advantages: bool = True
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(40, ge=1, description="response length cap during rollouts")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+    @model_validator(mode="after")
+    def _critic_needs_linear(self) -> PPOMethodConfig:
+        if self.critic == "per_objective" and self.scalarizer != "linear":
+            raise ValueError(f"critic 'per_objective' mixes per-objective advantages linearly; with scalarizer "
+                             f"{self.scalarizer!r} set critic: scalar")
+        return self
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+class MORLHFConfig(PPOMethodConfig):
+    weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
+
+
+class PanaceaPPOConfig(PPOMethodConfig):
+    vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
+    preferences_per_step: int = Field(1, ge=1, description="λ per rollout batch (each on a group of prompts)")
+
+
+
+
+# ---- the method table: every method described once; every other list of methods is derived from it -------------
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method: its config section and what the rest of pareto needs to know to train, serve and export it."""
+
+    name: str                 # its key under `methods:` in a config, and its name everywhere else
+    config: type[MethodConfig]
+    family: Literal["dpo", "sft", "ppo"]  # preference loss on pairs / supervised fine-tuning / PPO on Ray actors
+    labelled: bool            # trains on per-objective preference labels (a dataset must label every objective)
+    per_lambda: bool          # one model per λ (the pipeline fans out one task per λ); False: one model for every λ
+    module: str               # pareto.methods.<module>: `fit(ctx, cfg, weights)` (PPO: the actors' policy hooks)
+    policy: str | None        # the conditioned policy serving every λ, "module:Class" with `load(base, adapter, K)`
+    export: Literal["adapter", "fold", "merge"] | None  # how a front point becomes one plain LoRA adapter (vLLM):
+    #   adapter = each λ's model already is one; fold = the SVD-LoRA set to λ; merge = per-objective adapters by λ
+    not_lora: str = ""        # export None: why vLLM cannot serve it (transformers does)
+    title: str = ""           # one line for plans and tables
+
+
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("panacea", PanaceaConfig, "dpo", True, False, "pareto.methods.panacea",
+               "pareto.models.conditioned:PanaceaPolicy", "fold",
+               title="one SVD-LoRA model for every λ (per-objective DPO)"),
+    MethodSpec("per_weight_dpo", PerWeightConfig, "dpo", True, True, "pareto.methods.per_weight", None, "adapter",
+               title="one LoRA-DPO model per λ (baseline)"),
+    MethodSpec("mah_dpo", MAHDPOConfig, "dpo", True, False, "pareto.methods.mah_dpo",
+               "pareto.models.multihead:MultiHeadPolicy", None,
+               not_lora="MAH-DPO mixes per-objective output heads by λ (logits = Σ λ_h logits_h), which is not a LoRA "
+                        "adapter, so it is served with transformers",
+               title="one model, one LM-head delta per objective (DPO)"),
+    MethodSpec("soups", SoupsConfig, "dpo", True, False, "pareto.methods.soups",
+               "pareto.models.soups:SoupsPolicy", "merge",
+               title="one LoRA-DPO adapter per objective, merged by λ"),
+    MethodSpec("modpo", MODPOConfig, "dpo", False, True, "pareto.methods.modpo", None, "adapter",
+               title="one MODPO model per λ"),
+    MethodSpec("morlhf", MORLHFConfig, "ppo", False, True, "pareto.methods.morlhf", None, "adapter",
+               title="one PPO policy per λ on the scalarized reward vector"),
+    MethodSpec("panacea_ppo", PanaceaPPOConfig, "ppo", False, False, "pareto.methods.panacea_ppo",
+               "pareto.models.conditioned:PanaceaPolicy", "fold",
+               title="one SVD-LoRA PPO policy for every λ"),
+    MethodSpec("fixed_dpo", FixedDPOConfig, "dpo", True, False, "pareto.methods.fixed_dpo",
+               "pareto.methods.fixed_dpo:FixedPolicy", "adapter",
+               title="one LoRA-DPO model at one fixed λ (a baseline that ignores λ)"),
+    MethodSpec("ric", RiCConfig, "sft", False, False, "pareto.methods.ric",
+               "pareto.models.rewards_in_context:RiCPolicy", None,
+               not_lora="RiC conditions on desired rewards written into the prompt, not on LoRA weights, so it is "
+                        "served with transformers",
+               title="rewards-in-context SFT + rejection-sampling rounds"),
+)}
+DPO_METHODS = tuple(name for name, spec in METHODS.items() if spec.family == "dpo")
+SFT_METHODS = tuple(name for name, spec in METHODS.items() if spec.family == "sft")
+PPO_METHODS = tuple(name for name, spec in METHODS.items() if spec.family == "ppo")
+LABELLED_METHODS = tuple(name for name, spec in METHODS.items() if spec.labelled)
+
+
+def method_of(section: MethodConfig) -> MethodSpec:
+    """The table row of a method's config section (the most derived class that the table names)."""
+    for cls in type(section).__mro__:
+        for spec in METHODS.values():
+            if spec.config is cls:
+                return spec
+    raise KeyError(f"{type(section).__name__} is not in the method table (pareto.config.methods.METHODS)")
+
+
+class _Methods(Strict):
+    def enabled(self) -> dict[str, MethodConfig]:
+        """The enabled methods' sections, in table order."""
+        return {name: cfg for name in METHODS if (cfg := getattr(self, name)) is not None}
+
+
+# The `methods:` section: one optional field per table row.
+MethodsConfig = create_model("MethodsConfig", __base__=_Methods, __module__=__name__,
+                             **{name: (spec.config | None, None) for name, spec in METHODS.items()})
