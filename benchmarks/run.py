@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 
 from benchmarks.common import RESULTS, skipped, write_result
 
@@ -41,6 +44,24 @@ tasks do with `cpus_per_task: 1`). Each row's JSON, with the raw timings, is in 
 """
 
 
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+    """One benchmark's environment changes end with it: `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, so
+    an in-process benchmark that logs (the Ray-overhead sweep) would otherwise send every later benchmark's runs,
+    and their reads, to its store."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None:
+            mlflow.set_tracking_uri(saved.get("MLFLOW_TRACKING_URI") or None)
+            if saved.get("MLFLOW_TRACKING_URI") is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def run(names: list[str]) -> list[dict]:
     out = []
     for name in names:
@@ -48,7 +69,8 @@ def run(names: list[str]) -> list[dict]:
         print(f"== {name}", flush=True)
         try:
             module, _, function = BENCHMARKS[name].partition(":")
-            result = getattr(importlib.import_module(module), function or "run")()
+            with isolated():
+                result = getattr(importlib.import_module(module), function or "run")()
         except Exception as err:  # one failing benchmark must not lose the others' numbers
             traceback.print_exc()
             result = {"name": name, "rows": [skipped(name, "", f"failed: {type(err).__name__}: {err}")],

@@ -1,7 +1,7 @@
 """Resolve what a config will do on a cluster, without downloading anything.
 
-(One module of ~700 lines on purpose: it is one computation read top to bottom, models -> memory -> datasets ->
-methods -> placement, and its sections share the small Arch/ModelInfo/ActorPlan records.)
+Kept whole: one computation read top to bottom (models -> memory -> datasets -> methods -> placement) whose
+sections share the small Arch / ModelInfo / ActorPlan records.
 
 `resolve_plan(cfg)` names the models (parameter counts from a `transformers` config when one is on disk —
 a local path or the Hugging Face cache — else from a small table of the ids the recipes use), the dataset

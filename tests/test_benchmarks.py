@@ -44,3 +44,21 @@ def test_row_verdicts():
 def test_unknown_benchmark_is_one_line_error(capsys):
     assert run.main(["nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_a_benchmark_that_points_mlflow_elsewhere_does_not_leak_into_the_next(tmp_path, monkeypatch) -> None:
+    """`pareto bench` with no names: the Ray-overhead sweep's `mlflow.set_tracking_uri` (which exports
+    MLFLOW_TRACKING_URI) used to send the quickstart and front-per-compute rows to its store."""
+    import os
+
+    import mlflow
+
+    from benchmarks.run import isolated
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated():
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'sweep.db'}")
+        os.environ["PARETO_HOME"] = str(tmp_path)
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("sweep.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ and os.environ.get("PARETO_HOME") != str(tmp_path)
+    assert "sweep.db" not in mlflow.get_tracking_uri()
