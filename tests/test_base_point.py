@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from pareto import serving, tracking
 from pareto.front import Front, FrontPoint, plot_front_html, plot_front_png, preference_grid
+from pareto.ui import explorer as ex
 from tests.test_ui import APP, TIMEOUT, chart, trace
-from ui import explorer as ex
 
 BASE = FrontPoint.base((0.1, 0.2), (0.03, 0.04), model_uri="runs:/r/base_model")
 

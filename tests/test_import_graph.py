@@ -1,4 +1,4 @@
-"""The import graph of `pareto/` and `ui/` (every import statement, also those inside functions): no new cycles.
+"""The import graph of `pareto/` and its UI `pareto/ui/` (every import statement, also in functions): no new cycles.
 
 Issue 15 asks for none at all; the cycles still in the tree are listed here, each to be cut (the list may only
 shrink: a cycle that is gone must leave the list, and a new one fails the test)."""
@@ -20,10 +20,9 @@ KNOWN_CYCLES = {
 
 def import_graph() -> dict[str, set[str]]:
     modules = {}
-    for base in ("pareto", "ui"):
-        for path in (ROOT / base).rglob("*.py"):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-            modules[name.removesuffix(".__init__")] = path
+    for path in (ROOT / "pareto").rglob("*.py"):  # pareto/ui/ too: the Streamlit app is the package pareto.ui
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]

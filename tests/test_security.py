@@ -17,7 +17,7 @@ import yaml
 from pareto.config import ConfigError, config_from_dict, load_config, mask_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted(p for d in ("pareto", "ui", "ray_jobs") for p in (ROOT / d).rglob("*.py"))
+SOURCES = sorted(p for d in ("pareto", "ray_jobs") for p in (ROOT / d).rglob("*.py"))
 
 
 def _calls(path: Path) -> list[tuple[str, ast.Call]]:

@@ -20,10 +20,10 @@ from streamlit.testing.v1 import AppTest
 
 from pareto import serving, tracking
 from pareto.front.types import Front, FrontPoint
+from pareto.ui import explorer as ex
 from tests.conftest import ROOT, _exe
-from ui import explorer as ex
 
-APP = str(ROOT / "ui" / "app.py")
+APP = str(ROOT / "pareto" / "ui" / "app.py")
 SMALL = ROOT / "tests" / "configs" / "small.yaml"
 TIMEOUT = 240  # seconds per AppTest run: the first one imports torch/peft and may load models on 2 busy cores
 

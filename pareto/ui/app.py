@@ -6,19 +6,13 @@ Started by `pareto ui` (Streamlit on 127.0.0.1). Reads MLflow and the run's arti
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
+import streamlit as st
+from mlflow.exceptions import MlflowException
 
-# `streamlit run ui/app.py` puts ui/ on sys.path, not the repository root that holds the `ui` package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-from pareto.serving import ServedRun, compare_table  # noqa: E402
-from ui import explorer as ex  # noqa: E402
-from ui import store  # noqa: E402
+from pareto.serving import ServedRun, compare_table
+from pareto.ui import explorer as ex
+from pareto.ui import store
 
 GUIDANCE = (
     "No pareto pipeline run or sweep in the MLflow tracking store at `{uri}` yet.\n\n"
