@@ -1,5 +1,5 @@
 """The shape issue 15 asks of the code: no function body over ~60 lines and no module over ~400 lines in `pareto/`
-and `ui/`, except where the code says why (a `# long:` comment on or just above the `def`; a module docstring line
+(the UI included: pareto/ui), except where the code says why (a `# long:` comment on or just above the `def`; a module docstring line
 starting with "Kept whole:")."""
 
 from __future__ import annotations
