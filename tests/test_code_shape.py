@@ -1,6 +1,6 @@
 """The shape issue 15 asks of the code: no function body over ~60 lines and no module over ~400 lines in `pareto/`
-(the UI included: pareto/ui), except where the code says why (a `# long:` comment on or just above the `def`; a module docstring line
-starting with "Kept whole:")."""
+(the UI included: pareto/ui), except where the code says why (a `# long:` comment on or just above the `def`; a
+module docstring line starting with "Kept whole:")."""
 
 from __future__ import annotations
 
