@@ -46,14 +46,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from pareto.config import VLLM_LORA_RANKS
 from pareto.io import read_safetensors
 
 PANACEA_MARKER = "pareto.panacea.svd_lora.v1"
 META_NAME = "meta.json"
 INIT_STD = 0.02  # U, V ~ N(0, 0.02²) as in the paper's re-implementations
 PREF_SUM_ATOL = 1e-5
-# vLLM's `max_lora_rank` must be one of these; an exported adapter is zero-padded up to the next one.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 PreferenceLike = torch.Tensor | Sequence[float] | Sequence[Sequence[float]] | np.ndarray
 
@@ -423,6 +422,27 @@ def next_vllm_rank(r: int) -> int:
     raise ValueError(f"rank {r} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
 
 
+def padded_alpha(alpha: float, r: int, r_out: int) -> float:
+    """lora_alpha for rank r_out with PEFT's scaling alpha/r unchanged (an int when it is a whole number)."""
+    out = alpha * r_out / r if r_out != r else alpha
+    return int(out) if float(out).is_integer() else out
+
+
+def fold_layer(weight_A: torch.Tensor, weight_B: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor,
+               lam: torch.Tensor, r_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Panacea layer at λ as plain LoRA: A kept, B' = B·diag(σ ⊕ s·λ) (float32 math, cast back), both
+    zero-padded to rank r_out. The one fold: `export_lora` (a loaded model) and `pareto.adapters.fold_panacea`
+    (the adapter files) call it."""
+    r = weight_A.shape[0]
+    diag = torch.cat([sigma.float(), scale.float() * lam.to(sigma.device)])
+    new_B = (weight_B.float() * diag).to(weight_B.dtype)
+    new_A = weight_A
+    if r_out > r:  # zero padding adds nothing to B'·A'
+        new_A = torch.cat([new_A, new_A.new_zeros(r_out - r, new_A.shape[1])], dim=0)
+        new_B = torch.cat([new_B, new_B.new_zeros(new_B.shape[0], r_out - r)], dim=1)
+    return new_A, new_B
+
+
 def export_lora(model: PeftModel, weights: PreferenceLike, path: str | os.PathLike[str], *,
                 pad_to_vllm_rank: bool = True, adapter_name: str | None = None) -> None:
     """Write a plain PEFT LoRA adapter equal to the Panacea adapter at λ (safetensors only).
@@ -442,9 +462,7 @@ def export_lora(model: PeftModel, weights: PreferenceLike, path: str | os.PathLi
 
     r = cfg.r
     r_out = next_vllm_rank(r) if pad_to_vllm_rank else r
-    alpha_out: float = cfg.lora_alpha * r_out / r if r_out != r else cfg.lora_alpha
-    if float(alpha_out).is_integer():
-        alpha_out = int(alpha_out)
+    alpha_out = padded_alpha(cfg.lora_alpha, r, r_out)
 
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -453,14 +471,8 @@ def export_lora(model: PeftModel, weights: PreferenceLike, path: str | os.PathLi
                 continue
             if layer.r[name] != r:
                 raise ValueError(f"{module_name} has r={layer.r[name]}, config r={r}")
-            weight_A, weight_B = layer.lora_A[name].weight, layer.lora_B[name].weight
-            sigma, scale = layer.lora_sigma[name], layer.lora_pref_scale[name]
-            diag = torch.cat([sigma.float(), scale.float() * lam.to(sigma.device)])
-            new_B = (weight_B.float() * diag).to(weight_B.dtype)
-            new_A = weight_A
-            if r_out > r:  # zero padding adds nothing to B'·A'
-                new_A = torch.cat([new_A, new_A.new_zeros(r_out - r, new_A.shape[1])], dim=0)
-                new_B = torch.cat([new_B, new_B.new_zeros(new_B.shape[0], r_out - r)], dim=1)
+            new_A, new_B = fold_layer(layer.lora_A[name].weight, layer.lora_B[name].weight, layer.lora_sigma[name],
+                                      layer.lora_pref_scale[name], lam, r_out)
             tensors[f"{module_name}.lora_A.weight"] = new_A.detach().cpu().contiguous()
             tensors[f"{module_name}.lora_B.weight"] = new_B.detach().cpu().contiguous()
     if not tensors:
