@@ -3,9 +3,10 @@
 `choose(experiment, λ)` reads the experiment's registered models (tags, plus a conditioned model's front) and
 builds one candidate per model: a per-weight model offers the objective values it was evaluated at; a
 conditioned model, set to λ itself, offers its evaluated values at the grid λ nearest to the one asked. Among the
-non-dominated candidates it picks the one maximising the chosen scalarization of those values under λ
-(`Front.query`), and says which and why. `answer(...)` loads that model once per process (through
-`pareto.serving`) and generates. The UI and `pareto query` both call these functions.
+non-dominated candidates it picks the one maximising the chosen scalarization of those values under λ, by the
+rule the UI's `ServedRun.choose` uses too (`pareto.serving.choose_point`), and says which and why.
+`answer(...)` answers through that model's `ServedRun` (loaded once per process), so `serving.backend` (vLLM or
+transformers) applies to `pareto query` as it does to the UI.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pareto.front.grid import validate_weights
 from pareto.front.types import Front, FrontPoint
 from pareto.objectives.scalarize import linear, tchebycheff
 from pareto.registry import RegisteredModel, list_registered
+from pareto.serving import Choice, ServedRun, choose_point, conditioned_point
 
 SCALARIZATIONS = ("linear", "tchebycheff")
 
@@ -91,10 +93,7 @@ def candidates(models: list[RegisteredModel], weights: np.ndarray,
     points = []
     for m in models:
         if m.conditioned:
-            front = _conditioned_front(m, tracking_uri, _FRONTS)
-            nearest = front.points[int(np.argmin(np.abs(front.weights() - weights).sum(1)))]
-            points.append((m, FrontPoint(weights=tuple(weights), values=nearest.values, stderr=nearest.stderr,
-                                         model_uri=m.uri, extra={"evaluated_at": list(nearest.weights)})))
+            points.append((m, conditioned_point(_conditioned_front(m, tracking_uri, _FRONTS), weights, m.uri)))
         elif m.values is not None and m.weights is not None:
             points.append((m, FrontPoint(weights=m.weights, values=m.values,
                                          stderr=m.stderr or (0.0,) * len(m.values), model_uri=m.uri)))
@@ -121,9 +120,7 @@ def choose(experiment: str, weights: object, tracking_uri: str, scalarization: s
     pool.sort(key=lambda m: -int(m.version))  # ties go to the newest registration
     pairs = candidates(pool, lam, tracking_uri)
     pool, points = [m for m, _ in pairs], [p for _, p in pairs]
-    front = Front(method="registry", objectives=objectives, points=tuple(points),
-                  reference_point=(0.0,) * len(objectives), scorer=scorer)
-    best = front.query(lam, scalarize=score_fn)
+    front, best = choose_point(points, objectives, lam, scalarize=score_fn, scorer=scorer)
     scores = score_fn(front.values(), lam)
     chosen_index = points.index(best)
     model = pool[chosen_index]
@@ -155,29 +152,27 @@ def _fmt(values: tuple[float, ...]) -> str:
 _SERVED: dict = {}
 
 
-def served_run(source_run_id: str, tracking_uri: str):
-    from pareto.serving import ServedRun
-
+def served_run(source_run_id: str, tracking_uri: str) -> ServedRun:
     key = (tracking_uri, source_run_id)
     if key not in _SERVED:
         _SERVED[key] = ServedRun(source_run_id, tracking_uri)
     return _SERVED[key]
 
 
+def served_choice(choice: QueryChoice) -> Choice:
+    """A registry choice as the serving Choice of its source run (the adapter's runs:/ uri, λ it runs at)."""
+    m = choice.model
+    return Choice(m.method, choice.weights, choice.served_weights, m.model_uri, m.conditioned, choice.reason)
+
+
 def policy_for(choice: QueryChoice, tracking_uri: str):
     """The loaded ConditionedPolicy behind a choice (base model and adapter come from MLflow, cached)."""
-    from pareto.serving import Choice
-
-    m = choice.model
-    served = served_run(m.source_run_id, tracking_uri)
-    return served.policy(Choice(m.method, choice.weights, choice.served_weights, m.model_uri, m.conditioned,
-                                choice.reason))
+    return served_run(choice.model.source_run_id, tracking_uri).policy(served_choice(choice))
 
 
 def answer(experiment: str, weights: object, prompt: str, tracking_uri: str, scalarization: str = "linear",
            method: str | None = None, max_new_tokens: int = 48) -> QueryAnswer:
     """Choose the model for λ and generate its answer to `prompt` (greedy, so the answer is reproducible)."""
     choice = choose(experiment, weights, tracking_uri, scalarization, method)
-    policy = policy_for(choice, tracking_uri)
-    text = policy.generate([prompt], np.asarray(choice.served_weights), max_new_tokens=max_new_tokens)[0]
-    return QueryAnswer(text, choice)
+    served = served_run(choice.model.source_run_id, tracking_uri)
+    return QueryAnswer(served.respond(served_choice(choice), prompt, max_new_tokens), choice)

@@ -89,10 +89,12 @@ def _ensure_model(client: MlflowClient, name: str, experiment: str, objectives: 
             pass  # created concurrently: fine, it exists now
 
 
-def _run_id(model_uri: str) -> str:
-    if not model_uri.startswith("runs:/"):
-        raise ValueError(f"model uri {model_uri!r} is not a runs:/ uri; a front point must name its run's adapter")
-    return model_uri.removeprefix("runs:/").split("/", 1)[0]
+def parse_runs_uri(uri: str) -> tuple[str, str]:
+    """`runs:/<run id>/<artifact path>` -> (run id, artifact path); the one parser of front points' model uris."""
+    if not uri.startswith("runs:/"):
+        raise ValueError(f"model uri {uri!r} is not a runs:/ uri")
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    return run_id, path
 
 
 def _fmt(x: float) -> str:
@@ -148,7 +150,8 @@ def register_front(front: Front, *, experiment: str, source_run_id: str, trackin
             all_tags = {**common, **tags, "model_uri": uri, **dict((point_tags or {}).get(uri, {}))}
             desc = (f"{front.method}: one model for every λ in the box {tags['lambda_range']}" if conditioned
                     else f"{front.method} trained at λ={list(point.weights)}; non-dominated in its {kind}")
-            mv = client.create_model_version(name, source=uri, run_id=_run_id(uri), tags=all_tags, description=desc)
+            mv = client.create_model_version(name, source=uri, run_id=parse_runs_uri(uri)[0], tags=all_tags,
+                                             description=desc)
         out.append(RegisteredModel.from_version(client.get_model_version(name, str(mv.version))))
     _set_aliases(client, name, out)
     return out

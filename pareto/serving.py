@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,28 @@ from pareto.front.grid import validate_weights
 from pareto.front.types import Front, FrontPoint
 from pareto.generation.backend import LoRABackend, is_lora_method, serving_config, serving_note
 from pareto.models.conditioned import ConditionedPolicy, PerWeightPolicy, load_conditioned
+from pareto.registry import parse_runs_uri
+
+Scalarize = Callable[[np.ndarray, np.ndarray], np.ndarray]  # values (N, K), λ (K,) -> scores (N,), higher is better
+
+
+def choose_point(points: Sequence[FrontPoint], objectives: Sequence[str], weights: object,
+                 scalarize: Scalarize | None = None, scorer: str = "oracle") -> tuple[Front, FrontPoint]:
+    """The one rule for "which model serves λ", used by `ServedRun.choose` (the UI), `pareto query` and, through a
+    Choice, the vLLM export: among the candidates' non-dominated points, the one maximising the scalarization of
+    its values under λ (linear by default; ties go to the earliest). Returns the candidates as a Front, and the
+    point."""
+    front = Front(method="candidates", objectives=tuple(objectives), points=tuple(points),
+                  reference_point=(0.0,) * len(objectives), scorer=scorer)
+    return front, front.query(weights, scalarize=scalarize)
+
+
+def conditioned_point(front: Front, weights: np.ndarray, model_uri: str) -> FrontPoint:
+    """A conditioned model as a candidate for λ: set to λ itself, offering the values it was evaluated at for the
+    grid λ nearest (L1) to it."""
+    nearest = front.points[int(np.argmin(np.abs(front.weights() - weights).sum(1)))]
+    return FrontPoint(weights=tuple(weights), values=nearest.values, stderr=nearest.stderr, model_uri=model_uri,
+                      extra={"evaluated_at": list(nearest.weights)})
 
 
 @dataclass
@@ -79,18 +102,22 @@ class ServedRun:
             raise KeyError(f"run {self.run_id} has no front for method {method!r}; it has {sorted(self.fronts)}")
         front = self.fronts[method]
         lam = tuple(float(x) for x in validate_weights(weights, front.k))
-        if self.is_conditioned(method):
+        if self.is_conditioned(method):  # one model: nothing to choose between
             uri = front.points[0].model_uri
             return Choice(method, lam, lam, uri, True,
                           f"{method} is one model for every preference: its λ is set to {_fmt(lam)} in place"
                           + serving_note(self, method))
-        point = front.query(lam)
+        _, point = choose_point(front.points, front.objectives, lam, scorer=front.scorer)
         return Choice(method, lam, point.weights, point.model_uri, False,
                       f"{method} has one model per trained λ; the non-dominated point maximising λ·values "
                       f"for λ={_fmt(lam)} is the model trained at λ={_fmt(point.weights)}"
                       + serving_note(self, method), point)
 
     # ---- loading -------------------------------------------------------------------------------------------
+    def artifact(self, uri: str) -> Path:
+        """The artifact a runs:/ uri names (a front point's model), downloaded once into the serving cache."""
+        return self._download(*parse_runs_uri(uri))
+
     def _download(self, run_id: str, artifact_path: str) -> Path:
         target = self.cache_dir / run_id / artifact_path
         if not (target / ".complete").is_file():
@@ -108,8 +135,7 @@ class ServedRun:
     def policy(self, choice: Choice) -> ConditionedPolicy:
         key = choice.model_uri
         if key not in self._policies:
-            run_id, artifact = _parse_runs_uri(key)
-            adapter = self._download(run_id, artifact)
+            adapter = self.artifact(key)
             if choice.conditioned:
                 kind = self.fronts[choice.method].meta.get("policy_kind", "panacea")  # older runs: Panacea only
                 self._policies[key] = load_conditioned(kind, self.base_dir(), adapter, self.objectives)
@@ -184,13 +210,6 @@ class ServedRun:
         except ValueError:
             return []  # a task this install does not know
         return [p.text for p in prompts[:n]]
-
-
-def _parse_runs_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("runs:/"):
-        raise ValueError(f"model uri {uri!r} is not a runs:/ uri")
-    run_id, _, path = uri.removeprefix("runs:/").partition("/")
-    return run_id, path
 
 
 def _fmt(weights: tuple[float, ...]) -> str:

@@ -11,11 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # strongly connected components of more than one module, as sorted tuples
-KNOWN_CYCLES = {
-    ("pareto.generation", "pareto.generation.hf", "pareto.generation.vllm_offline", "pareto.generation.vllm_server"),
-    ("pareto.distributed.ppo.rollout", "pareto.distributed.ppo.vllm_engine"),
-    ("pareto.generation.backend", "pareto.serving"),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -94,7 +94,7 @@ def validate_weights(w: Any, k: int) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"weights: contain NaN or infinite values ({arr.tolist()})")
     if np.any(arr < 0):
-        raise ValueError(f"weights: negative values are not allowed ({arr.tolist()})")
+        raise ValueError(f"weights: must be non-negative, got negative values ({arr.tolist()})")
     total = float(arr.sum())
     if abs(total - 1.0) > SUM_TOL:
         raise ValueError(f"weights: must sum to 1 (within {SUM_TOL:g}), got sum {total:.9g}")

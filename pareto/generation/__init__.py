@@ -6,15 +6,14 @@ A front is served as K LoRA adapters on one base model (see `pareto.export`); a 
 prompt so that one batch mixes preferences.
 
 This module is deliberately light (standard library only): `vllm_offline` runs inside the separate vLLM
-environment, which has neither the project's dependencies nor its transformers version. The backends are
-imported lazily by `make_generator`.
+environment, which has neither the project's dependencies nor its transformers version. The shared interface
+lives in `pareto.generation.interface` (re-exported here), which the backends import; the backends are imported
+lazily by `make_generator`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pareto.generation.interface import AdapterArg, Completion, Generator, cut_at_eos, per_prompt_adapters
 
 BACKENDS = ("hf", "vllm-server", "vllm-offline")
 
@@ -28,48 +27,6 @@ NOT_LORA_REASONS = {
     "ric": "RiC conditions on desired rewards written into the prompt, not on LoRA weights, so it is served with "
            "transformers",
 }
-
-AdapterArg = str | None | Sequence[str | None]
-
-
-@dataclass
-class Completion:
-    """One generated answer: the text (stripped, special tokens removed) and the generated token ids (without
-    the end-of-sequence token)."""
-
-    text: str
-    token_ids: list[int] = field(default_factory=list)
-    adapter: str | None = None
-
-
-@runtime_checkable
-class Generator(Protocol):
-    """What every backend offers. `adapter`: one name for all prompts, None for the base model, or one entry per
-    prompt (a mixed batch). Greedy decoding is deterministic and equal across backends; `temperature` only
-    matters with `greedy=False`."""
-
-    def generate(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0) -> list[str]: ...
-
-
-def per_prompt_adapters(adapter: AdapterArg, n: int) -> list[str | None]:
-    """`adapter` as one entry per prompt; a list must have one entry per prompt."""
-    if adapter is None or isinstance(adapter, str):
-        return [adapter] * n
-    names = list(adapter)
-    if len(names) != n:
-        raise ValueError(f"adapter has {len(names)} entries for {n} prompts; give one name (or None) per prompt")
-    return names
-
-
-def cut_at_eos(token_ids: Sequence[int], eos_ids: Sequence[int] | int | None) -> list[int]:
-    """The generated ids up to (without) the first end-of-sequence id: what both HF and vLLM actually produced."""
-    ids = list(token_ids)
-    stops = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids or ())
-    for i, t in enumerate(ids):
-        if t in stops:
-            return ids[:i]
-    return ids
 
 
 def make_generator(backend: str, **kwargs: object) -> Generator:
@@ -90,5 +47,5 @@ def make_generator(backend: str, **kwargs: object) -> Generator:
     raise ValueError(f"unknown generation backend {backend!r}; use one of {list(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Completion", "Generator", "LORA_METHODS", "NOT_LORA_REASONS", "cut_at_eos",
+__all__ = ["BACKENDS", "AdapterArg", "Completion", "Generator", "LORA_METHODS", "NOT_LORA_REASONS", "cut_at_eos",
            "make_generator", "per_prompt_adapters"]

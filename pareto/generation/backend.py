@@ -96,25 +96,17 @@ class LoRABackend:
     def adapter(self, choice: Any) -> tuple[str, Path]:
         """The chosen point as a plain LoRA adapter directory (exported once, then cached): (name, path)."""
         from pareto import export
-        from pareto.serving import _parse_runs_uri
 
         key = hashlib.sha1(f"{choice.model_uri}|{choice.served_weights}".encode()).hexdigest()[:12]
         name = f"{choice.method}-{key}"
         dst = self.run.cache_dir / "lora" / name
         if not (dst / export.CONFIG_NAME).is_file():
-            src = self.run._download(*_parse_runs_uri(choice.model_uri))
-            kind = _kind(self.run, choice.method)
+            src = self.run.artifact(choice.model_uri)
             tmp = dst.with_name(f"{name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            if not choice.conditioned:
-                export.export_per_weight(export._adapter_dir(src), tmp)
-            elif kind == "soups":
-                ingredients, merge = export.soup_ingredients(src, self.run.objectives)
-                export.export_soup(ingredients, [choice.served_weights], tmp.parent, [tmp.name], merge)
-            elif export._is_panacea(export._adapter_dir(src)):  # Panacea (DPO or PPO): fold λ from the files
-                export.write_adapter(tmp, export.fold_panacea(export._adapter_dir(src), choice.served_weights))
-            else:
-                raise ValueError(f"{choice.method}: no LoRA export for policy kind {kind!r}")
+            export.export_point(src, tmp, method=choice.method, policy_kind=_kind(self.run, choice.method),
+                                conditioned=choice.conditioned, weights=choice.served_weights,
+                                objectives=self.run.objectives)
             rank = export.read_adapter(tmp)[0]["r"]
             if rank > self.cfg.max_lora_rank:
                 raise ValueError(f"{choice.method} exports at rank {rank} > serving.max_lora_rank="

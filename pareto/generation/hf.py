@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from pareto.generation import AdapterArg, Completion, cut_at_eos, per_prompt_adapters
+from pareto.generation.interface import AdapterArg, Completion, cut_at_eos, per_prompt_adapters
 from pareto.models.policy import load_policy, prompt_text
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch

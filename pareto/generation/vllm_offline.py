@@ -3,8 +3,8 @@ mixes preferences (adapters).
 
 `VLLMOfflineGenerator` only works where `vllm` is importable, i.e. inside the separate vLLM environment
 (scripts/vllm_env.sh): vllm is imported lazily and this module imports nothing else from the project but the
-standard-library-only `pareto.generation`. From the project's own environment, `run_offline` runs this module as
-a script inside that environment:
+standard-library-only `pareto.generation.interface`. From the project's own environment, `run_offline` runs this
+module as a script inside that environment:
 
     $VLLM_PY -m pareto.generation.vllm_offline REQUEST.json OUT.json        (with PYTHONPATH=<repo root>)
 
@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pareto.generation import AdapterArg, Completion, cut_at_eos, per_prompt_adapters
+from pareto.generation.interface import AdapterArg, Completion, cut_at_eos, per_prompt_adapters
 
 ROOT = Path(__file__).resolve().parents[2]
 

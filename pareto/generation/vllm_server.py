@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pareto.generation import AdapterArg, Completion, cut_at_eos, per_prompt_adapters
+from pareto.generation.interface import AdapterArg, Completion, cut_at_eos, per_prompt_adapters
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_SCRIPT = ROOT / "scripts" / "vllm_env.sh"
@@ -65,7 +65,9 @@ def ensure_vllm_env(venv: str | Path | None = None, timeout: float = 1800) -> Pa
 
 
 # ---- HTTP --------------------------------------------------------------------------------------------------
-def _request(url: str, payload: dict | None = None, timeout: float = 120) -> Any:
+def request_json(url: str, payload: dict | None = None, timeout: float = 120) -> Any:
+    """GET `url` (POST `payload` as JSON when given); the decoded JSON answer (the text if it is not JSON).
+    Any HTTP or connection failure is a VLLMError naming the request."""
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, method="GET" if payload is None else "POST",
                                  headers={"Content-Type": "application/json"})
@@ -115,7 +117,7 @@ class VLLMServerGenerator:
     # -- server state --
     def health(self) -> bool:
         try:
-            _request(f"{self.url}/health", timeout=5)
+            request_json(f"{self.url}/health", timeout=5)
             return True
         except VLLMError:
             return False
@@ -132,7 +134,7 @@ class VLLMServerGenerator:
 
     def models(self) -> dict[str, str | None]:
         """Served model ids -> their parent (None for the base model, the base's name for an adapter)."""
-        data = _request(f"{self.url}/v1/models", timeout=30)
+        data = request_json(f"{self.url}/v1/models", timeout=30)
         return {m["id"]: m.get("parent") for m in data["data"]}
 
     @property
@@ -152,12 +154,12 @@ class VLLMServerGenerator:
         """Load an adapter into the running server now (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
 
         The path is read by the server, so it must exist on the server's filesystem."""
-        _request(f"{self.url}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(path).resolve())},
+        request_json(f"{self.url}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(path).resolve())},
                  timeout=self.timeout)
         self.paths[name] = Path(path)
 
     def unload_adapter(self, name: str) -> None:
-        _request(f"{self.url}/v1/unload_lora_adapter", {"lora_name": name}, timeout=self.timeout)
+        request_json(f"{self.url}/v1/unload_lora_adapter", {"lora_name": name}, timeout=self.timeout)
 
     def _ensure(self, names: set[str]) -> None:
         served = self.models()
@@ -184,7 +186,7 @@ class VLLMServerGenerator:
                                    "skip_special_tokens": True, "add_special_tokens": False}
         if seed is not None:
             payload["seed"] = seed
-        data = _request(f"{self.url}/v1/completions", payload, timeout=self.timeout)
+        data = request_json(f"{self.url}/v1/completions", payload, timeout=self.timeout)
         choices = sorted(data["choices"], key=lambda c: c["index"])
         if len(choices) != len(prompts):
             raise VLLMError(f"asked {len(prompts)} completions, got {len(choices)}")

@@ -31,8 +31,8 @@ import torch
 
 from pareto.config import PPOVLLMConfig
 from pareto.distributed.bundle import ModelRef
-from pareto.distributed.ppo.rollout import TransformersRolloutEngine
-from pareto.generation.vllm_server import VLLMError, VLLMServer, VLLMServerGenerator, _request, vllm_python
+from pareto.distributed.ppo.transformers_engine import TransformersRolloutEngine
+from pareto.generation.vllm_server import VLLMError, VLLMServer, VLLMServerGenerator, request_json, vllm_python
 from pareto.models.policy import prompt_text
 from pareto.models.svd_lora import PanaceaLoraConfig, export_lora, next_vllm_rank
 
@@ -115,7 +115,7 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
         old, self.adapters = self.adapters, {}
         for name in old.values():
             try:
-                _request(f"{self.client.url}/v1/unload_lora_adapter", {"lora_name": name}, timeout=60)
+                request_json(f"{self.client.url}/v1/unload_lora_adapter", {"lora_name": name}, timeout=60)
             except VLLMError:
                 pass  # already gone (e.g. a restarted external server): nothing to free
             shutil.rmtree(self.adapter_root / name, ignore_errors=True)
@@ -183,7 +183,7 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
 
     def _complete(self, model: str, prompts: list[list[int]], payload: dict, seed: int | None) -> list[dict]:
         body = {**payload, "model": model, "prompt": prompts, **({} if seed is None else {"seed": seed})}
-        data = _request(f"{self.client.url}/v1/completions", body, self.cfg.request_timeout)
+        data = request_json(f"{self.client.url}/v1/completions", body, self.cfg.request_timeout)
         return sorted(data["choices"], key=lambda c: c["index"])
 
     def served_adapters(self) -> list[str]:
