@@ -3,7 +3,6 @@ that validation needs without compute."""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -29,25 +28,19 @@ class FieldError(ValueError):
 
 
 def simplex_problem(weights: Any, k: int) -> str | None:
-    """Why `weights` is not a preference on the K-simplex, or None if it is."""
+    """Why `weights` is not a preference on the K-simplex, or None if it is (pareto.front.grid.validate_weights:
+    the one simplex check, its tolerance and its messages)."""
+    from pareto.front.grid import validate_weights
+
     try:
-        values = [float(x) for x in weights]
-    except (TypeError, ValueError):
-        return "weights must be a list of numbers"
-    if len(values) != k:
-        return f"has {len(values)} weights but there are {k} objectives; give one weight per objective"
-    if not all(math.isfinite(x) for x in values):
-        return "weights must be finite (no NaN or inf)"
-    if any(x < 0 for x in values):
-        return "weights must be non-negative"
-    if abs(sum(values) - 1.0) > 1e-6:
-        return f"weights sum to {sum(values):.6g}, not 1; normalise them onto the simplex"
+        validate_weights(weights, k)
+    except ValueError as err:
+        return str(err).removeprefix("weights: ")
     return None
 
 
 
-# vLLM's max_lora_rank must be one of these (pareto.models.svd_lora.VLLM_LORA_RANKS; repeated here: core imports
-# no torch-heavy module).
+# vLLM's max_lora_rank must be one of these (the one list: svd_lora pads adapters to them, configs are checked here).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
