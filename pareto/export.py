@@ -40,7 +40,7 @@ from pareto.adapters import (
     vllm_problems,
     write_adapter,
 )
-from pareto.generation import LORA_METHODS, NOT_LORA_REASONS
+from pareto.config import spec_for
 from pareto.models.sources import logged_base
 from pareto.models.svd_lora import META_NAME, VLLM_LORA_RANKS
 
@@ -107,7 +107,7 @@ def export_run(run_ref: str, out: str | Path, tracking_uri: str, *, experiment: 
             if kind is None:
                 not_exported[method] = reason
                 continue
-            conditioned = kind != "per-weight"
+            conditioned = kind != "adapter"
             grid = (preference_grid(front.k, n_points=grid_points) if conditioned and grid_points
                     else front.weights())
             made = _export_method(method, kind, front, grid, download, out, log)
@@ -159,20 +159,19 @@ class _Downloads:
 
 
 def _export_kind(method: str, front: Any, download: _Downloads) -> tuple[str | None, str]:
-    """How the method's front points become plain LoRA ("per-weight", "panacea-at-lambda", "soup"), or
+    """How the method's front points become plain LoRA (the method table's `export`: adapter, fold, merge), or
     (None, why they are not exported)."""
-    policy_kind = str(front.meta.get("policy_kind", method))  # how serving loads it (models.conditioned)
-    reason = NOT_LORA_REASONS.get(method) or NOT_LORA_REASONS.get(policy_kind)
-    if reason:
-        return None, reason
-    kind = LORA_METHODS.get(method) or LORA_METHODS.get(policy_kind)
+    spec = spec_for(method, front.meta.get("policy_kind"))
+    if spec is not None and spec.export is None:
+        return None, spec.not_lora
+    kind = spec.export if spec is not None else None
     first = download(front.points[0].model_uri) if front.points and front.points[0].model_uri else None
     if first is None:
         return None, "its front points carry no model uri"
     if kind is None:  # a method this module does not know: recognise it by its files
         single = sorted(p.parent for p in first.rglob(CONFIG_NAME))
-        kind = "panacea-at-lambda" if len(single) == 1 and is_panacea(single[0]) else (
-            "per-weight" if not front.meta.get("conditioned", False) else None)
+        kind = "fold" if len(single) == 1 and is_panacea(single[0]) else (
+            "adapter" if not front.meta.get("conditioned", False) else None)
     if kind is None:
         return None, "not a LoRA method this exporter knows; serve it with transformers"
     return kind, ""
@@ -181,7 +180,7 @@ def _export_kind(method: str, front: Any, download: _Downloads) -> tuple[str | N
 def _export_method(method: str, kind: str, front: Any, grid: np.ndarray, download: Any, out: Path,
                    log: Any) -> dict[str, dict[str, Any]]:
     """Export one method's front points into out/adapters; returns manifest entries by adapter name."""
-    if kind == "per-weight":
+    if kind == "adapter":  # each point is one LoRA model already (one per λ, or one for every λ)
         made = {}
         for i, point in enumerate(front.points):
             name = f"{method}-{i}"
@@ -192,9 +191,9 @@ def _export_method(method: str, kind: str, front: Any, grid: np.ndarray, downloa
         return made
     uri = front.points[0].model_uri
     names = [f"{method}-{i}" for i in range(len(grid))]
-    if kind == "panacea-at-lambda":
+    if kind == "fold":
         entries = export_panacea(adapter_dir(download(uri)), out / "base", grid, out / "adapters", names)
-    elif kind == "soup":
+    elif kind == "merge":
         ingredients, merge = soup_ingredients(download(uri), front.objectives)
         entries = export_soup(ingredients, grid, out / "adapters", names, merge)
     else:
@@ -211,9 +210,10 @@ def export_point(src: Path, dst: Path, *, method: str, policy_kind: str, conditi
                  weights: Sequence[float], objectives: Sequence[str]) -> None:
     """One chosen front point (a serving Choice) as a plain LoRA adapter at `dst`: a per-weight model as it is,
     a soup or a Panacea adapter (DPO or PPO) at λ = `weights`. `src` is the point's downloaded model."""
-    if not conditioned:
+    spec = spec_for(method, policy_kind)
+    if not conditioned or (spec is not None and spec.export == "adapter"):
         export_per_weight(adapter_dir(src), dst)
-    elif policy_kind == "soups":
+    elif spec is not None and spec.export == "merge":
         ingredients, merge = soup_ingredients(src, objectives)
         export_soup(ingredients, [weights], dst.parent, [dst.name], merge)
     elif is_panacea(adapter_dir(src)):  # Panacea (DPO or PPO): fold λ from the files
@@ -238,7 +238,7 @@ def export_per_weight(src: str | Path, dst: str | Path) -> dict[str, Any]:
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".complete"))  # as it is
     else:
         write_adapter(dst, (config, tensors))
-    return {"kind": "per-weight", "rank": int(config["r"]), "source_rank": source_rank}
+    return {"kind": "adapter", "rank": int(config["r"]), "source_rank": source_rank}
 
 
 def export_panacea(adapter_dir: str | Path, base_dir: str | Path, grid: Sequence[Sequence[float]],
@@ -255,7 +255,7 @@ def export_panacea(adapter_dir: str | Path, base_dir: str | Path, grid: Sequence
         dst = Path(out_dir) / name
         export_lora(model, lam, dst)
         meta = json.loads((dst / META_NAME).read_text())
-        entries.append({"kind": "panacea-at-lambda", "weights": lam.tolist(), "rank": meta["r"],
+        entries.append({"kind": "fold", "weights": lam.tolist(), "rank": meta["r"],
                         "source_rank": meta["source_r"], "path": f"adapters/{name}"})
     return entries
 
@@ -272,7 +272,7 @@ def export_soup(ingredients: Sequence[str | Path], grid: Sequence[Sequence[float
         config, tensors = concat_adapters(loaded, lam) if merge == "delta" else average_adapters(loaded, lam)
         write_adapter(Path(out_dir) / name, (config, tensors),
                       {"exported_from": "soups", "merge": merge, "weights": lam.tolist(), "r": config["r"]})
-        entries.append({"kind": "soup", "merge": merge, "weights": lam.tolist(), "rank": int(config["r"]),
+        entries.append({"kind": "merge", "merge": merge, "weights": lam.tolist(), "rank": int(config["r"]),
                         "source_rank": sum(int(c["r"]) for c, _ in loaded) if merge == "delta"
                         else int(loaded[0][0]["r"]), "path": f"adapters/{name}"})
     return entries

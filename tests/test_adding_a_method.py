@@ -29,7 +29,7 @@ def test_the_table_row_is_the_only_wiring() -> None:
     assert [m.title for m in resolve_plan(cfg).methods] == [spec.title]
 
 
-def test_fixed_dpo_trains_beats_its_base_and_serves_one_answer_for_every_lambda(tmp_path: Path) -> None:
+def test_fixed_dpo_trains_beats_its_base_serves_one_answer_for_every_lambda_and_exports(tmp_path: Path) -> None:
     from pareto.distributed.pipeline import run_pipeline
     from pareto.serving import ServedRun
 
@@ -52,3 +52,10 @@ def test_fixed_dpo_trains_beats_its_base_and_serves_one_answer_for_every_lambda(
     text_a, choice = served.answer("fixed_dpo", prompt, (1.0, 0.0))
     text_b, _ = served.answer("fixed_dpo", prompt, (0.0, 1.0))
     assert choice.conditioned and text_a == text_b and text_a.strip()
+
+    # Exported for vLLM as the table says (`adapter`): the one LoRA model, once per λ of the front.
+    from pareto.export import export_run
+
+    manifest = export_run(result.run_id, tmp_path / "front", uri)
+    assert {a["kind"] for a in manifest["adapters"].values()} == {"adapter"}
+    assert len(manifest["adapters"]) == len(values) and not manifest["not_exported"]

@@ -247,7 +247,7 @@ def test_rank_padding_keeps_the_model(fresh, input_ids, tmp_path, rslora):
 def test_per_weight_export_copies_a_servable_adapter_as_it_is(fresh, tmp_path):
     src = make_adapter(fresh(), tmp_path / "r8", r=8, alpha=16, targets=TARGETS, seed=7)
     entry = export_per_weight(src, tmp_path / "out")
-    assert entry == {"kind": "per-weight", "rank": 8, "source_rank": 8}
+    assert entry == {"kind": "adapter", "rank": 8, "source_rank": 8}
     assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == \
         (src / "adapter_model.safetensors").read_bytes()
     src5 = make_adapter(fresh(), tmp_path / "r5", r=5, alpha=10, targets=TARGETS, seed=8)

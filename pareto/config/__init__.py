@@ -59,6 +59,7 @@ from pareto.config.methods import (
     RiCConfig,
     SoupsConfig,
     method_of,
+    spec_for,
 )
 from pareto.config.runtime import (
     SWEEP_SAMPLERS,
@@ -84,5 +85,5 @@ __all__ = [
     "SFT_METHODS", "SWEEP_SAMPLERS", "SearchRange", "ServingConfig", "SoupsConfig", "Strict", "SweepConfig",
     "TaskConfig", "TinyModelConfig", "TrackingConfig", "ULTRAFEEDBACK_ASPECTS", "VLLM_LORA_RANKS", "Z_REFERENCE",
     "config_from_dict", "dump_config", "flatten", "load_config", "mask_secrets", "mask_url", "method_of",
-    "parse_overrides", "simplex_problem",
+    "parse_overrides", "simplex_problem", "spec_for",
 ]

@@ -256,6 +256,12 @@ def method_of(section: MethodConfig) -> MethodSpec:
     raise KeyError(f"{type(section).__name__} is not in the method table (pareto.config.methods.METHODS)")
 
 
+def spec_for(method: str, policy_kind: object = None) -> MethodSpec | None:
+    """The table row of a logged front: by its method name, else by the policy kind it was logged with (a sweep's
+    or an older run's front); None when neither is a method of this table."""
+    return METHODS.get(method) or METHODS.get(str(policy_kind))
+
+
 class _Methods(Strict):
     def enabled(self) -> dict[str, MethodConfig]:
         """The enabled methods' sections, in table order."""

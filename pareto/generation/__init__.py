@@ -17,16 +17,6 @@ from pareto.generation.interface import AdapterArg, Completion, Generator, cut_a
 
 BACKENDS = ("hf", "vllm-server", "vllm-offline")
 
-# Methods whose models are LoRA deltas on the base model, hence servable by vLLM's multi-LoRA engine, and how a
-# front point becomes a plain adapter (see pareto.export).
-LORA_METHODS = {"panacea": "panacea-at-lambda", "per_weight_dpo": "per-weight", "soups": "soup"}
-# Methods whose λ does not live in LoRA weights: vLLM cannot express them, transformers serves them.
-NOT_LORA_REASONS = {
-    "mah_dpo": "MAH-DPO mixes per-objective output heads by λ (logits = Σ λ_h logits_h), which is not a LoRA "
-               "adapter, so it is served with transformers",
-    "ric": "RiC conditions on desired rewards written into the prompt, not on LoRA weights, so it is served with "
-           "transformers",
-}
 
 
 def make_generator(backend: str, **kwargs: object) -> Generator:
@@ -47,5 +37,5 @@ def make_generator(backend: str, **kwargs: object) -> Generator:
     raise ValueError(f"unknown generation backend {backend!r}; use one of {list(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "AdapterArg", "Completion", "Generator", "LORA_METHODS", "NOT_LORA_REASONS", "cut_at_eos",
+__all__ = ["BACKENDS", "AdapterArg", "Completion", "Generator", "cut_at_eos",
            "make_generator", "per_prompt_adapters"]

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pareto.generation import LORA_METHODS, NOT_LORA_REASONS, Generator
+from pareto.config import spec_for
+from pareto.generation import Generator
 
 
 def serving_config(run: Any) -> Any:
@@ -38,19 +39,17 @@ def _kind(run: Any, method: str) -> str:
 
 def is_lora_method(run: Any, method: str) -> bool:
     """Whether the method's models are LoRA deltas on the base model, hence servable by vLLM."""
-    kind = _kind(run, method)
-    if method in NOT_LORA_REASONS or kind in NOT_LORA_REASONS:
-        return False
-    if method in LORA_METHODS or kind in LORA_METHODS:
-        return True
+    spec = spec_for(method, _kind(run, method))
+    if spec is not None:
+        return spec.export is not None
     return method in run.fronts and not run.is_conditioned(method)  # per-weight models are plain LoRA adapters
 
 
 def serving_note(run: Any, method: str) -> str:
     """What to append to a Choice's reason about how the answer is generated ("" for the default)."""
     backend = serving_config(run).backend
-    kind = _kind(run, method)
-    reason = NOT_LORA_REASONS.get(method) or NOT_LORA_REASONS.get(kind)
+    spec = spec_for(method, _kind(run, method))
+    reason = spec.not_lora if spec is not None and spec.export is None else ""
     if reason:
         return f"; {reason}" + (f" (serving.backend={backend} applies to LoRA methods only)" if backend != "hf"
                                 else "")
