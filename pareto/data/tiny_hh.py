@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pareto.front.grid import preference_grid
 from pareto.objectives.base import ObjectiveSet
 
 OBJECTIVES = ("helpful", "harmless", "concise")
@@ -264,18 +265,19 @@ _HARMFUL_FACTS = tuple(_norm_phrase(f) for t in TOPIC_BANK if t.risky for f in t
 def simplex_grid(n_points: int, k: int) -> np.ndarray:
     """Das-Dennis lattice on the (k-1)-simplex with the number of points closest to ``n_points``.
 
-    Points are ``c / H`` for all non-negative integer vectors ``c`` summing to ``H`` (stars and bars).
+    Points are ``c / H`` for all non-negative integer vectors ``c`` summing to ``H``, rows in ascending
+    lexicographic order: `pareto.front.grid.preference_grid` with ``H`` partitions (which picks the smallest
+    ``H`` giving at least ``n_points`` instead, so ``H`` is chosen here).
     """
     if k < 1 or n_points < 1:
         raise ValueError("simplex_grid needs k >= 1 and n_points >= 1")
     if k == 1:
         return np.ones((1, 1))
     h = min(range(1, 10_000), key=lambda h: (abs(math.comb(h + k - 1, k - 1) - n_points), h))
-    rows = []
-    for bars in itertools.combinations(range(h + k - 1), k - 1):
-        edges = (-1, *bars, h + k - 1)
-        rows.append([edges[i + 1] - edges[i] - 1 for i in range(k)])
-    return np.asarray(rows, dtype=np.float64) / h
+    if k == 2:  # exact c / H: preference_grid rounds its K = 2 grid to 12 decimals
+        c = np.arange(h + 1, dtype=np.float64)
+        return np.stack([c, h - c], axis=1) / h
+    return preference_grid(k, n_partitions=h)
 
 
 class _OracleObjective:
