@@ -183,6 +183,7 @@ class _RiCRun:
         self.cpu_start -= st["cpu_seconds"]
 
     def offline_phase(self) -> None:
+        """Phase 1: fine-tune on the offline data, validated before and after, then checkpoint."""
         self.check()  # the untrained model (the SFT model with tags it never saw) is the fallback
         self.train(self.offline, self.cfg.epochs, self.cfg.lr, "offline")
         self.check()
