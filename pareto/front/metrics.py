@@ -107,18 +107,24 @@ def _min_dist(from_pts: np.ndarray, to_pts: np.ndarray) -> np.ndarray:
     return np.sqrt((diff**2).sum(axis=-1)).min(axis=1)
 
 
+def _igd_inputs(values: Any, reference_front: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(reference front, values) as ``(M, K)`` and ``(N, K)`` arrays; ``ValueError`` if either is empty."""
+    ref = _as_values(reference_front, "reference_front")
+    arr = _as_values(values, k=ref.shape[1])
+    if ref.shape[0] == 0:
+        raise ValueError("reference_front: is empty")
+    if arr.shape[0] == 0:
+        raise ValueError(f"values: is empty, {what} is undefined")
+    return ref, arr
+
+
 def igd(values: Any, reference_front: Any) -> float:
     """Inverted generational distance: mean over reference-front points of the distance to the nearest value.
 
     ``IGD = 1/|R| sum_{r in R} min_{x in values} ||r - x||_2`` (same definition as pymoo's ``IGD`` without
     normalisation). ``igd(F, F) == 0``. Raises ``ValueError`` if either set is empty.
     """
-    ref = _as_values(reference_front, "reference_front")
-    arr = _as_values(values, k=ref.shape[1])
-    if ref.shape[0] == 0:
-        raise ValueError("reference_front: is empty")
-    if arr.shape[0] == 0:
-        raise ValueError("values: is empty, IGD is undefined")
+    ref, arr = _igd_inputs(values, reference_front, "IGD")
     return float(_min_dist(ref, arr).mean())
 
 
@@ -128,12 +134,7 @@ def igd_plus(values: Any, reference_front: Any) -> float:
     ``d+(r, x) = sqrt(sum_k max(r_k - x_k, 0)^2)``: only the objectives in which ``x`` is worse than the
     reference-front point ``r`` count. ``IGD+ = 1/|R| sum_r min_x d+(r, x)``.
     """
-    ref = _as_values(reference_front, "reference_front")
-    arr = _as_values(values, k=ref.shape[1])
-    if ref.shape[0] == 0:
-        raise ValueError("reference_front: is empty")
-    if arr.shape[0] == 0:
-        raise ValueError("values: is empty, IGD+ is undefined")
+    ref, arr = _igd_inputs(values, reference_front, "IGD+")
     diff = np.maximum(ref[:, None, :] - arr[None, :, :], 0.0)
     return float(np.sqrt((diff**2).sum(axis=-1)).min(axis=1).mean())
 

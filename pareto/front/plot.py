@@ -6,8 +6,9 @@ matplotlib and plotly are imported inside the functions only.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -97,6 +98,29 @@ def _prepare(path: Any) -> Path:
     return p
 
 
+class _Drawn(NamedTuple):
+    """A front to draw: its colour, values, standard errors and layers (point indices, dominated?): the
+    non-dominated points, then the dominated ones (drawn faded), empty layers left out."""
+
+    front: Front
+    color: str
+    values: np.ndarray
+    stderr: np.ndarray
+    nondominated: np.ndarray
+    layers: list[tuple[np.ndarray, bool]]
+
+
+def _drawn(fronts: list[Front]) -> Iterator[_Drawn]:
+    """The fronts that have points, in order, with their colours (by position in `fronts`)."""
+    for c, front in enumerate(fronts):
+        if not front.points:
+            continue
+        v, s = front.values(), front.stderr()
+        nd = non_dominated_mask(v)
+        layers = [(np.flatnonzero(sel), dominated) for sel, dominated in ((nd, False), (~nd, True)) if sel.any()]
+        yield _Drawn(front, _COLORS[c % len(_COLORS)], v, s, nd, layers)
+
+
 # --------------------------------------------------------------------------------------------- matplotlib
 def _draw_2d(ax: Any, fronts: list[Front], oracle: np.ndarray | None, i: int, j: int, names: tuple) -> None:
     bases = _bases(fronts)
@@ -107,51 +131,68 @@ def _draw_2d(ax: Any, fronts: list[Front], oracle: np.ndarray | None, i: int, j:
             ax.scatter(o[:, i], o[:, j], s=6, color="0.75", zorder=1)
         else:
             ax.scatter(o[:, i], o[:, j], s=6, color="0.75", zorder=1, label="oracle front")
-    for c, front in enumerate(fronts):
-        if not front.points:
-            continue
-        color = _COLORS[c % len(_COLORS)]
-        v, s = front.values(), front.stderr()
-        nd = non_dominated_mask(v)
-        for sel, alpha, lab in ((nd, 1.0, _label(front)), (~nd, _DIM_ALPHA, None)):
-            if sel.any():
-                ax.errorbar(
-                    v[sel, i],
-                    v[sel, j],
-                    xerr=s[sel, i],
-                    yerr=s[sel, j],
-                    fmt="o",
-                    ms=5,
-                    color=color,
-                    alpha=alpha,
-                    elinewidth=0.8,
-                    capsize=2,
-                    label=lab,
-                    zorder=3,
-                )
-        if front.k == 2:  # join the non-dominated points along the front
+    for d in _drawn(fronts):
+        v, s = d.values, d.stderr
+        for idx, dominated in d.layers:
+            ax.errorbar(v[idx, i], v[idx, j], xerr=s[idx, i], yerr=s[idx, j], fmt="o", ms=5, color=d.color,
+                        alpha=_DIM_ALPHA if dominated else 1.0, elinewidth=0.8, capsize=2,
+                        label=None if dominated else _label(d.front), zorder=3)
+        if d.front.k == 2:  # join the non-dominated points along the front
+            nd = d.nondominated
             pts = v[nd][np.argsort(v[nd][:, i], kind="stable")]
-            ax.plot(pts[:, i], pts[:, j], "-", color=color, lw=1, alpha=0.6, zorder=2)
+            ax.plot(pts[:, i], pts[:, j], "-", color=d.color, lw=1, alpha=0.6, zorder=2)
     for n, (bp, owners) in enumerate(bases):  # where training started: the base model's point
-        ax.errorbar(
-            [bp.values[i]],
-            [bp.values[j]],
-            xerr=[bp.stderr[i]],
-            yerr=[bp.stderr[j]],
-            fmt="s",
-            ms=7,
-            mfc="black",
-            mec=_base_edge(bases, owners),
-            mew=1.5,
-            ecolor="0.35",
-            elinewidth=1,
-            capsize=3,
-            label=BASE_LABEL if n == 0 else None,
-            zorder=4,
-        )
+        ax.errorbar([bp.values[i]], [bp.values[j]], xerr=[bp.stderr[i]], yerr=[bp.stderr[j]], fmt="s", ms=7,
+                    mfc="black", mec=_base_edge(bases, owners), mew=1.5, ecolor="0.35", elinewidth=1, capsize=3,
+                    label=BASE_LABEL if n == 0 else None, zorder=4)
     ax.set_xlabel(names[i])
     ax.set_ylabel(names[j])
     ax.grid(True, alpha=0.3)
+
+
+def _draw_3d(ax3: Any, fronts: list[Front], oracle: np.ndarray | None, names: tuple) -> None:
+    if oracle is not None:
+        ax3.scatter(oracle[:, 0], oracle[:, 1], oracle[:, 2], s=4, color="0.75", label="oracle front")
+    for d in _drawn(fronts):
+        v, s = d.values, d.stderr
+        for idx, dominated in d.layers:
+            ax3.errorbar(v[idx, 0], v[idx, 1], v[idx, 2], xerr=s[idx, 0], yerr=s[idx, 1], zerr=s[idx, 2], fmt="o",
+                         ms=4, color=d.color, alpha=_DIM_ALPHA if dominated else 1.0, elinewidth=0.6,
+                         label=None if dominated else _label(d.front))
+    bases = _bases(fronts)
+    for n, (bp, owners) in enumerate(bases):
+        (x, y, z), (sx, sy, sz) = bp.values, bp.stderr
+        ax3.errorbar([x], [y], [z], xerr=[sx], yerr=[sy], zerr=[sz], fmt="s", ms=6, mfc="black",
+                     mec=_base_edge(bases, owners), ecolor="0.35", elinewidth=0.8,
+                     label=BASE_LABEL if n == 0 else None)
+    ax3.set_xlabel(names[0])
+    ax3.set_ylabel(names[1])
+    ax3.set_zlabel(names[2])
+    ax3.legend(fontsize=7, loc="upper left")
+
+
+def _panels_figure(fronts: list[Front], oracle: np.ndarray | None, names: tuple) -> Any:
+    """K >= 3: a 3-D panel first when K = 3, then every pairwise projection, two or three panels a row."""
+    from matplotlib.figure import Figure
+
+    k = len(names)
+    pairs = list(itertools.combinations(range(k), 2))
+    n_panels = len(pairs) + (1 if k == 3 else 0)
+    ncols = 2 if n_panels <= 4 else 3
+    nrows = -(-n_panels // ncols)
+    fig = Figure(figsize=(5.5 * ncols, 4.8 * nrows))
+    start = 1
+    if k == 3:
+        import mpl_toolkits.mplot3d  # noqa: F401  (registers the 3d projection)
+
+        _draw_3d(fig.add_subplot(nrows, ncols, 1, projection="3d"), fronts, oracle, names)
+        start = 2
+    for n, (i, j) in enumerate(pairs):
+        ax = fig.add_subplot(nrows, ncols, start + n)
+        _draw_2d(ax, fronts, oracle, i, j, names)
+        if k != 3 and n == 0:
+            ax.legend(fontsize=7, loc="best")
+    return fig
 
 
 def plot_front_png(fronts: Any, path: Any, oracle_front: Any = None, *, dpi: int = 120) -> Path:
@@ -165,79 +206,17 @@ def plot_front_png(fronts: Any, path: Any, oracle_front: Any = None, *, dpi: int
     Returns the path written.
     """
     fronts, names = _check(fronts)
-    k = len(names)
-    oracle = _oracle_values(oracle_front, k)
+    oracle = _oracle_values(oracle_front, len(names))
     from matplotlib.figure import Figure
 
     title = _title(fronts)
-    if k == 2:
+    if len(names) == 2:
         fig = Figure(figsize=(6.5, 5.5))
         ax = fig.add_subplot(1, 1, 1)
         _draw_2d(ax, fronts, oracle, 0, 1, names)
         ax.legend(fontsize=8, loc="best")
     else:
-        pairs = list(itertools.combinations(range(k), 2))
-        n_panels = len(pairs) + (1 if k == 3 else 0)
-        ncols = 2 if n_panels <= 4 else 3
-        nrows = -(-n_panels // ncols)
-        fig = Figure(figsize=(5.5 * ncols, 4.8 * nrows))
-        start = 1
-        if k == 3:
-            import mpl_toolkits.mplot3d  # noqa: F401  (registers the 3d projection)
-
-            ax3 = fig.add_subplot(nrows, ncols, 1, projection="3d")
-            if oracle is not None:
-                ax3.scatter(oracle[:, 0], oracle[:, 1], oracle[:, 2], s=4, color="0.75", label="oracle front")
-            for c, front in enumerate(fronts):
-                if not front.points:
-                    continue
-                color = _COLORS[c % len(_COLORS)]
-                v, s = front.values(), front.stderr()
-                nd = non_dominated_mask(v)
-                for sel, alpha, lab in ((nd, 1.0, _label(front)), (~nd, _DIM_ALPHA, None)):
-                    if sel.any():
-                        ax3.errorbar(
-                            v[sel, 0],
-                            v[sel, 1],
-                            v[sel, 2],
-                            xerr=s[sel, 0],
-                            yerr=s[sel, 1],
-                            zerr=s[sel, 2],
-                            fmt="o",
-                            ms=4,
-                            color=color,
-                            alpha=alpha,
-                            elinewidth=0.6,
-                            label=lab,
-                        )
-            bases = _bases(fronts)
-            for n, (bp, owners) in enumerate(bases):
-                (x, y, z), (sx, sy, sz) = bp.values, bp.stderr
-                ax3.errorbar(
-                    [x],
-                    [y],
-                    [z],
-                    xerr=[sx],
-                    yerr=[sy],
-                    zerr=[sz],
-                    fmt="s",
-                    ms=6,
-                    mfc="black",
-                    mec=_base_edge(bases, owners),
-                    ecolor="0.35",
-                    elinewidth=0.8,
-                    label=BASE_LABEL if n == 0 else None,
-                )
-            ax3.set_xlabel(names[0])
-            ax3.set_ylabel(names[1])
-            ax3.set_zlabel(names[2])
-            ax3.legend(fontsize=7, loc="upper left")
-            start = 2
-        for n, (i, j) in enumerate(pairs):
-            ax = fig.add_subplot(nrows, ncols, start + n)
-            _draw_2d(ax, fronts, oracle, i, j, names)
-            if k != 3 and n == 0:
-                ax.legend(fontsize=7, loc="best")
+        fig = _panels_figure(fronts, oracle, names)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = _prepare(path)
@@ -246,26 +225,26 @@ def plot_front_png(fronts: Any, path: Any, oracle_front: Any = None, *, dpi: int
 
 
 # ------------------------------------------------------------------------------------------------- plotly
+def _hover_values(objectives: tuple[str, ...], point: FrontPoint) -> str:
+    """One `name: value ± stderr` line per objective, and the model URI when there is one."""
+    vals = "<br>".join(f"{name}: {v:.4g} ± {s:.2g}"
+                       for name, v, s in zip(objectives, point.values, point.stderr, strict=True))
+    uri = f"<br>{point.model_uri}" if point.model_uri else ""
+    return vals + uri
+
+
 def _hover(front: Front, idx: np.ndarray) -> list[str]:
     texts = []
     for n in idx:
         p = front.points[int(n)]
         lam = ", ".join(f"{x:.2f}" for x in p.weights)
-        vals = "<br>".join(
-            f"{name}: {v:.4g} ± {s:.2g}"
-            for name, v, s in zip(front.objectives, p.values, p.stderr, strict=True)
-        )
-        uri = f"<br>{p.model_uri}" if p.model_uri else ""
-        texts.append(f"{front.method}<br>λ=({lam})<br>{vals}{uri}")
+        texts.append(f"{front.method}<br>λ=({lam})<br>{_hover_values(front.objectives, p)}")
     return texts
 
 
 def _base_hover(bp: FrontPoint, fronts: list[Front], owners: list[int]) -> str:
-    vals = "<br>".join(
-        f"{name}: {v:.4g} ± {s:.2g}" for name, v, s in zip(fronts[0].objectives, bp.values, bp.stderr, strict=True)
-    )
-    uri = f"<br>{bp.model_uri}" if bp.model_uri else ""
-    return f"{BASE_LABEL} (untrained) of {', '.join(fronts[c].method for c in owners)}<br>{vals}{uri}"
+    return (f"{BASE_LABEL} (untrained) of {', '.join(fronts[c].method for c in owners)}"
+            f"<br>{_hover_values(fronts[0].objectives, bp)}")
 
 
 def _base_traces(go: Any, fronts: list[Front], k: int, names: tuple) -> list:
@@ -273,55 +252,56 @@ def _base_traces(go: Any, fronts: list[Front], k: int, names: tuple) -> list:
     bases = _bases(fronts)
     for n, (bp, owners) in enumerate(bases):
         v, s = bp.values, bp.stderr
-        common = dict(
-            name=BASE_LABEL,
-            legendgroup=BASE_LABEL,
-            showlegend=n == 0,
-            hovertext=[_base_hover(bp, fronts, owners)],
-            hoverinfo="text",
-        )
-        marker = dict(
-            size=10 if k == 2 else 5 if k == 3 else 8,
-            color="black",
-            symbol="square",
-            line=dict(color=_base_edge(bases, owners), width=2),
-        )
+        common = dict(name=BASE_LABEL, legendgroup=BASE_LABEL, showlegend=n == 0,
+                      hovertext=[_base_hover(bp, fronts, owners)], hoverinfo="text")
+        marker = dict(size=10 if k == 2 else 5 if k == 3 else 8, color="black", symbol="square",
+                      line=dict(color=_base_edge(bases, owners), width=2))
         bars = dict(type="data", visible=True, color="#555555")
         if k == 2:
-            traces.append(
-                go.Scatter(
-                    x=[v[0]],
-                    y=[v[1]],
-                    mode="markers",
-                    marker=marker,
-                    error_x=dict(array=[s[0]], **bars),
-                    error_y=dict(array=[s[1]], **bars),
-                    **common,
-                )
-            )
+            traces.append(go.Scatter(x=[v[0]], y=[v[1]], mode="markers", marker=marker,
+                                     error_x=dict(array=[s[0]], **bars), error_y=dict(array=[s[1]], **bars),
+                                     **common))
         elif k == 3:
-            traces.append(
-                go.Scatter3d(
-                    x=[v[0]],
-                    y=[v[1]],
-                    z=[v[2]],
-                    mode="markers",
-                    marker=marker,
-                    error_x=dict(array=[s[0]], **bars),
-                    error_y=dict(array=[s[1]], **bars),
-                    error_z=dict(array=[s[2]], **bars),
-                    **common,
-                )
-            )
+            traces.append(go.Scatter3d(x=[v[0]], y=[v[1]], z=[v[2]], mode="markers", marker=marker,
+                                       error_x=dict(array=[s[0]], **bars), error_y=dict(array=[s[1]], **bars),
+                                       error_z=dict(array=[s[2]], **bars), **common))
         else:
-            traces.append(
-                go.Splom(
-                    dimensions=[dict(label=name, values=[v[i]]) for i, name in enumerate(names)],
-                    marker=marker,
-                    **common,
-                )
-            )
+            traces.append(go.Splom(dimensions=[dict(label=name, values=[v[i]]) for i, name in enumerate(names)],
+                                   marker=marker, **common))
     return traces
+
+
+def _oracle_trace(go: Any, oracle: np.ndarray, names: tuple) -> Any:
+    k = len(names)
+    if k == 2:
+        return go.Scatter(x=oracle[:, 0], y=oracle[:, 1], mode="lines+markers", name="oracle front",
+                          line=dict(color="lightgray"), marker=dict(size=3, color="lightgray"))
+    if k == 3:
+        return go.Scatter3d(x=oracle[:, 0], y=oracle[:, 1], z=oracle[:, 2], mode="markers", name="oracle front",
+                            marker=dict(size=2, color="lightgray"))
+    return go.Splom(dimensions=[dict(label=n, values=oracle[:, i]) for i, n in enumerate(names)],
+                    name="oracle front", marker=dict(size=3, color="lightgray"))
+
+
+def _front_trace(go: Any, d: _Drawn, idx: np.ndarray, dominated: bool, names: tuple) -> Any:
+    """One layer of a front (its non-dominated or its dominated points) as one trace."""
+    v, s, k = d.values, d.stderr, len(names)
+    opacity = _DIM_ALPHA if dominated else 1.0
+    common = dict(name=_label(d.front) + (" (dominated)" if dominated else ""), legendgroup=d.front.method,
+                  hovertext=_hover(d.front, idx), hoverinfo="text")
+    if k == 2:
+        return go.Scatter(x=v[idx, 0], y=v[idx, 1], mode="markers", opacity=opacity,
+                          marker=dict(size=8, color=d.color),
+                          error_x=dict(type="data", array=s[idx, 0], visible=True),
+                          error_y=dict(type="data", array=s[idx, 1], visible=True), **common)
+    if k == 3:
+        return go.Scatter3d(x=v[idx, 0], y=v[idx, 1], z=v[idx, 2], mode="markers", opacity=opacity,
+                            marker=dict(size=4, color=d.color),
+                            error_x=dict(type="data", array=s[idx, 0], visible=True),
+                            error_y=dict(type="data", array=s[idx, 1], visible=True),
+                            error_z=dict(type="data", array=s[idx, 2], visible=True), **common)
+    return go.Splom(dimensions=[dict(label=n, values=v[idx, i]) for i, n in enumerate(names)], opacity=opacity,
+                    marker=dict(size=6, color=d.color), **common)
 
 
 def plot_front_html(fronts: Any, path: Any, oracle_front: Any = None) -> Path:
@@ -338,84 +318,10 @@ def plot_front_html(fronts: Any, path: Any, oracle_front: Any = None) -> Path:
 
     fig = go.Figure()
     if oracle is not None:
-        if k == 2:
-            fig.add_trace(
-                go.Scatter(
-                    x=oracle[:, 0],
-                    y=oracle[:, 1],
-                    mode="lines+markers",
-                    name="oracle front",
-                    line=dict(color="lightgray"),
-                    marker=dict(size=3, color="lightgray"),
-                )
-            )
-        elif k == 3:
-            fig.add_trace(
-                go.Scatter3d(
-                    x=oracle[:, 0],
-                    y=oracle[:, 1],
-                    z=oracle[:, 2],
-                    mode="markers",
-                    name="oracle front",
-                    marker=dict(size=2, color="lightgray"),
-                )
-            )
-        else:
-            fig.add_trace(
-                go.Splom(
-                    dimensions=[dict(label=n, values=oracle[:, i]) for i, n in enumerate(names)],
-                    name="oracle front",
-                    marker=dict(size=3, color="lightgray"),
-                )
-            )
-    for c, front in enumerate(fronts):
-        if not front.points:
-            continue
-        color = _COLORS[c % len(_COLORS)]
-        v, s = front.values(), front.stderr()
-        nd = non_dominated_mask(v)
-        for sel, opacity, suffix in ((nd, 1.0, ""), (~nd, _DIM_ALPHA, " (dominated)")):
-            idx = np.flatnonzero(sel)
-            if idx.size == 0:
-                continue
-            common = dict(
-                name=_label(front) + suffix,
-                legendgroup=front.method,
-                hovertext=_hover(front, idx),
-                hoverinfo="text",
-            )
-            if k == 2:
-                trace = go.Scatter(
-                    x=v[idx, 0],
-                    y=v[idx, 1],
-                    mode="markers",
-                    opacity=opacity,
-                    marker=dict(size=8, color=color),
-                    error_x=dict(type="data", array=s[idx, 0], visible=True),
-                    error_y=dict(type="data", array=s[idx, 1], visible=True),
-                    **common,
-                )
-            elif k == 3:
-                trace = go.Scatter3d(
-                    x=v[idx, 0],
-                    y=v[idx, 1],
-                    z=v[idx, 2],
-                    mode="markers",
-                    opacity=opacity,
-                    marker=dict(size=4, color=color),
-                    error_x=dict(type="data", array=s[idx, 0], visible=True),
-                    error_y=dict(type="data", array=s[idx, 1], visible=True),
-                    error_z=dict(type="data", array=s[idx, 2], visible=True),
-                    **common,
-                )
-            else:
-                trace = go.Splom(
-                    dimensions=[dict(label=n, values=v[idx, i]) for i, n in enumerate(names)],
-                    opacity=opacity,
-                    marker=dict(size=6, color=color),
-                    **common,
-                )
-            fig.add_trace(trace)
+        fig.add_trace(_oracle_trace(go, oracle, names))
+    for d in _drawn(fronts):
+        for idx, dominated in d.layers:
+            fig.add_trace(_front_trace(go, d, idx, dominated, names))
     for trace in _base_traces(go, fronts, k, names):
         fig.add_trace(trace)
     title = _title(fronts)

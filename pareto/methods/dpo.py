@@ -123,6 +123,128 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+class _DPORun:
+    """The mutable state of one `train_dpo` call: parameters, optimizer, RNGs, early stopping, the clock."""
+
+    def __init__(self, model: PreTrainedModel, cfg: DPOConfig, rng: np.random.Generator, validate: Validator,
+                 checkpoints: Checkpoints | None, sampler_state: Stateful | None) -> None:
+        self.model, self.cfg, self.rng, self.validate = model, cfg, rng, validate
+        self.checkpoints, self.sampler_state = checkpoints, sampler_state
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.trainable = list(self.params.values())
+        self.device = model_device(model)  # everything that meets the model's outputs goes there (CPU: no-ops)
+        self.optim = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.result = TrainResult()
+        self.best_state, self.bad_checks = self.snapshot(), 0
+        self.spent = self.cpu_spent = 0.0  # time spent before a resume
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def check(self, step: int) -> bool:
+        """Validate; keep the best eligible state. Returns True when patience has run out."""
+        self.model.eval()
+        metric, info, eligible = self.validate(step)
+        self.model.train()
+        result = self.result
+        result.history.append({"step": step, "val_metric": metric, "val_eligible": float(eligible), **info})
+        if eligible and metric > result.best_metric:
+            result.best_metric, result.best_step, self.best_state, self.bad_checks = metric, step, self.snapshot(), 0
+        else:
+            self.bad_checks += 1
+        return self.bad_checks >= self.cfg.patience
+
+    def seconds(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of the whole run, a resumed one's earlier part included."""
+        return self.spent + time.perf_counter() - self.start, self.cpu_spent + time.process_time() - self.cpu_start
+
+    def save(self, step: int, stopped: bool) -> None:
+        tensors = {f"param/{n}": p for n, p in self.params.items()}
+        tensors |= {f"best/{n}": t for n, t in self.best_state.items()}
+        tensors["rng/torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        result, (seconds, cpu_seconds) = self.result, self.seconds()
+        self.checkpoints.save(TrainerState(step, tensors, self.optim.state_dict(), {
+            "numpy_rng": self.rng.bit_generator.state,
+            "sampler": self.sampler_state.state_dict() if self.sampler_state else None,
+            "bad_checks": self.bad_checks, "stopped": stopped, "history": result.history,
+            "best_step": result.best_step, "best_metric": result.best_metric, "tokens": result.tokens,
+            "seconds": seconds, "cpu_seconds": cpu_seconds}))
+
+    def restore(self, resumed: TrainerState) -> bool:
+        """Load a checkpoint's whole state; returns whether that run had stopped early."""
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(resumed.tensors[f"param/{n}"])
+        self.best_state = {n: resumed.tensors[f"best/{n}"] for n in self.params}
+        torch.set_rng_state(resumed.tensors["rng/torch"].cpu())
+        if "rng/cuda" in resumed.tensors:
+            torch.cuda.set_rng_state(resumed.tensors["rng/cuda"].cpu(), self.device)
+        self.optim.load_state_dict(resumed.optimizer)
+        st, result = resumed.state, self.result
+        self.rng.bit_generator.state = st["numpy_rng"]
+        if self.sampler_state is not None:
+            self.sampler_state.load_state_dict(st["sampler"])
+        self.bad_checks, self.spent, self.cpu_spent = st["bad_checks"], st["seconds"], st["cpu_seconds"]
+        result.history, result.best_step, result.best_metric = st["history"], st["best_step"], st["best_metric"]
+        result.tokens, result.steps, result.resumed_from = st["tokens"], resumed.step, resumed.step
+        return st["stopped"]
+
+    def start_or_resume(self) -> tuple[int, bool]:
+        """(first step to train, stopped): resumed from the newest checkpoint, or validated from the start."""
+        resumed = self.checkpoints.latest(self.device) if self.checkpoints is not None else None
+        if resumed is None:
+            self.check(0)  # the untouched (SFT) model is the fallback: training never returns worse on validation
+            return 1, False
+        return resumed.step + 1, self.restore(resumed)
+
+    def finish(self) -> TrainResult:
+        """Stop the clock and keep the best validated state (or the last, with `keep: last`)."""
+        result = self.result
+        result.seconds, result.cpu_seconds = self.seconds()
+        if getattr(self.cfg, "keep", "best") == "best":  # else the last state: validation only logs (and stops)
+            with torch.no_grad():
+                for name, value in self.best_state.items():
+                    self.params[name].copy_(value)
+        else:
+            result.best_step = result.steps
+        self.model.eval()
+        return result
+
+
+def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
+                      idx: np.ndarray, better: torch.Tensor, lam: torch.Tensor, aggregation: str,
+                      max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss, per-objective DPO losses [K], tokens) of one micro-batch: aggregate_λ(DPO losses) + the λ-weighted NLL
+    term."""
+    device = lam.device
+    logp, ntok, tokens = pair_logps(model, tokenizer, [pairs.prompts[i] for i in idx],
+                                    [pairs.responses[i] for i in idx], max_length)
+    better = better.to(device)
+    offset = None if pairs.offset is None else pairs.offset[idx].to(device)
+    losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
+    per_objective = masked_objective_means(losses, mask)
+    loss = aggregate_losses(per_objective, lam, aggregation)
+    if cfg.nll_weight > 0:
+        # length-normalised NLL of each objective's chosen response, weighted by λ like the DPO terms
+        chosen = better.clamp(min=0)
+        nll = -(logp.gather(1, chosen) / ntok.gather(1, chosen).clamp(min=1))
+        loss = loss + cfg.nll_weight * (masked_objective_means(nll, mask) * lam).sum()
+    return loss, per_objective, tokens
+
+
+def _add_to_log(logged: dict[str, float], objectives: Sequence[str], loss: torch.Tensor, per_objective: torch.Tensor,
+                weights: np.ndarray, grad_accum: int) -> None:
+    """Accumulate one micro-batch's share of the step's logged means (loss, DPO losses, λ)."""
+    logged["loss"] = logged.get("loss", 0.0) + loss.item() / grad_accum
+    for name, value, w in zip(objectives, per_objective.tolist(), weights, strict=True):
+        logged[f"dpo_loss/{name}"] = logged.get(f"dpo_loss/{name}", 0.0) + value / grad_accum
+        # the λ schedule (mean over the micro-batches of the step), kept with the run
+        logged[f"lambda/{name}"] = logged.get(f"lambda/{name}", 0.0) + float(w) / grad_accum
+
+
 def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
               *, objectives: Sequence[str], sample_weights: Callable[[np.random.Generator], np.ndarray],
               apply_weights: Callable[[np.ndarray], None], validate: Validator, aggregation: str = "linear",
@@ -142,69 +264,15 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
     assert pairs.ref_logp is not None, "compute reference_logps first"
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    trainable = list(params.values())
-    device = model_device(model)  # everything that meets the model's outputs goes there (no-ops on the CPU)
-    optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    result = TrainResult()
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in params.items()}
-
-    def check(step: int) -> bool:
-        """Validate; keep the best eligible state. Returns True when patience has run out."""
-        nonlocal best_state, bad_checks
-        model.eval()
-        metric, info, eligible = validate(step)
-        model.train()
-        result.history.append({"step": step, "val_metric": metric, "val_eligible": float(eligible), **info})
-        if eligible and metric > result.best_metric:
-            result.best_metric, result.best_step, best_state, bad_checks = metric, step, snapshot(), 0
-        else:
-            bad_checks += 1
-        return bad_checks >= cfg.patience
-
-    def save(step: int, stopped: bool) -> None:
-        tensors = {f"param/{n}": p for n, p in params.items()} | {f"best/{n}": t for n, t in best_state.items()}
-        tensors["rng/torch"] = torch.get_rng_state()
-        if device.type == "cuda":
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
-        checkpoints.save(TrainerState(step, tensors, optim.state_dict(), {
-            "numpy_rng": rng.bit_generator.state, "sampler": sampler_state.state_dict() if sampler_state else None,
-            "bad_checks": bad_checks, "stopped": stopped, "history": result.history, "best_step": result.best_step,
-            "best_metric": result.best_metric, "tokens": result.tokens, "seconds": spent + time.perf_counter() - start,
-            "cpu_seconds": cpu_spent + time.process_time() - cpu_start}))
-
-    best_state, bad_checks = snapshot(), 0
-    spent = cpu_spent = 0.0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    resumed = checkpoints.latest(device) if checkpoints is not None else None
-    if resumed is None:
-        check(0)  # the untouched (SFT) model is the fallback: training never returns something worse on validation
-        first, stopped = 1, False
-    else:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(resumed.tensors[f"param/{n}"])
-        best_state = {n: resumed.tensors[f"best/{n}"] for n in params}
-        torch.set_rng_state(resumed.tensors["rng/torch"].cpu())
-        if "rng/cuda" in resumed.tensors:
-            torch.cuda.set_rng_state(resumed.tensors["rng/cuda"].cpu(), device)
-        optim.load_state_dict(resumed.optimizer)
-        st = resumed.state
-        rng.bit_generator.state = st["numpy_rng"]
-        if sampler_state is not None:
-            sampler_state.load_state_dict(st["sampler"])
-        bad_checks, stopped, spent, cpu_spent = st["bad_checks"], st["stopped"], st["seconds"], st["cpu_seconds"]
-        result.history, result.best_step, result.best_metric = st["history"], st["best_step"], st["best_metric"]
-        result.tokens, result.steps, first = st["tokens"], resumed.step, resumed.step + 1
-        result.resumed_from = resumed.step
+    run = _DPORun(model, cfg, rng, validate, checkpoints, sampler_state)
+    result = run.result
+    first, stopped = run.start_or_resume()
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=first - 1, desc=desc, unit="step", mininterval=2.0)
     for step in range(first, cfg.max_steps + 1):
         if stopped:
             break
-        optim.zero_grad()
+        run.optim.zero_grad()
         logged: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
             if sample_batch is None:
@@ -214,47 +282,24 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
                 idx, better = sample_batch(rng)
             weights = sample_weights(rng)
             apply_weights(weights)
-            lam = torch.tensor(weights, dtype=torch.float32, device=device)
-            logp, ntok, tokens = pair_logps(model, tokenizer, [pairs.prompts[i] for i in idx],
-                                            [pairs.responses[i] for i in idx], max_length)
-            better = better.to(device)
-            offset = None if pairs.offset is None else pairs.offset[idx].to(device)
-            losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
-            per_objective = masked_objective_means(losses, mask)
-            loss = aggregate_losses(per_objective, lam, aggregation)
-            if cfg.nll_weight > 0:
-                # length-normalised NLL of each objective's chosen response, weighted by λ like the DPO terms
-                chosen = better.clamp(min=0)
-                nll = -(logp.gather(1, chosen) / ntok.gather(1, chosen).clamp(min=1))
-                loss = loss + cfg.nll_weight * (masked_objective_means(nll, mask) * lam).sum()
+            lam = torch.tensor(weights, dtype=torch.float32, device=run.device)
+            loss, per_objective, tokens = _micro_batch_loss(model, tokenizer, pairs, cfg, idx, better, lam,
+                                                            aggregation, max_length)
             (loss / cfg.grad_accum).backward()
             result.tokens += tokens
-            logged["loss"] = logged.get("loss", 0.0) + loss.item() / cfg.grad_accum
-            for name, value, w in zip(objectives, per_objective.tolist(), weights, strict=True):
-                logged[f"dpo_loss/{name}"] = logged.get(f"dpo_loss/{name}", 0.0) + value / cfg.grad_accum
-                # the λ schedule (mean over the micro-batches of the step), kept with the run
-                logged[f"lambda/{name}"] = logged.get(f"lambda/{name}", 0.0) + float(w) / cfg.grad_accum
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optim.step()
+            _add_to_log(logged, objectives, loss, per_objective, weights, cfg.grad_accum)
+        torch.nn.utils.clip_grad_norm_(run.trainable, 1.0)
+        run.optim.step()
         result.steps = step
         result.history.append({"step": step, **logged})
         bar.update(1)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            stopped = check(step)
+            stopped = run.check(step)
         if checkpoints is not None and checkpoints.due(step, last=stopped or step == cfg.max_steps):
-            save(step, stopped)
+            run.save(step, stopped)
     bar.close()
-    result.seconds = spent + time.perf_counter() - start
-    result.cpu_seconds = cpu_spent + time.process_time() - cpu_start
-    if getattr(cfg, "keep", "best") == "best":  # else the last state: validation only logs (and stops on patience)
-        with torch.no_grad():
-            for name, value in best_state.items():
-                params[name].copy_(value)
-    else:
-        result.best_step = result.steps
-    model.eval()
-    return result
+    return run.finish()
 
 
 def front_validator(generate: Callable[[list[str], np.ndarray], list[str]], prompts: Sequence[str],

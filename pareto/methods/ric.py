@@ -71,46 +71,65 @@ def above_quantile(z: np.ndarray, quantile: float) -> np.ndarray:
 
 def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None) -> tuple[RiCPolicy, TrainResult]:
     """Train one reward-conditioned model for every λ (`weights` is unused)."""
-    objectives, max_length = ctx.objectives, ctx.max_length
-    k = len(objectives)
     rng = np.random.default_rng(ctx.seed)
     torch.manual_seed(ctx.seed)
-    result = TrainResult()
-    start, cpu_start = time.perf_counter(), time.process_time()
+    run = _RiCRun(ctx, cfg, rng)
+    # Checkpoints: one after the offline pass (phase 1) and after each online round (phase r + 2). A rerun of the
+    # same config resumes after the last finished phase, bit-identically (a killed phase is trained again).
+    run.resume()
+    if run.phase < 1:
+        run.offline_phase()
+    for r in range(run.phase - 1, cfg.online_rounds):
+        run.online_round(r)
+    return run.finish()
 
-    # ---- offline data: responses of the training pairs with their z-scored reward vectors -----------------------
-    prompts, responses = offline_samples(ctx.pairs.prompts, ctx.pairs.responses, cfg.offline_samples, rng)
-    raw = ctx.reward(prompts, responses).double()
-    normalizer = RunningZScore(names=tuple(objectives))
-    normalizer.update(raw)  # frozen from here: online generations are scored in the same units
-    z = normalizer(raw).numpy()
-    low, high = z.min(0), z.max(0)  # the observed range the λ → reward mapping works in
 
-    model, tokenizer = ctx.load_base()
-    if cfg.lora_rank is not None:
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
-                          lora_dropout=0.0, task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    mapping = "linf" if cfg.mapping == "auto" else cfg.mapping
-    policy = RiCPolicy(model, tokenizer, objectives, low, high, mapping, normalizer.state_dict(), observed=z)
-    validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
-                               validation_weights(k), ctx.reward, cfg.max_repetition)
-    best: dict = {}
-    step = 0
+class _RiCRun:
+    """The state of one RiC fit: the offline data, the conditioned model, the best validated weights, the online
+    data so far and the phase reached (what a checkpoint carries)."""
 
-    def check() -> None:
+    def __init__(self, ctx: FitContext, cfg: RiCConfig, rng: np.random.Generator) -> None:
+        self.ctx, self.cfg, self.rng = ctx, cfg, rng
+        self.objectives = ctx.objectives
+        self.result = TrainResult()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        # offline data: responses of the training pairs with their z-scored reward vectors
+        prompts, responses = offline_samples(ctx.pairs.prompts, ctx.pairs.responses, cfg.offline_samples, rng)
+        raw = ctx.reward(prompts, responses).double()
+        self.normalizer = RunningZScore(names=tuple(self.objectives))
+        self.normalizer.update(raw)  # frozen from here: online generations are scored in the same units
+        z = self.normalizer(raw).numpy()
+        self.model, self.tokenizer, self.policy = _conditioned_model(ctx, cfg, self.normalizer, z)
+        self.validate = front_validator(lambda p, w: self.policy.generate(p, w, **ctx.gen), ctx.val_prompts,
+                                        validation_weights(len(self.objectives)), ctx.reward, cfg.max_repetition)
+        self.best: dict = {}
+        self.step = 0
+        self.checkpoints = ctx.checkpoints(cfg)
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.online: list[tuple[str, str, np.ndarray]] = []
+        self.labels_seen = [z]
+        self.phase = 0
+        self.offline = [(format_prompt(p, self.objectives, zi), r) for p, r, zi in zip(prompts, responses, z,
+                                                                                        strict=True)]
+        self.origin = np.flatnonzero(above_quantile(z, cfg.quantile))  # offline rows the online rounds mix in
+        self.unique_prompts = list(dict.fromkeys(prompts))
+
+    def check(self) -> None:
         """Validate the current model; remember it (and its reward range) when it is the best eligible one."""
-        model.eval()
-        metric, info, eligible = validate(step)
-        result.history.append({"step": step, "val_metric": metric, "val_eligible": float(eligible), **info})
+        self.model.eval()
+        metric, info, eligible = self.validate(self.step)
+        result = self.result
+        result.history.append({"step": self.step, "val_metric": metric, "val_eligible": float(eligible), **info})
         if eligible and metric > result.best_metric:
-            result.best_metric, result.best_step = metric, step
-            best.update(state={n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-                        low=list(policy.low), high=list(policy.high), observed=policy.observed)
+            result.best_metric, result.best_step = metric, self.step
+            self.best.update(state={n: p.detach().clone() for n, p in self.model.named_parameters()
+                                    if p.requires_grad},
+                             low=list(self.policy.low), high=list(self.policy.high), observed=self.policy.observed)
 
-    def train(examples: list[tuple[str, str]], epochs: int, lr: float, phase: str) -> None:
-        nonlocal step
-        fitting = within_context(tokenizer, examples, max_length)
+    def train(self, examples: list[tuple[str, str]], epochs: int, lr: float, phase: str) -> None:
+        """Fine-tune on the (conditioned prompt, response) examples that fit the context."""
+        tokenizer, result, step = self.tokenizer, self.result, self.step
+        fitting = within_context(tokenizer, examples, self.ctx.max_length)
         if len(fitting) < len(examples):
             result.history.append({"step": step, f"{phase}_dropped_too_long": float(len(examples) - len(fitting))})
         examples = fitting
@@ -118,107 +137,127 @@ def fit(ctx: FitContext, cfg: RiCConfig, weights: Sequence[float] | None = None)
         def log(i: int, loss: float) -> None:
             result.history.append({"step": step + i, "sft_loss": loss, f"{phase}_loss": loss})
 
-        losses = sft_train(model, tokenizer, examples, epochs, lr, cfg.batch_size, max_length, ctx.seed + step,
-                           on_step=log)
-        step += len(losses)
+        losses = sft_train(self.model, tokenizer, examples, epochs, lr, self.cfg.batch_size, self.ctx.max_length,
+                           self.ctx.seed + step, on_step=log)
+        self.step += len(losses)
         result.tokens += epochs * sum(len(tokenizer(p + " " + r)["input_ids"]) for p, r in examples)
 
-    # Checkpoints: one after the offline pass (phase 1) and after each online round (phase r + 2). A rerun of the
-    # same config resumes after the last finished phase, bit-identically (a killed phase is trained again).
-    checkpoints = ctx.checkpoints(cfg)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    online: list[tuple[str, str, np.ndarray]] = []
-    labels_seen = [z]
-    phase = 0
-
-    def save() -> None:
-        if checkpoints is None:
+    def save(self) -> None:
+        if self.checkpoints is None:
             return
-        tensors = {f"param/{n}": p for n, p in params.items()} | {"rng/torch": torch.get_rng_state()}
+        best, policy, result = self.best, self.policy, self.result
+        tensors = {f"param/{n}": p for n, p in self.params.items()} | {"rng/torch": torch.get_rng_state()}
         tensors |= {f"best/{n}": t for n, t in best.get("state", {}).items()}
-        checkpoints.save(TrainerState(phase, tensors, {}, {
-            "numpy_rng": rng.bit_generator.state, "sft_step": step, "history": result.history, "tokens": result.tokens,
-            "best_step": result.best_step, "best_metric": result.best_metric,
+        self.checkpoints.save(TrainerState(self.phase, tensors, {}, {
+            "numpy_rng": self.rng.bit_generator.state, "sft_step": self.step, "history": result.history,
+            "tokens": result.tokens, "best_step": result.best_step, "best_metric": result.best_metric,
             "best_range": {k: np.asarray(best[k]).tolist() for k in ("low", "high", "observed")} if best else None,
             "range": {"low": list(policy.low), "high": list(policy.high),
                       "observed": np.asarray(policy.observed).tolist()},
-            "online": [(p, t, o.tolist()) for p, t, o in online],
-            "labels_seen": [a.tolist() for a in labels_seen[1:]],
-            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}))
+            "online": [(p, t, o.tolist()) for p, t, o in self.online],
+            "labels_seen": [a.tolist() for a in self.labels_seen[1:]],
+            "seconds": time.perf_counter() - self.start, "cpu_seconds": time.process_time() - self.cpu_start}))
 
-    resumed = checkpoints.latest() if checkpoints is not None else None
-    if resumed is not None:
-        st, phase = resumed.state, resumed.step
+    def resume(self) -> None:
+        """Continue from the newest checkpoint, if there is one."""
+        resumed = self.checkpoints.latest() if self.checkpoints is not None else None
+        if resumed is None:
+            return
+        st, self.phase, result, policy = resumed.state, resumed.step, self.result, self.policy
         with torch.no_grad():
-            for n, p in params.items():
+            for n, p in self.params.items():
                 p.copy_(resumed.tensors[f"param/{n}"])
         torch.set_rng_state(resumed.tensors["rng/torch"])
-        rng.bit_generator.state = st["numpy_rng"]
-        step, result.history, result.tokens = st["sft_step"], st["history"], st["tokens"]
+        self.rng.bit_generator.state = st["numpy_rng"]
+        self.step, result.history, result.tokens = st["sft_step"], st["history"], st["tokens"]
         result.best_step, result.best_metric = st["best_step"], st["best_metric"]
         if st["best_range"] is not None:
-            best.update(state={n: resumed.tensors[f"best/{n}"] for n in params},
-                        **{k: np.asarray(v) if k == "observed" else v for k, v in st["best_range"].items()})
+            self.best.update(state={n: resumed.tensors[f"best/{n}"] for n in self.params},
+                             **{k: np.asarray(v) if k == "observed" else v for k, v in st["best_range"].items()})
         policy.low, policy.high = st["range"]["low"], st["range"]["high"]
         policy.observed = np.asarray(st["range"]["observed"])
-        online = [(p, t, np.asarray(o)) for p, t, o in st["online"]]
-        labels_seen += [np.asarray(a).reshape(-1, k) for a in st["labels_seen"]]
-        result.resumed_from = phase
-        start -= st["seconds"]
-        cpu_start -= st["cpu_seconds"]
+        self.online = [(p, t, np.asarray(o)) for p, t, o in st["online"]]
+        self.labels_seen += [np.asarray(a).reshape(-1, len(self.objectives)) for a in st["labels_seen"]]
+        result.resumed_from = self.phase
+        self.start -= st["seconds"]
+        self.cpu_start -= st["cpu_seconds"]
 
-    offline = [(format_prompt(p, objectives, zi), r) for p, r, zi in zip(prompts, responses, z, strict=True)]
-    if phase < 1:
-        check()  # the untrained model (the SFT model with tags it never saw) is the fallback
-        train(offline, cfg.epochs, cfg.lr, "offline")
-        check()
-        phase = 1
-        save()
+    def offline_phase(self) -> None:
+        """Phase 1: fine-tune on the offline data, validated before and after, then checkpoint."""
+        self.check()  # the untrained model (the SFT model with tags it never saw) is the fallback
+        self.train(self.offline, self.cfg.epochs, self.cfg.lr, "offline")
+        self.check()
+        self.phase = 1
+        self.save()
 
-    # ---- online: multi-objective rejection sampling rounds ------------------------------------------------------
-    origin = np.flatnonzero(above_quantile(z, cfg.quantile))
-    unique_prompts = list(dict.fromkeys(prompts))
-    for r in range(phase - 1, cfg.online_rounds):
-        chosen = rng.choice(len(unique_prompts), size=min(cfg.online_prompts, len(unique_prompts)), replace=False)
-        round_prompts = [unique_prompts[i] for i in chosen]
+    def online_round(self, r: int) -> None:
+        """One round of multi-objective rejection sampling: generate for targets near the front, keep the
+        generations above the quantile on some objective, relabel them, and fine-tune on them plus offline data."""
+        cfg, rng, objectives, policy = self.cfg, self.rng, self.objectives, self.policy
+        chosen = rng.choice(len(self.unique_prompts), size=min(cfg.online_prompts, len(self.unique_prompts)),
+                            replace=False)
+        round_prompts = [self.unique_prompts[i] for i in chosen]
         targets = sample_targets(rng, len(round_prompts), np.asarray(policy.low), np.asarray(policy.high))
-        model.eval()
-        texts = generate(model, tokenizer, [format_prompt(p, objectives, t) for p, t in zip(round_prompts, targets,
-                                                                                             strict=True)],
-                         max_new_tokens=int(ctx.gen.get("max_new_tokens", 48)), do_sample=True,
-                         temperature=cfg.temperature, seed=ctx.seed + 1000 + r)
-        obtained = normalizer(ctx.reward(round_prompts, texts).double()).numpy()
+        texts = self.generate_for(round_prompts, targets, r)
+        obtained = self.normalizer(self.ctx.reward(round_prompts, texts).double()).numpy()
         fluent = np.array([bool(t.strip()) and repetition_rate([t]) == 0.0 for t in texts])
         keep = above_quantile(obtained, cfg.quantile) & fluent
-        online += [(p, t, o) for p, t, o, ok in zip(round_prompts, texts, obtained, keep, strict=True) if ok]
-        labels_seen.append(obtained[keep])
+        self.online += [(p, t, o) for p, t, o, ok in zip(round_prompts, texts, obtained, keep, strict=True) if ok]
+        self.labels_seen.append(obtained[keep])
         # relabelled generations can reach beyond the offline range: the mapping follows the observed range
-        seen = np.vstack(labels_seen)
+        seen = np.vstack(self.labels_seen)
         policy.low, policy.high, policy.observed = seen.min(0).tolist(), seen.max(0).tolist(), seen
-        mixed = rng.choice(origin, size=min(cfg.origin_samples, len(origin)), replace=False)
-        examples = [offline[i] for i in mixed] + [(format_prompt(p, objectives, o), t) for p, t, o in online]
-        result.history.append({"step": step, "online_round": float(r + 1), "online_generated": float(len(texts)),
-                               "online_kept": float(keep.sum()), "online_fluent": float(fluent.mean()),
-                               **{f"online_mean_z/{o}": float(v) for o, v in zip(objectives, obtained.mean(0),
-                                                                                 strict=True)}})
-        train(examples, cfg.online_epochs, cfg.online_lr, "online")
-        check()
-        phase = r + 2
-        save()
+        mixed = rng.choice(self.origin, size=min(cfg.origin_samples, len(self.origin)), replace=False)
+        examples = [self.offline[i] for i in mixed] + [(format_prompt(p, objectives, o), t)
+                                                       for p, t, o in self.online]
+        self.result.history.append({
+            "step": self.step, "online_round": float(r + 1), "online_generated": float(len(texts)),
+            "online_kept": float(keep.sum()), "online_fluent": float(fluent.mean()),
+            **{f"online_mean_z/{o}": float(v) for o, v in zip(objectives, obtained.mean(0), strict=True)}})
+        self.train(examples, cfg.online_epochs, cfg.online_lr, "online")
+        self.check()
+        self.phase = r + 2
+        self.save()
 
-    if best:  # restore the best validated weights and the reward range they were trained with
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for name, value in best["state"].items():
-                params[name].copy_(value)
-        policy.low, policy.high, policy.observed = best["low"], best["high"], best["observed"]
-    model.eval()
-    if cfg.mapping == "auto":
-        choose_mapping(policy, ctx, cfg, result, step)
-    result.steps = step
-    result.seconds = time.perf_counter() - start
-    result.cpu_seconds = time.process_time() - cpu_start
-    return policy, result
+    def generate_for(self, prompts: list[str], targets: np.ndarray, r: int) -> list[str]:
+        """Sampled generations of round `r` for the prompts conditioned on the target rewards."""
+        self.model.eval()
+        conditioned = [format_prompt(p, self.objectives, t) for p, t in zip(prompts, targets, strict=True)]
+        return generate(self.model, self.tokenizer, conditioned,
+                        max_new_tokens=int(self.ctx.gen.get("max_new_tokens", 48)), do_sample=True,
+                        temperature=self.cfg.temperature, seed=self.ctx.seed + 1000 + r)
+
+    def finish(self) -> tuple[RiCPolicy, TrainResult]:
+        """Restore the best validated weights and the reward range they were trained with; pick the mapping."""
+        policy, result = self.policy, self.result
+        if self.best:
+            with torch.no_grad():
+                params = dict(self.model.named_parameters())
+                for name, value in self.best["state"].items():
+                    params[name].copy_(value)
+            policy.low, policy.high, policy.observed = self.best["low"], self.best["high"], self.best["observed"]
+        self.model.eval()
+        if self.cfg.mapping == "auto":
+            choose_mapping(policy, self.ctx, self.cfg, result, self.step)
+        result.steps = self.step
+        result.seconds = time.perf_counter() - self.start
+        result.cpu_seconds = time.process_time() - self.cpu_start
+        return policy, result
+
+
+def _conditioned_model(ctx: FitContext, cfg: RiCConfig, normalizer: RunningZScore,
+                       z: np.ndarray) -> tuple[torch.nn.Module, object, RiCPolicy]:
+    """(model, tokenizer, policy): the base policy (with a LoRA adapter when `lora_rank` is set) conditioned on
+    rewards in the observed range of the offline z-scores."""
+    model, tokenizer = ctx.load_base()
+    if cfg.lora_rank is not None:
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
+                          lora_dropout=0.0, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    mapping = "linf" if cfg.mapping == "auto" else cfg.mapping
+    low, high = z.min(0), z.max(0)  # the observed range the λ → reward mapping works in
+    policy = RiCPolicy(model, tokenizer, ctx.objectives, low, high, mapping, normalizer.state_dict(), observed=z)
+    return model, tokenizer, policy
 
 
 def choose_mapping(policy: RiCPolicy, ctx: FitContext, cfg: RiCConfig, result: TrainResult, step: int) -> None:

