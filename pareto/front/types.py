@@ -1,6 +1,6 @@
 """Front data types: ``FrontPoint`` and ``Front`` (immutable, JSON round-trippable).
 
-It stays whole although just over 400 lines: the two types validate, compute and round-trip to JSON together (a
+Kept whole (just over 400 lines): the two types validate, compute and round-trip to JSON together (a
 front's JSON nests its points), so a split would cut one data type's code in two.
 """
 

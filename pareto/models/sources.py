@@ -8,7 +8,7 @@ library versions that converted it; a later call with the same file and versions
 anything, and anything else is a cache miss that rebuilds it. Every failure is one line (`ModelSourceError`) naming
 `model.base`, the value, what is wrong and the fix (a refused write of the cache: `pareto.io.StateDirError`).
 
-It stays whole although just over 400 lines: the hub, folder and GGUF routes are one resolution that share its
+Kept whole (just over 400 lines): the hub, folder and GGUF routes are one resolution that share its
 one-line errors and their fixes, and a GGUF ends in the folder check.
 """
 
