@@ -108,23 +108,17 @@ class ExperimentConfig(Strict):
     def _check_real_scale(self) -> None:
         """Real datasets and HF reward models: labels and reward outputs must match the objectives."""
         ds = self.task.dataset
-        scored: dict[str, int] = {}
-        for i, rm in enumerate(self.reward_model.hf):
-            for name in rm.objectives:
-                if name not in self.objectives:
-                    raise FieldError(f"reward_model.hf.{i}.objectives",
-                                      f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
-                if name in scored:
-                    raise FieldError(f"reward_model.hf.{i}.objectives",
-                                      f"{name!r} is already scored by reward_model.hf.{scored[name]}; score it once")
-                scored[name] = i
-        for name in self.reward_model.rules:
+        scored: dict[str, int] = {}  # objective -> the reward_model.hf entry scoring it
+        scorers = [(f"reward_model.hf.{i}.objectives", name, i) for i, rm in enumerate(self.reward_model.hf)
+                   for name in rm.objectives] + [(f"reward_model.rules.{name}", name, None)
+                                                 for name in self.reward_model.rules]
+        for where, name, entry in scorers:
             if name not in self.objectives:
-                raise FieldError(f"reward_model.rules.{name}",
-                                  f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
+                raise FieldError(where, f"{name!r} is not in objectives {self.objectives}; remove it or add it there")
             if name in scored:
-                raise FieldError(f"reward_model.rules.{name}",
-                                  f"{name!r} is already scored by reward_model.hf.{scored[name]}; score it once")
+                raise FieldError(where, f"{name!r} is already scored by reward_model.hf.{scored[name]}; score it once")
+            if entry is not None:
+                scored[name] = entry
         if ds is None:
             return
         for name in ds.labels:

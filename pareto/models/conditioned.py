@@ -116,9 +116,18 @@ class PerWeightPolicy:
 POLICY_KINDS: dict[str, str] = {name: spec.policy for name, spec in METHODS.items() if spec.policy}
 
 
+POLICY_META = "meta.json"  # what kind of conditioned model a folder holds, for which objectives, and its settings
+
+
+def write_policy_meta(path: str | Path, marker: str, objectives: Sequence[str], **settings: object) -> None:
+    """A saved policy's meta.json: its marker (the kind of model), its objectives and its own settings."""
+    meta = {"marker": marker, "objectives": list(objectives), **settings}
+    (Path(path) / POLICY_META).write_text(json.dumps(meta, indent=2))
+
+
 def read_policy_meta(adapter_dir: str | Path, marker: str, objectives: Sequence[str], what: str) -> dict:
     """A saved policy's meta.json, checked: the right kind of model (marker) for the same objectives."""
-    meta_file = Path(adapter_dir) / "meta.json"
+    meta_file = Path(adapter_dir) / POLICY_META
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if meta.get("marker") != marker:
         raise ValueError(f"{adapter_dir} is not a {what} model (meta.json marker {marker!r} missing)")

@@ -16,7 +16,6 @@ exactly the SFT reference, so DPO logits are 0 at step 0.
 from __future__ import annotations
 
 import contextvars
-import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,12 +28,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from pareto.models.conditioned import read_policy_meta
+from pareto.models.conditioned import read_policy_meta, write_policy_meta
 from pareto.models.policy import generate, load_policy
 
 MULTIHEAD_MARKER = "pareto.mah_dpo.multihead.v1"
 HEADS_FILE = "heads.safetensors"
-META_FILE = "meta.json"
 
 _HEAD_WEIGHTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("pareto_head_weights",
                                                                                     default=None)
@@ -167,9 +165,8 @@ class MultiHeadPolicy:
             self.model.save_pretrained(path)
         save_file({"head_A": self.head.head_A.detach().contiguous(), "head_B": self.head.head_B.detach().contiguous()},
                   str(path / HEADS_FILE))
-        meta = {"marker": MULTIHEAD_MARKER, "objectives": list(self.objectives), "head_rank": self.head.rank,
-                "head_alpha": self.head.alpha, "backbone_adapter": has_backbone}
-        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_policy_meta(path, MULTIHEAD_MARKER, self.objectives, head_rank=self.head.rank,
+                          head_alpha=self.head.alpha, backbone_adapter=has_backbone)
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> MultiHeadPolicy:

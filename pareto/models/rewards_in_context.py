@@ -20,7 +20,6 @@ combination that may never occur together: no response is both unhelpful and har
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +28,10 @@ import numpy as np
 from peft import PeftModel
 
 from pareto.data.chat import ASSISTANT, is_transcript
-from pareto.models.conditioned import read_policy_meta
+from pareto.models.conditioned import read_policy_meta, write_policy_meta
 from pareto.models.policy import generate, load_policy
 
 RIC_MARKER = "pareto.ric.v1"
-META_FILE = "meta.json"
 MAPPINGS = ("linf", "l2", "linear", "front")
 FRONT_TOP = 0.02  # the `front` mapping averages this top fraction of the observed vectors under λ
 
@@ -153,11 +151,10 @@ class RiCPolicy:
         self.model.save_pretrained(path)  # a LoRA adapter, or the whole fine-tuned model (safetensors)
         if not isinstance(self.model, PeftModel):
             self.tokenizer.save_pretrained(path)
-        meta = {"marker": RIC_MARKER, "objectives": list(self.objectives), "low": self.low, "high": self.high,
-                "mapping": self.mapping, "normalizer": self.normalizer,
-                "observed": None if self.observed is None else self.observed.tolist(),
-                "format": format_prompt("{prompt}", self.objectives, [0.0] * len(self.objectives))}
-        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_policy_meta(path, RIC_MARKER, self.objectives, low=self.low, high=self.high, mapping=self.mapping,
+                          normalizer=self.normalizer,
+                          observed=None if self.observed is None else self.observed.tolist(),
+                          format=format_prompt("{prompt}", self.objectives, [0.0] * len(self.objectives)))
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> RiCPolicy:

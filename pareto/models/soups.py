@@ -13,7 +13,6 @@ activating an adapter changes the shared PEFT model, so generation holds a lock:
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,11 +23,10 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-from pareto.models.conditioned import read_policy_meta
+from pareto.models.conditioned import read_policy_meta, write_policy_meta
 from pareto.models.policy import generate, load_policy
 
 SOUPS_MARKER = "pareto.soups.v1"
-META_FILE = "meta.json"
 
 
 def objective_adapter(name: str) -> str:
@@ -105,9 +103,7 @@ class SoupsPolicy:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         self.model.save_pretrained(path, selected_adapters=self.adapters)  # one sub-folder per adapter
-        meta = {"marker": SOUPS_MARKER, "objectives": list(self.objectives), "adapters": self.adapters,
-                "merge": self.merge}
-        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_policy_meta(path, SOUPS_MARKER, self.objectives, adapters=self.adapters, merge=self.merge)
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> SoupsPolicy:
