@@ -21,7 +21,6 @@ from mlflow.exceptions import MlflowException
 
 from pareto import tracking
 from pareto.config import PPO_METHODS, ExperimentConfig, dump_config
-from pareto.data.task import build_task
 from pareto.distributed import recorder, stages
 from pareto.front.grid import preference_grid
 from pareto.front.types import Front
@@ -54,15 +53,11 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
     exp_id = tracking.setup(uri, cfg.experiment_name, state)
     recorder.init_ray(cfg)
     grid = eval_grid(cfg)
-    cfg_ref = ray.put(cfg)
-    method = recorder.remote(stages.method_stage, cfg)
 
     unsent: Path | None = None  # where a run's outputs went when the tracking server vanished before they were logged
     try:
         with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-seed{cfg.seed}") as parent:
-            mlflow.set_tags({tracking.PIPELINE_TAG: "pipeline", "pareto.task": cfg.task.name,
-                             "pareto.objectives": ",".join(cfg.objectives),
-                             "pareto.methods": ",".join(cfg.methods.enabled()),
+            mlflow.set_tags({**recorder.run_tags(cfg, "pipeline", ",".join(cfg.methods.enabled())),
                              "pareto.dataset": cfg.task.dataset.source if cfg.task.dataset else "",
                              tracking.DRIVER_TAG: tracking.driver_id()})
             tracking.fail_dead_runs(uri, exp_id, parent.info.run_id)
@@ -73,27 +68,8 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
             # ---- stage 1: base model, reward model and the base model's own point (cached) ----------------------
             models = recorder.stage_models(cfg, progress)
             result.reward_accuracy, result.task = models.accuracy, models.task
-            base_ref, rm_ref = ray.put(models.base), ray.put(models.reward)
-
-            # ---- stage 2: methods (the per-weight baseline fans out one task per λ) ------------------------------
-            pending = {}
-            for name, mcfg in cfg.methods.enabled().items():
-                if name in PPO_METHODS:
-                    continue  # PPO methods train on their own Ray actors (below), not as one task
-                if mcfg.per_weight:
-                    for i, w in enumerate(np.asarray(getattr(mcfg, "weights", None) or grid)):
-                        pending[f"{name}/{i}"] = method.remote(cfg_ref, name, base_ref, rm_ref, weights=w.tolist(),
-                                                               seed_offset=i)
-                else:
-                    pending[name] = method.remote(cfg_ref, name, base_ref, rm_ref, grid=grid.tolist())
-            ppo_outputs: dict = {}
-            for name in (m for m in cfg.methods.enabled() if m in PPO_METHODS):  # while the tasks above run
-                from pareto.distributed.ppo import run_ppo_method
-
-                ppo_outputs.update(run_ppo_method(cfg, name, models.base, models.reward, grid, progress))
-            outputs = recorder.gather(pending, "methods", progress)
-            outputs.update(ppo_outputs)
-
+            # ---- stage 2: methods ------------------------------------------------------------------------------
+            outputs = _run_methods(cfg, models, grid, progress)
             # ---- stage 3: fronts, metrics, artifacts ---------------------------------------------------------------
             try:
                 _log_fronts(cfg, outputs, models, result, uri)
@@ -113,10 +89,36 @@ def run_pipeline(cfg: ExperimentConfig, progress: bool = True) -> PipelineResult
     return result
 
 
+def _run_methods(cfg: ExperimentConfig, models: recorder.StageModels, grid: np.ndarray, progress: bool) -> dict:
+    """Every enabled method trained and evaluated: one Ray task per method (per λ for a per-weight baseline), the
+    PPO methods on their own Ray actors meanwhile. -> {"<method>" or "<method>/<i>": the stage's output}."""
+    cfg_ref = ray.put(cfg)
+    method = recorder.remote(stages.method_stage, cfg)
+    base_ref, rm_ref = ray.put(models.base), ray.put(models.reward)
+    pending = {}
+    for name, mcfg in cfg.methods.enabled().items():
+        if name in PPO_METHODS:
+            continue  # PPO methods train on their own Ray actors (below), not as one task
+        if mcfg.per_weight:
+            for i, w in enumerate(np.asarray(getattr(mcfg, "weights", None) or grid)):
+                pending[f"{name}/{i}"] = method.remote(cfg_ref, name, base_ref, rm_ref, weights=w.tolist(),
+                                                       seed_offset=i)
+        else:
+            pending[name] = method.remote(cfg_ref, name, base_ref, rm_ref, grid=grid.tolist())
+    ppo_outputs: dict = {}
+    for name in (m for m in cfg.methods.enabled() if m in PPO_METHODS):  # while the tasks above run
+        from pareto.distributed.ppo import run_ppo_method
+
+        ppo_outputs.update(run_ppo_method(cfg, name, models.base, models.reward, grid, progress))
+    outputs = recorder.gather(pending, "methods", progress)
+    outputs.update(ppo_outputs)
+    return outputs
+
+
 def _log_fronts(cfg: ExperimentConfig, outputs: dict, models: recorder.StageModels, result: PipelineResult,
                 uri: str) -> None:
     """Every method's fronts (by every scorer), the plots, the run's summary metrics and the registry entries."""
-    oracle = stages.oracle_front(build_task(cfg), cfg, n_prompts=cfg.evaluation.n_prompts)
+    oracle = recorder.task_oracle(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         for name in cfg.methods.enabled():
             runs = [outputs[k] for k in sorted(outputs, key=_order) if k.split("/")[0] == name]

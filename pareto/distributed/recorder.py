@@ -12,28 +12,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Before Ray is imported: keep every Ray listener on loopback and the job CLI usable without tokens.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import mlflow
+import numpy as np
+import ray
+from tqdm.auto import tqdm
 
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from pareto import tracking  # noqa: E402
-from pareto.cache import KEY_FILE, cache_dir, cache_key  # noqa: E402
-from pareto.config import ExperimentConfig  # noqa: E402
-from pareto.distributed import stages  # noqa: E402
-from pareto.distributed.bundle import ModelRef, pack, unpack  # noqa: E402
-from pareto.evaluation import PointEval  # noqa: E402
-from pareto.front.plot import plot_front_html, plot_front_png  # noqa: E402
-from pareto.front.types import Front, FrontPoint  # noqa: E402
-from pareto.io import folder_bytes  # noqa: E402
+from pareto import tracking
+from pareto.cache import KEY_FILE, cache_dir, cache_key
+from pareto.config import ExperimentConfig
+from pareto.data.task import build_task
+from pareto.distributed import stages
+from pareto.distributed.bundle import ModelRef, pack, unpack
+from pareto.evaluation import PointEval
+from pareto.front.plot import plot_front_html, plot_front_png
+from pareto.front.types import Front, FrontPoint
+from pareto.io import atomic_write_text, folder_bytes
 
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -108,6 +105,12 @@ class RewardModelTooWeak(RuntimeError):
     """The reward model's held-out accuracy is under `reward_model.min_accuracy` (one line: which, and the fix)."""
 
 
+def run_tags(cfg: ExperimentConfig, kind: str, methods: str) -> dict[str, str]:
+    """The tags of a driver's top-level run (a pipeline's or a sweep's): what the UI and `pareto compare` list by."""
+    return {tracking.PIPELINE_TAG: kind, "pareto.task": cfg.task.name, "pareto.objectives": ",".join(cfg.objectives),
+            "pareto.methods": methods}
+
+
 # ---- stage caches --------------------------------------------------------------------------------------------------
 def cached(path: Path) -> Path | None:
     return path if (path / "DONE").is_file() else None
@@ -125,6 +128,14 @@ def store(path: Path, bundle: ModelRef, extra: dict[str, object] | None = None) 
 
 
 def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def cached_json(path: Path, build: Callable[[], dict]) -> dict:
+    """A small stage artefact kept as one JSON file: built once and written atomically (a run killed mid-write must
+    not leave a truncated file that every resume then fails to parse), then read back."""
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(build()))
     return json.loads(path.read_text())
 
 
@@ -171,31 +182,52 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
     if cached(rm_dir) is None:
         pending["reward_model"] = remote(stages.reward_stage, cfg).remote(cfg)
     outputs = gather(pending, "base & reward models", progress)
+    base_path = _log_sft(cfg, outputs.get("sft"), base_dir, needs_base)
+    accuracy = _log_reward_model(cfg, outputs.get("reward_model"), rm_dir)
+    too_low = {k: round(v, 4) for k, v in accuracy.items() if v < cfg.reward_model.min_accuracy}
+    if too_low:
+        raise RewardModelTooWeak(f"reward model held-out accuracy {too_low} is below reward_model.min_accuracy="
+                                 f"{cfg.reward_model.min_accuracy}; train longer (reward_model.epochs), add data, or "
+                                 "lower the gate for noisy human labels")
+    base = model_ref(base_path, cfg)
+    point, task = _log_base_eval(cfg, base, pack(rm_dir), eval_dir, progress)
+    if log_models:  # the models a front is served from travel with the run: the UI and `pareto query` work anywhere
+        log_model(base_path, "base_model", cfg)
+        tracking.log_dir(eval_dir / "reward", "reward_model")
+    return StageModels(base, pack(eval_dir / "reward"), point, accuracy, task)
+
+
+def _log_sft(cfg: ExperimentConfig, out: dict | None, base_dir: Path, needs_base: bool) -> Path | str:
+    """The "sft" nested run: the base model just trained (`out`, stored in the cache) or fetched (None); -> where
+    the base model is (its cache folder, or the configured model's source when it is not trained here)."""
     with mlflow.start_run(run_name="sft", nested=True):
-        if "sft" in outputs:
-            out = outputs["sft"]
+        if out is not None:
             store(base_dir, out["bundle"], {KEY_FILE: cache_key(cfg, "base")})
             tracking.log_history([{"step": i + 1, "sft_loss": v} for i, v in enumerate(out["losses"])])
             mlflow.log_metrics({"sft_seconds": out["seconds"], "parameters": out["parameters"]})
         base_path: Path | str = base_dir if needs_base else stages.base_source(cfg)
-        mlflow.set_tags({"cache": "hit" if "sft" not in outputs else "miss", "path": str(base_path),
+        mlflow.set_tags({"cache": "hit" if out is None else "miss", "path": str(base_path),
                          "sft": str(cfg.model.needs_sft)})
+    return base_path
+
+
+def _log_reward_model(cfg: ExperimentConfig, out: dict | None, rm_dir: Path) -> dict[str, float]:
+    """The "reward_model" nested run: the reward model just trained (`out`, stored) or fetched (None); -> its
+    held-out accuracy per objective."""
     with mlflow.start_run(run_name="reward_model", nested=True):
-        if "reward_model" in outputs:
-            out = outputs["reward_model"]
+        if out is not None:
             report = {k: out[k] for k in ("accuracy", "normalizer", "train_pairs", "held_out_pairs", "seconds")}
             store(rm_dir, out["bundle"], {KEY_FILE: cache_key(cfg, "reward"), "report.json": report})
         report = read_json(rm_dir / "report.json")
         mlflow.log_metrics({f"heldout_accuracy/{k}": v for k, v in report["accuracy"].items()})
         mlflow.log_metrics({k: report[k] for k in ("train_pairs", "held_out_pairs", "seconds") if k in report})
-        mlflow.set_tags({"cache": "hit" if "reward_model" not in outputs else "miss"})
-    too_low = {k: round(v, 4) for k, v in report["accuracy"].items() if v < cfg.reward_model.min_accuracy}
-    if too_low:
-        raise RewardModelTooWeak(f"reward model held-out accuracy {too_low} is below reward_model.min_accuracy="
-                           f"{cfg.reward_model.min_accuracy}; train longer (reward_model.epochs), add data, or lower "
-                           "the gate for noisy human labels")
-    base = model_ref(base_path, cfg)
-    reward = pack(rm_dir)
+        mlflow.set_tags({"cache": "hit" if out is None else "miss"})
+    return report["accuracy"]
+
+
+def _log_base_eval(cfg: ExperimentConfig, base: ModelRef, reward: ModelRef, eval_dir: Path,
+                   progress: bool) -> tuple[PointEval, dict]:
+    """The "base_eval" nested run: the base model's own point, scored (a Ray task) or fetched; -> (point, task)."""
     with mlflow.start_run(run_name="base_eval", nested=True):
         hit = cached(eval_dir) is not None
         if not hit:
@@ -211,17 +243,39 @@ def stage_models(cfg: ExperimentConfig, progress: bool = True, log_models: bool 
         if (eval_dir / "seconds.json").is_file():
             mlflow.log_metric("seconds", read_json(eval_dir / "seconds.json")["seconds"])
         mlflow.log_dict(read_json(eval_dir / "normalizer.json"), "normalizer_stats.json")
-        mlflow.log_metrics({f"{scorer}/{o}": v for scorer, means in point.mean.items()
-                            for o, v in zip(cfg.objectives, means, strict=True)})
+        mlflow.log_metrics(scorer_metrics(cfg, point))
         mlflow.log_metrics({f"data/{k}": v for k, v in task.get("stats", {}).items()})
         mlflow.log_dict({"point": point.to_dict(), "task": task}, "base_point.json")
-    if log_models:  # the models a front is served from travel with the run: the UI and `pareto query` work anywhere
-        log_model(base_path, "base_model", cfg)
-        tracking.log_dir(eval_dir / "reward", "reward_model")
-    return StageModels(base, pack(eval_dir / "reward"), point, report["accuracy"], task)
+    return point, task
+
+
+# ---- a trained model's run -----------------------------------------------------------------------------------------
+def scorer_metrics(cfg: ExperimentConfig, point: PointEval) -> dict[str, float]:
+    """A point's mean scores as metrics: "<scorer>/<objective>"."""
+    return {f"{scorer}/{o}": v for scorer, means in point.mean.items()
+            for o, v in zip(cfg.objectives, means, strict=True)}
+
+
+def training_metrics(out: dict) -> dict[str, float]:
+    """What every trained model's run logs of its training (a method stage's or a sweep trial's output)."""
+    return {"best_step": out["best_step"], "steps": out["steps"], "train_seconds": out["train_seconds"],
+            "eval_seconds": out["eval_seconds"], "tokens_per_second": out["tokens_per_second"]}
+
+
+def log_model_artifacts(out: dict, model_meta: dict, folder: Path) -> None:
+    """A trained model's artifacts in the active run: its adapter (unpacked into `folder`), what it is
+    (model_meta.json) and its evaluation (evaluation.json)."""
+    tracking.log_dir(unpack(out["adapter"], folder), "adapter")
+    mlflow.log_dict(model_meta, "model_meta.json")
+    mlflow.log_dict({"points": out["points"]}, "evaluation.json")
 
 
 # ---- fronts ---------------------------------------------------------------------------------------------------------
+def task_oracle(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The task's true front (weights, values) on the eval prompts, None for a task without an oracle."""
+    return stages.oracle_front(build_task(cfg), cfg, n_prompts=cfg.evaluation.n_prompts)
+
+
 def base_front_point(point: PointEval, scorer: str) -> FrontPoint:
     return FrontPoint(weights=(), values=tuple(point.mean[scorer]), stderr=tuple(point.stderr[scorer]),
                       extra=point_extra(point, scorer))
@@ -248,6 +302,18 @@ def make_front(cfg: ExperimentConfig, method: str, points: list[FrontPoint], sco
                  reference_point=tuple(reference), scorer=scorer, meta=meta, base_point=base)
 
 
+def scored_fronts(cfg: ExperimentConfig, method: str, points: dict[str, list[FrontPoint]], meta: dict,
+                  base_point: PointEval | None, oracle_values: np.ndarray | None) -> dict[str, Front]:
+    """A method's front by every scorer ({scorer: its points}), with its metrics (IGD to the oracle front for the
+    oracle scorer). -> {scorer: Front}."""
+    fronts = {}
+    for scorer, fps in points.items():
+        front = make_front(cfg, method, fps, scorer, meta, base_point)
+        front.compute_metrics(oracle_front=oracle_values if scorer == "oracle" else None)
+        fronts[scorer] = front
+    return fronts
+
+
 def scorer_names(points: list[PointEval]) -> list[str]:
     """The scorers every point was scored by, oracle first (the main front of the embedded task)."""
     names = set.intersection(*(set(p.mean) for p in points)) if points else set()
@@ -256,6 +322,14 @@ def scorer_names(points: list[PointEval]) -> list[str]:
 
 def main_scorer(cfg: ExperimentConfig, scorers: list[str]) -> str:
     return cfg.evaluation.scorer if cfg.evaluation.scorer in scorers else scorers[-1]
+
+
+def log_main_front(cfg: ExperimentConfig, method: str, fronts: dict[str, Front]) -> Front:
+    """The method's front by the run's main scorer as fronts/<method>.json of the active run (what the UI, the
+    registry and `pareto compare` read). -> that front."""
+    main = fronts[main_scorer(cfg, list(fronts))]
+    mlflow.log_text(main.to_json(), f"fronts/{method}.json")
+    return main
 
 
 def log_plots(fronts: list[Front], oracle: tuple[np.ndarray, np.ndarray] | None) -> None:
@@ -280,52 +354,47 @@ def log_method(name: str, runs: list[dict], cfg: ExperimentConfig, oracle_values
         mlflow.set_tag("method", name)
         train_seconds = sum(r["train_seconds"] for r in runs)
         for i, out in enumerate(runs):
-            label = name if len(runs) == 1 else f"{name} λ={np.round(out['weights'], 3).tolist()}"
-            with mlflow.start_run(run_name=label, nested=True) as run:
-                mlflow.set_tag("method", name)
-                if out["weights"] is not None:
-                    mlflow.log_param("weights", out["weights"])
-                tracking.log_history(out["history"])
-                mlflow.log_metrics({"best_step": out["best_step"], "steps": out["steps"],
-                                    "train_seconds": out["train_seconds"], "eval_seconds": out["eval_seconds"],
-                                    "train_wall_seconds": out.get("train_wall_seconds", 0.0),
-                                    "tokens_per_second": out["tokens_per_second"]})
-                if out.get("peak_memory_gib"):
-                    mlflow.log_metric("peak_memory_gib", out["peak_memory_gib"])
-                if out.get("resumed_from"):  # a rerun after a kill: training went on from this checkpoint step
-                    mlflow.log_metric("resumed_from_step", out["resumed_from"])
-                adapter_dir = unpack(out["adapter"], tmp / f"{name}-{i}")
-                tracking.log_dir(adapter_dir, "adapter")
-                mlflow.log_dict({"method": name, "objectives": list(cfg.objectives), "weights": out["weights"],
-                                 "base_model": cfg.model.base}, "model_meta.json")
-                for p in out["points"]:
-                    point = PointEval.from_dict(p)
-                    points.append(point)
-                    uris[point.weights] = f"runs:/{run.info.run_id}/adapter"
-                    if len(out["points"]) == 1:
-                        mlflow.log_metrics({f"{s}/{o}": v for s, means in point.mean.items()
-                                            for o, v in zip(cfg.objectives, means, strict=True)})
-                mlflow.log_dict({"points": out["points"]}, "evaluation.json")
+            run_id, run_points = _log_method_run(name, out, cfg, len(runs), tmp / f"{name}-{i}")
+            points += run_points
+            uris.update({point.weights: f"runs:/{run_id}/adapter" for point in run_points})
         meta = {"run_id": mrun.info.run_id, "train_seconds": train_seconds,
                 "models_trained": sum(r.get("models_trained", 1) for r in runs),  # Soups: K adapters in one run
                 "conditioned": not getattr(cfg.methods, name).per_weight}
         if runs[0].get("policy_kind"):
             meta["policy_kind"] = runs[0]["policy_kind"]  # how serving loads the model (models.conditioned)
-        fronts = {}
-        for scorer in scorer_names(points):
-            fps = [FrontPoint(weights=p.weights, values=p.mean[scorer], stderr=p.stderr[scorer],
-                              model_uri=uris.get(p.weights, ""),
-                              extra=point_extra(p, scorer))
-                   for p in points]
-            front = make_front(cfg, name, fps, scorer, meta, base_point)
-            front.compute_metrics(oracle_front=oracle_values if scorer == "oracle" else None)
-            fronts[scorer] = front
+        by_scorer = {scorer: [FrontPoint(weights=p.weights, values=p.mean[scorer], stderr=p.stderr[scorer],
+                                         model_uri=uris.get(p.weights, ""), extra=point_extra(p, scorer))
+                              for p in points]
+                     for scorer in scorer_names(points)}
+        fronts = scored_fronts(cfg, name, by_scorer, meta, base_point, oracle_values)
+        for scorer, front in fronts.items():
             mlflow.log_metrics({f"{scorer}/{k}": float(v) for k, v in front.metrics.items()
                                 if isinstance(v, int | float)})
             mlflow.log_text(front.to_json(), f"fronts/{name}.{scorer}.json")
         mlflow.log_metrics({"train_seconds_total": train_seconds,
                             "repetition_rate": float(np.mean([p.repetition_rate for p in points])),
                             "empty_rate": float(np.mean([p.empty_rate for p in points]))})
-    main = fronts[main_scorer(cfg, list(fronts))]
-    mlflow.log_text(main.to_json(), f"fronts/{name}.json")
+    log_main_front(cfg, name, fronts)
     return fronts
+
+
+def _log_method_run(name: str, out: dict, cfg: ExperimentConfig, n_runs: int,
+                    folder: Path) -> tuple[str, list[PointEval]]:
+    """One trained model's nested run (the method's only one, or one per λ); -> (its run id, its points)."""
+    label = name if n_runs == 1 else f"{name} λ={np.round(out['weights'], 3).tolist()}"
+    points = [PointEval.from_dict(p) for p in out["points"]]
+    with mlflow.start_run(run_name=label, nested=True) as run:
+        mlflow.set_tag("method", name)
+        if out["weights"] is not None:
+            mlflow.log_param("weights", out["weights"])
+        tracking.log_history(out["history"])
+        mlflow.log_metrics({**training_metrics(out), "train_wall_seconds": out.get("train_wall_seconds", 0.0)})
+        if out.get("peak_memory_gib"):
+            mlflow.log_metric("peak_memory_gib", out["peak_memory_gib"])
+        if out.get("resumed_from"):  # a rerun after a kill: training went on from this checkpoint step
+            mlflow.log_metric("resumed_from_step", out["resumed_from"])
+        if len(points) == 1:
+            mlflow.log_metrics(scorer_metrics(cfg, points[0]))
+        log_model_artifacts(out, {"method": name, "objectives": list(cfg.objectives), "weights": out["weights"],
+                                  "base_model": cfg.model.base}, folder)
+    return run.info.run_id, points

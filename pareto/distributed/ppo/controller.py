@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +31,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from tqdm.auto import tqdm
 
 from pareto.config import ExperimentConfig
-from pareto.data.task import Task
-from pareto.distributed.bundle import ModelRef, unpack
+from pareto.distributed import recorder
+from pareto.distributed.bundle import ModelRef
 from pareto.distributed.ppo.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -45,68 +42,37 @@ from pareto.distributed.ppo.checkpoint import (
 )
 from pareto.distributed.ppo.common import collate
 from pareto.distributed.ppo.group import ActorGroup, check_cluster, get_all
-from pareto.distributed.stages import fitted_task
+from pareto.distributed.ppo.numerics import (  # noqa: F401  (re-exported: tests and benchmarks import them from here)
+    ROLLOUT_SAMPLES,
+    compare_to_base,
+    ppo_advantages,
+    rollout_logprob_diff,
+    rollout_samples,
+    vs_sft_table,
+)
+
+# units, the prompt stream and the task live in units.py; these names stay importable from here
+from pareto.distributed.ppo.units import (  # noqa: F401
+    WEIGHT_SUFFIXES,
+    PromptStream,
+    Unit,
+    UnitProgress,
+    checkpoint_root,
+    task_of,
+)
 from pareto.evaluation import PointEval, evaluate_grid
-from pareto.io import atomic_write_text
 from pareto.methods import load_method
 from pareto.objectives import RunningZScore
 from pareto.objectives.rl import (
     AdaptiveKLController,
-    combine_objectives,
-    gae,
-    masked_whiten,
-    token_rewards,
     whiten_rewards,
 )
 
 RECOVERABLE = (RayActorError, ActorUnavailableError)
-ROLLOUT_SAMPLES = 4  # rollout rows kept per unit, with the tokens the model saw
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
 
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-class PromptStream:
-    """Training prompts in a fresh seeded permutation per epoch; its position is two integers (resumable)."""
-
-    def __init__(self, prompts: list[str], seed: int, epoch: int = 0, index: int = 0) -> None:
-        self.prompts, self.seed, self.epoch, self.index = prompts, seed, epoch, index
-
-    def _order(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.prompts))
-
-    def take(self, n: int) -> list[str]:
-        out, order = [], self._order()
-        while len(out) < n:
-            if self.index == len(self.prompts):
-                self.epoch, self.index = self.epoch + 1, 0
-                order = self._order()
-            out.append(self.prompts[order[self.index]])
-            self.index += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-
-@dataclass
-class Unit:
-    """One model to train: MORLHF has one per λ, Panacea-PPO one for all λ."""
-
-    index: int
-    weights: list[float] | None  # the fixed λ of a per-weight unit
-    grid: np.ndarray             # the λ it is evaluated at
-    dir: Path
-    seed: int
-
-
-def checkpoint_root(cfg: ExperimentConfig, method: str) -> Path:
-    """Keyed by everything that determines the result, not by actor shares: a job may resume on another cluster."""
-    digest = cfg.digest("seed", "task", "objectives", "model", "reward_model", f"methods.{method}",
-                        "ppo.reward_sources", "evaluation")
-    return cfg.state_path() / "checkpoints" / f"{method}-{digest}"
 
 
 class PPORun:
@@ -250,95 +216,93 @@ class PPORun:
         (`recorder.log_method`), scored by the same reward model."""
         if self.oracle_ref is None:
             return {"points": [], "oracle_rows": None}
-        path = self.root / "base_eval.json"
-        if not path.is_file():
+
+        def evaluate_base() -> dict:
             assert ray.get(self.group.engines[0].info.remote())["version"] == 0
             points, rows = self._evaluate(np.concatenate([u.grid for u in self.units()]))
-            # atomic: a run killed mid-write must not leave a truncated file that every resume then fails to parse
-            atomic_write_text(path, json.dumps({"points": [p.to_dict() for p in points], "oracle_rows": rows}))
-        return json.loads(path.read_text())
+            return {"points": [p.to_dict() for p in points], "oracle_rows": rows}
+
+        return recorder.cached_json(self.root / "base_eval.json", evaluate_base)
 
     # ---- one unit ---------------------------------------------------------------------------------------------
     def _train_unit(self, unit: Unit, until_step: int | None) -> dict | None:
-        cfg, mcfg, group = self.cfg, self.mcfg, self.group
+        """Train one unit from its latest checkpoint (or from scratch) and evaluate it; None when stopped at
+        until_step."""
         self.rollout_samples: list[dict] = []
-        group.setup(unit.seed)
-        stream = PromptStream(self.train_prompts, unit.seed)
-        stats = RunningZScore(names=tuple(cfg.objectives))
-        kl_ctl = AdaptiveKLController(mcfg.kl_coef, mcfg.kl_target, mcfg.kl_horizon)
-        history: list[dict] = []
-        schedule: list[list[list[float]]] = []  # the distinct λ of every step: the λ schedule
-        step, version, seconds, tokens, resumed_from = 0, 0, 0.0, 0, 0
-        ckpt = latest_checkpoint(unit.dir) if cfg.ppo.resume == "auto" else None
-        if ckpt is not None:
-            tensors, state = load_checkpoint(ckpt)
-            group.load_state(tensors, state["trainer"])
-            step = resumed_from = state["step"]
-            version, seconds, tokens = state["version"], state["seconds"], state["tokens"]
-            stream = PromptStream(self.train_prompts, unit.seed, **state["data"])
-            stats = RunningZScore.from_state_dict(state["reward_stats"])
-            kl_ctl = AdaptiveKLController.from_state_dict(state["kl"])
-            history, schedule = state["history"], state["lambda_schedule"]
-        group.sync(version)  # the engines always start from the trainer's (fresh or restored) weights
-
-        label = "" if unit.weights is None else f" λ={np.round(unit.weights, 2).tolist()}"
-        bar = tqdm(total=mcfg.max_steps, initial=step, desc=f"{self.name}{label}", unit="step",
-                   disable=not self.progress, mininterval=1.0)
-        try:
-            while step < mcfg.max_steps:
-                if until_step is not None and step >= until_step:
-                    return None
-                step += 1
-                row, lam_step = self._step(unit, step, stream, stats, kl_ctl, version)
-                version = row["version"] + 1
-                seconds += row["timing/step"]
-                tokens += int(row["response_tokens"] * mcfg.rows_per_step)
-                history.append(row)
-                schedule.append(lam_step)
-                bar.update(1)
-                bar.set_postfix(score=f"{row['score']:.2f}", kl=f"{row['kl']:.2f}", v=version, refresh=False)
-                stopping = until_step is not None and step >= until_step
-                if step % cfg.ppo.checkpoint_every == 0 or step == mcfg.max_steps or stopping:
-                    state = group.state()
-                    save_checkpoint(unit.dir, step, state["tensors"], {
-                        "version": version, "seconds": seconds, "tokens": tokens, "data": stream.state(),
-                        "reward_stats": stats.state_dict(), "kl": kl_ctl.state_dict(), "history": history,
-                        "lambda_schedule": schedule, "trainer": state["meta"], "unit": unit.index,
-                        "weights": unit.weights, "method": self.name,
-                    }, keep=cfg.ppo.keep_checkpoints)
-        finally:
-            bar.close()
-
+        self.group.setup(unit.seed)
+        p = self._restore(unit)
+        self.group.sync(p.version)  # the engines always start from the trainer's (fresh or restored) weights
+        if not self._train_steps(unit, p, until_step):
+            return None
         start = time.perf_counter()
         points, oracle_rows = self._evaluate(unit.grid)
         eval_seconds = time.perf_counter() - start
-        history[-1] = {**history[-1], "restarts": float(self.restarts), "resumed_from_step": float(resumed_from)}
-        return {"method": self.name, "weights": unit.weights, "adapter": group.save_policy(unit.weights),
-                "history": history, "best_step": step, "steps": step, "train_seconds": seconds,
-                "tokens_per_second": tokens / max(seconds, 1e-9), "eval_seconds": eval_seconds,
-                "points": [p.to_dict() for p in points], "oracle_rows": oracle_rows,
-                "lambda_schedule": schedule, "restarts": self.restarts,
+        p.history[-1] = {**p.history[-1], "restarts": float(self.restarts), "resumed_from_step": float(p.resumed_from)}
+        return {"method": self.name, "weights": unit.weights, "adapter": self.group.save_policy(unit.weights),
+                "history": p.history, "best_step": p.step, "steps": p.step, "train_seconds": p.seconds,
+                "tokens_per_second": p.tokens / max(p.seconds, 1e-9), "eval_seconds": eval_seconds,
+                "points": [pt.to_dict() for pt in points], "oracle_rows": oracle_rows,
+                "lambda_schedule": p.schedule, "restarts": self.restarts,
                 "rollout_samples": self.rollout_samples,  # of the last step this process ran
-                "resumed_from_step": resumed_from, "final_version": version, "models_trained": 1,
+                "resumed_from_step": p.resumed_from, "final_version": p.version, "models_trained": 1,
                 "policy_kind": "panacea" if self.conditioned else None}  # serving loads Panacea-PPO as Panacea
+
+    def _restore(self, unit: Unit) -> UnitProgress:
+        """A unit's progress: fresh, or its latest checkpoint's (`ppo.resume: auto`, whose trainer state is loaded
+        into the actors)."""
+        mcfg = self.mcfg
+        progress = UnitProgress(PromptStream(self.train_prompts, unit.seed),
+                                RunningZScore(names=tuple(self.cfg.objectives)),
+                                AdaptiveKLController(mcfg.kl_coef, mcfg.kl_target, mcfg.kl_horizon))
+        ckpt = latest_checkpoint(unit.dir) if self.cfg.ppo.resume == "auto" else None
+        if ckpt is None:
+            return progress
+        tensors, state = load_checkpoint(ckpt)
+        self.group.load_state(tensors, state["trainer"])
+        return UnitProgress(PromptStream(self.train_prompts, unit.seed, **state["data"]),
+                            RunningZScore.from_state_dict(state["reward_stats"]),
+                            AdaptiveKLController.from_state_dict(state["kl"]), state["history"],
+                            state["lambda_schedule"], step=state["step"], version=state["version"],
+                            seconds=state["seconds"], tokens=state["tokens"], resumed_from=state["step"])
+
+    def _train_steps(self, unit: Unit, p: UnitProgress, until_step: int | None) -> bool:
+        """Step the unit to `max_steps` (-> True) or to until_step (-> False), checkpointing every
+        `ppo.checkpoint_every` steps, at the last step and where it stops."""
+        mcfg = self.mcfg
+        label = "" if unit.weights is None else f" λ={np.round(unit.weights, 2).tolist()}"
+        bar = tqdm(total=mcfg.max_steps, initial=p.step, desc=f"{self.name}{label}", unit="step",
+                   disable=not self.progress, mininterval=1.0)
+        try:
+            while p.step < mcfg.max_steps:
+                if until_step is not None and p.step >= until_step:
+                    return False
+                p.step += 1
+                row, lam_step = self._step(unit, p.step, p.stream, p.stats, p.kl_ctl, p.version)
+                p.version = row["version"] + 1
+                p.seconds += row["timing/step"]
+                p.tokens += int(row["response_tokens"] * mcfg.rows_per_step)
+                p.history.append(row)
+                p.schedule.append(lam_step)
+                bar.update(1)
+                bar.set_postfix(score=f"{row['score']:.2f}", kl=f"{row['kl']:.2f}", v=p.version, refresh=False)
+                stopping = until_step is not None and p.step >= until_step
+                if p.step % self.cfg.ppo.checkpoint_every == 0 or p.step == mcfg.max_steps or stopping:
+                    state = self.group.state()
+                    save_checkpoint(unit.dir, p.step, state["tensors"], {
+                        **p.checkpoint_state(), "trainer": state["meta"], "unit": unit.index,
+                        "weights": unit.weights, "method": self.name,
+                    }, keep=self.cfg.ppo.keep_checkpoints)
+        finally:
+            bar.close()
+        return True
 
     def _step(self, unit: Unit, step: int, stream: PromptStream, stats: RunningZScore,
               kl_ctl: AdaptiveKLController, version: int) -> tuple[dict, list[list[float]]]:
+        """One PPO step, every phase timed; -> (its history row, the distinct λ it trained at)."""
         mcfg, group = self.mcfg, self.group
         t0 = time.perf_counter()
-        prompts = stream.take(mcfg.prompts_per_step)
-        lam_prompts = self.method.step_preferences(mcfg, self.k, unit.seed, step, len(prompts), unit.weights)
-        rows = [p for p in prompts for _ in range(mcfg.samples_per_prompt)]
-        lam_rows = np.repeat(lam_prompts, mcfg.samples_per_prompt, axis=0)
-
-        # generation: the engines sample at the current weight version, λ per row injected with the batch
-        gen = group.generate(rows, lam_rows if self.conditioned else None, max_new_tokens=mcfg.max_new_tokens,
-                             temperature=mcfg.temperature, do_sample=True, seed=_seed(unit.seed, step, 0x6E4))
+        rows, lam_prompts, gen, batch = self._generate(unit, step, stream, version)
         t_gen = time.perf_counter() - t0
-        if gen["version"] != version:
-            raise RuntimeError(f"rollouts used weight version {gen['version']}, expected {version}")
-        batch = collate(gen["prompt_ids"], gen["response_ids"], group.info["pad_id"])
-        batch["weights"] = torch.tensor(lam_rows, dtype=torch.float32)
         mask = batch["mask"]
 
         # reward vector, reference log-probs and the trainers' old log-probs/values, concurrently
@@ -356,23 +320,9 @@ class PPORun:
         # advantages: the reward stays a vector until λ scalarizes it here
         kl_tok = (old_logp - ref_logp) * mask
         seq_kl = kl_tok.sum(1)
-        whitened = whiten_rewards(raw, stats)
         lam = batch["weights"]
         beta = kl_ctl.coef
-        if mcfg.critic == "per_objective":
-            # K objective heads + one for the KL penalty (already scaled by β, so its mixing weight is 1)
-            heads = torch.cat([token_rewards(whitened, mask), -beta * kl_tok.unsqueeze(-1)], dim=-1)
-            adv_heads, returns = gae(heads, values, mask, mcfg.gamma, mcfg.gae_lambda)
-            mix = torch.cat([lam, torch.ones(lam.shape[0], 1)], dim=1)
-            advantages = (adv_heads * mix[:, None, :]).sum(-1)
-            score = (whitened * lam).sum(-1)
-        else:
-            score = combine_objectives(whitened, lam, mcfg.scalarizer, mcfg.ideal)
-            advantages, returns = gae(token_rewards(score, mask) - beta * kl_tok, values[..., 0], mask, mcfg.gamma,
-                                      mcfg.gae_lambda)
-            returns = returns.unsqueeze(-1)
-        if mcfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        score, advantages, returns = ppo_advantages(mcfg, whiten_rewards(raw, stats), lam, kl_tok, values, mask, beta)
 
         # the update, then the versioned weight sync
         t2 = time.perf_counter()
@@ -384,21 +334,15 @@ class PPORun:
         t_sync = time.perf_counter() - t3
         kl_ctl.update(float(seq_kl.mean()), mcfg.rows_per_step)
 
-        rollout_logp = torch.zeros_like(old_logp)
-        for i, (p, lp) in enumerate(zip(gen["prompt_ids"], gen["logprobs"], strict=True)):
-            rollout_logp[i, len(p) - 1: len(p) - 1 + len(lp)] = torch.tensor(lp)
+        # trainer vs rollout-engine log-probs of the same tokens at the same version: ~0 iff the sync worked
+        logprob_diff = rollout_logprob_diff(gen, old_logp, mask)
         n_tok = float(mask.sum())
         t_step = time.perf_counter() - t0
-        # what the policy saw and answered (the first rows of the step): the task's prompt, the token ids the engine
-        # fed the model (the prompt rendered by the model's chat template), the answer and its reward vector
-        self.rollout_samples = [{"prompt": rows[i], "prompt_ids": list(gen["prompt_ids"][i]),
-                                 "response": gen["texts"][i], "reward": raw[i].tolist()}
-                                for i in range(min(ROLLOUT_SAMPLES, len(rows)))]
+        self.rollout_samples = rollout_samples(rows, gen, raw)
         row = {"step": step, "version": float(gen["version"]), "score": float(score.mean()),
                "kl": float(seq_kl.mean()), "kl_coef": beta, "response_tokens": n_tok / mask.shape[0],
                "finished_rate": float(np.mean(gen["finished"])),
-               # trainer vs rollout-engine log-probs of the same tokens at the same version: ~0 iff the sync worked
-               "rollout_logprob_diff": float(((rollout_logp - old_logp).abs() * mask).max()),
+               "rollout_logprob_diff": logprob_diff,
                **{f"reward/{o}": float(v) for o, v in zip(self.cfg.objectives, raw.mean(0).tolist(), strict=True)},
                **{f"lambda/{o}": float(v) for o, v in zip(self.cfg.objectives, lam.mean(0).tolist(), strict=True)},
                **{k: v for k, v in train.items() if k != "seconds"},
@@ -410,46 +354,23 @@ class PPORun:
                "step_tokens_per_second": n_tok / max(t_step, 1e-9)}
         return row, np.unique(lam_prompts, axis=0).tolist()
 
+    def _generate(self, unit: Unit, step: int, stream: PromptStream,
+                  version: int) -> tuple[list[str], np.ndarray, dict, dict]:
+        """The step's rollouts: the engines sample at the current weight version, λ per row injected with the batch;
+        -> (the rows' prompts, the λ of each prompt, the engines' output, the collated batch with its λ)."""
+        mcfg = self.mcfg
+        prompts = stream.take(mcfg.prompts_per_step)
+        lam_prompts = self.method.step_preferences(mcfg, self.k, unit.seed, step, len(prompts), unit.weights)
+        rows = [p for p in prompts for _ in range(mcfg.samples_per_prompt)]
+        lam_rows = np.repeat(lam_prompts, mcfg.samples_per_prompt, axis=0)
+        gen = self.group.generate(rows, lam_rows if self.conditioned else None, max_new_tokens=mcfg.max_new_tokens,
+                                  temperature=mcfg.temperature, do_sample=True, seed=_seed(unit.seed, step, 0x6E4))
+        if gen["version"] != version:
+            raise RuntimeError(f"rollouts used weight version {gen['version']}, expected {version}")
+        batch = collate(gen["prompt_ids"], gen["response_ids"], self.group.info["pad_id"])
+        batch["weights"] = torch.tensor(lam_rows, dtype=torch.float32)
+        return rows, lam_prompts, gen, batch
 
-def compare_to_base(points: list[dict], rows: list, base: dict) -> list[dict]:
-    """λ-scalarized oracle reward of the trained policy vs the SFT base, per grid λ, on the same eval prompts.
-
-    z_paired uses per-prompt differences (the same prompts answered by both); z uses independent standard errors.
-    """
-    base_rows = {tuple(p["weights"]): np.asarray(r) for p, r in zip(base["points"], base["oracle_rows"], strict=True)}
-    out = []
-    for point, r in zip(points, rows, strict=True):
-        w = np.asarray(point["weights"])
-        ours, theirs = np.asarray(r) @ w, base_rows[tuple(point["weights"])] @ w
-        n, diff = len(ours), ours - theirs
-        se_paired = max(float(diff.std(ddof=1)) / n**0.5, 1e-9)
-        se = max(float(np.sqrt(ours.var(ddof=1) / n + theirs.var(ddof=1) / n)), 1e-9)
-        out.append({"weights": list(point["weights"]), "policy": float(ours.mean()), "base": float(theirs.mean()),
-                    "gain": float(diff.mean()), "se": se, "z": float(diff.mean()) / se, "se_paired": se_paired,
-                    "z_paired": float(diff.mean()) / se_paired})
-    return out
-
-
-def vs_sft_table(name: str, rows: list[dict], objectives: list[str]) -> str:
-    lines = [f"{name}: λ-scalarized oracle reward vs the SFT base (λ over {', '.join(objectives)})"]
-    for c in rows:
-        lam = ", ".join(f"{w:.2f}" for w in c["weights"])
-        lines.append(f"  λ=({lam})  policy {c['policy']:.3f}  base {c['base']:.3f}  gain {c['gain']:+.3f}  "
-                     f"z={c['z']:.1f} (paired {c['z_paired']:.1f})")
-    return "\n".join(lines)
-
-
-def task_of(cfg: ExperimentConfig, base: ModelRef) -> Task:
-    """The run's task (`pareto.data.task`), a dataset's prompts fit into the base model's context: its tokenizer and
-    config are read from `base` (bytes: only those files are written out, not the weights; a folder or hub id: read
-    where it is)."""
-    if cfg.task.dataset is None:
-        return fitted_task(cfg)
-    if isinstance(base, str):
-        return fitted_task(cfg, base)
-    with tempfile.TemporaryDirectory() as tmp:
-        light = {k: v for k, v in base.items() if not k.endswith(WEIGHT_SUFFIXES)}
-        return fitted_task(cfg, unpack(light, Path(tmp) / "base"))
 
 
 def run_ppo_method(cfg: ExperimentConfig, method: str, base: ModelRef, reward: ModelRef | None, grid: np.ndarray,
