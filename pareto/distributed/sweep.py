@@ -42,7 +42,7 @@ import optuna
 import ray
 
 from pareto import report, tracking
-from pareto.config import ExperimentConfig, MethodsConfig, SweepConfig
+from pareto.config import ExperimentConfig, MethodsConfig, SweepConfig, mask_url
 from pareto.distributed import pipeline, recorder, stages, sweep_record
 from pareto.distributed.sweep_drive import (  # noqa: F401
     DriveStats,
@@ -108,7 +108,7 @@ def open_study(cfg: ExperimentConfig) -> optuna.Study:
     else:
         for key, value in identity.items():
             if attrs.get(key) != value:
-                raise RuntimeError(f"study {name!r} in {_safe_url(url)} was made with {key}={attrs.get(key)!r}, "
+                raise RuntimeError(f"study {name!r} in {mask_url(url)} was made with {key}={attrs.get(key)!r}, "
                                    f"not {value!r}; set sweep.study_name to start a new study")
         # A resumed sampler must not replay the random draws of the first drive (it would propose the same
         # parameters again): its seed moves on with the study, deterministically.
@@ -184,15 +184,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _safe_url(url: str) -> str:
-    """A storage URL without its password (for logs and tags)."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
-
-
 # ---- the sweep ------------------------------------------------------------------------------------------------
 @dataclass
 class SweepResult:
@@ -226,7 +217,7 @@ def run_sweep(cfg: ExperimentConfig, progress: bool = True) -> SweepResult:
     study = open_study(cfg)
     name, url = study_name(cfg), storage_url(cfg)
     recorder.init_ray(cfg)
-    with sweep_record.sweep_run(cfg, study, _safe_url(url), uri, exp_id) as parent:
+    with sweep_record.sweep_run(cfg, study, mask_url(url), uri, exp_id) as parent:
         result = SweepResult(name, url, parent.info.run_id, uri, cfg.experiment_name, cfg.sweep.method)
         models = sweep_record.stage_models(cfg, uri, parent.info.run_id, progress)
         result.stats = _drive(cfg, study, models, progress)
@@ -316,8 +307,8 @@ def summary(result: SweepResult, cfg: ExperimentConfig) -> str:
              f"Pareto trials (study.best_trials): {result.pareto_trials}", ""]
     if result.front is not None:
         lines += [f"== sweep front ({result.front.scorer} scores; one model per trial)", result.front.table(), ""]
-    lines += [f"Optuna study {result.study_name!r} in {_safe_url(result.storage)}",
-              f"  dashboard:     optuna-dashboard {_safe_url(result.storage)} --host 127.0.0.1",
+    lines += [f"Optuna study {result.study_name!r} in {mask_url(result.storage)}",
+              f"  dashboard:     optuna-dashboard {mask_url(result.storage)} --host 127.0.0.1",
               f"MLflow run {result.run_id} in experiment {result.experiment!r} at {result.tracking_uri}",
               f"  MLflow UI:     mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1"]
     return "\n".join(lines) + _registered_lines(result)
