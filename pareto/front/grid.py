@@ -90,16 +90,16 @@ def validate_weights(w: Any, k: int) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"weights: expected a flat vector of {k} numbers, got shape {arr.shape}")
     if arr.shape[0] != k:
-        raise ValueError(f"weights: wrong length, expected {k} values, got {arr.shape[0]}; give one weight per "
-                         "objective")
+        raise ValueError(f"weights: wrong length: {arr.shape[0]} weights but there are {k} objectives; give one "
+                         "weight per objective")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"weights: contain NaN or infinite values ({arr.tolist()})")
+        raise ValueError(f"weights: must be finite numbers, got NaN or infinite values ({arr.tolist()})")
     if np.any(arr < 0):
         raise ValueError(f"weights: must be non-negative, got negative values ({arr.tolist()})")
     total = float(arr.sum())
     if abs(total - 1.0) > SUM_TOL:
-        raise ValueError(f"weights: must sum to 1 (within {SUM_TOL:g}), got sum {total:.9g}; normalise them onto "
-                         "the simplex")
+        raise ValueError(f"weights: must sum to 1 (within {SUM_TOL:g}), they sum to {total:.9g}; normalise them "
+                         "onto the simplex")
     return arr.copy()
 
 
