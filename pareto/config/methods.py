@@ -57,6 +57,9 @@ class DPOConfig(MethodConfig):
 class PanaceaConfig(DPOConfig):
     aggregation: Literal["linear", "tchebycheff"] = "linear"
     vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
+    batch_by_lambda: bool = Field(False, description="draw each micro-batch for its λ: a pair slot goes to objective "
+                                                     "j with probability λ_j (datasets where each pair labels one "
+                                                     "objective: a vertex then trains on its own labels only)")
 
 
 class PerWeightConfig(DPOConfig):

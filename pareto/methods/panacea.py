@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from pareto.config import PanaceaConfig
 from pareto.front.grid import sample_preferences
@@ -19,6 +20,30 @@ from pareto.methods.dpo import TrainResult, front_validator, reference_logps, tr
 from pareto.models.conditioned import PanaceaPolicy
 from pareto.models.policy import lora_targets
 from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
+
+
+class LambdaBatches:
+    """Micro-batches drawn for their λ (`batch_by_lambda`): λ first, then each of the batch's pair slots goes to an
+    objective j with probability λ_j and takes a pair labelled for j. Where each pair labels one objective (HH-RLHF's
+    subsets), uniform batches spend half a vertex's batch on pairs its λ ignores; these spend none. Each objective's
+    DPO loss is still the mean over its own pairs, so the λ-aggregated loss estimates the same quantity."""
+
+    def __init__(self, better: torch.Tensor, batch_size: int, vertex_prob: float) -> None:
+        self.better, self.batch_size, self.vertex_prob = better, batch_size, vertex_prob
+        self.labelled = [np.flatnonzero(better[:, j].numpy() >= 0) for j in range(better.shape[1])]
+        self.lam = np.full(better.shape[1], 1.0 / better.shape[1])
+
+    def sample_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        k = len(self.labelled)
+        self.lam = sample_preferences(rng, k, 1, self.vertex_prob)[0]
+        share = self.lam * np.array([len(ix) > 0 for ix in self.labelled])
+        counts = rng.multinomial(self.batch_size, share / share.sum())
+        idx = np.concatenate([rng.choice(self.labelled[j], size=min(int(c), len(self.labelled[j])), replace=False)
+                              for j, c in enumerate(counts) if c])
+        return idx, self.better[idx]
+
+    def sample_weights(self, rng: np.random.Generator) -> np.ndarray:
+        return self.lam  # drawn with the batch
 
 
 def validation_weights(k: int) -> np.ndarray:
@@ -39,11 +64,13 @@ def fit(ctx: FitContext, cfg: PanaceaConfig,
     policy = PanaceaPolicy(model, tokenizer, objectives)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)
+    batches = LambdaBatches(pairs.better, cfg.batch_size, cfg.vertex_prob) if cfg.batch_by_lambda else None
     result = train_dpo(
         model, tokenizer, pairs, cfg, objectives=objectives,
-        sample_weights=lambda rng: sample_preferences(rng, k, 1, cfg.vertex_prob)[0],
+        sample_weights=batches.sample_weights if batches else (
+            lambda rng: sample_preferences(rng, k, 1, cfg.vertex_prob)[0]),
         apply_weights=lambda w: set_preference(model, w), validate=validate,
         aggregation=cfg.aggregation, max_length=max_length, seed=ctx.seed, desc="panacea",
-        checkpoints=ctx.checkpoints(cfg),
+        checkpoints=ctx.checkpoints(cfg), sample_batch=batches.sample_batch if batches else None,
     )
     return policy, result
