@@ -104,3 +104,31 @@ def test_keep_returns_the_best_or_the_last_checkpoint(tiny_fit_context, keep: st
     moved = any(not torch.equal(p, start[n]) for n, p in model.named_parameters() if p.requires_grad)
     assert result.steps == 6
     assert (result.best_step, moved) == ((0, False) if keep == "best" else (6, True))
+
+
+def test_batch_by_lambda_draws_each_pair_slot_for_an_objective_with_probability_lambda() -> None:
+    """`batch_by_lambda`: λ first, then pair slots by λ: a vertex's batch holds only pairs labelled for its objective,
+    an interior λ's batch splits in proportion to λ (multinomial), and the trainer is handed the same λ."""
+    import torch
+
+    from pareto.methods.panacea import LambdaBatches
+
+    # 30 pairs label objective 0 only, 20 label objective 1 only, 10 label both (-1: no label)
+    better = torch.tensor([[1, -1]] * 30 + [[-1, 0]] * 20 + [[0, 1]] * 10)
+    rng = np.random.default_rng(3)
+    at_vertex = LambdaBatches(better, batch_size=6, vertex_prob=1.0)
+    for _ in range(50):
+        idx, labels = at_vertex.sample_batch(rng)
+        j = int(np.argmax(at_vertex.lam))
+        assert len(idx) == 6 and len(set(idx.tolist())) == 6 and (labels[:, j] >= 0).all()
+        np.testing.assert_array_equal(at_vertex.sample_weights(rng), at_vertex.lam)
+    mixed = LambdaBatches(better, batch_size=8, vertex_prob=0.0)
+    share0, lam0 = [], []
+    for _ in range(2000):
+        idx, labels = mixed.sample_batch(rng)
+        assert len(idx) == 8
+        lam0.append(mixed.lam[0])
+        share0.append(float((labels[:, 0] >= 0).float().mean()))
+    # slots for objective 0 ~ λ_0 (plus the pairs drawn for objective 1 that label both: 10 of 30 such pairs)
+    expected = np.mean(lam0) + (1 - np.mean(lam0)) * 10 / 30
+    assert abs(np.mean(share0) - expected) < 0.02
