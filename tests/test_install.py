@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import site
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, free_port, stop_group, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -147,10 +146,6 @@ def check_ui_serves(info: dict) -> None:
         wait_http(f"http://127.0.0.1:{port}/_stcore/health", timeout=120)
         assert proc.poll() is None, log.read_text()[-3000:]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # `pareto ui` and the streamlit server it started: our group only
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)  # `pareto ui` and the streamlit server it started: our group only
         print(log.read_text()[-2000:])
 

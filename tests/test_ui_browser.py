@@ -6,14 +6,13 @@ saved under test-artifacts/ (gitignored) and checked to be real renders, not Str
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, _exe, free_port, wait_http
+from tests.conftest import ROOT, _exe, free_port, stop_group, wait_http
 from tests.test_ui import small_store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,11 +41,7 @@ def ui_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_http(f"{url}/_stcore/health", timeout=120)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # `pareto ui` and the streamlit server it started: our group only
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)  # `pareto ui` and the streamlit server it started: our group only
         print(log.read_text()[-2000:])
 
 
