@@ -187,7 +187,7 @@ def _export_method(method: str, kind: str, front: Any, grid: np.ndarray, downloa
             entry = export_per_weight(adapter_dir(download(point.model_uri)), out / "adapters" / name)
             made[name] = {"method": method, "weights": list(point.weights), "model_uri": point.model_uri,
                           "path": f"adapters/{name}", **entry}
-            log(f"{name}: per-weight model of λ={np.round(point.weights, 3).tolist()} (rank {entry['rank']})")
+            log(f"{name}: the LoRA model of λ={np.round(point.weights, 3).tolist()} (rank {entry['rank']})")
         return made
     uri = front.points[0].model_uri
     names = [f"{method}-{i}" for i in range(len(grid))]

@@ -16,6 +16,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from pareto import tracking
+from pareto.adapters import adapter_dir
 from pareto.front.grid import validate_weights
 from pareto.front.types import Front, FrontPoint
 from pareto.generation.backend import LoRABackend, is_lora_method, serving_config, serving_note
@@ -140,7 +141,7 @@ class ServedRun:
                 kind = self.fronts[choice.method].meta.get("policy_kind", "panacea")  # older runs: Panacea only
                 self._policies[key] = load_conditioned(kind, self.base_dir(), adapter, self.objectives)
             else:
-                sub = next(p.parent for p in adapter.rglob("adapter_config.json"))
+                sub = adapter_dir(adapter)  # PEFT nests a named adapter one level down
                 self._policies[key] = PerWeightPolicy.load(self.base_dir(), {sub.name: (choice.served_weights, sub)},
                                                            self.objectives)
         return self._policies[key]

@@ -5,11 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import (
-    Field,
-    create_model,
-    model_validator,
-)
+from pydantic import Field, create_model, model_validator
 
 from pareto.config.base import DEFAULT_TARGETS, Strict
 
@@ -25,7 +21,6 @@ class MethodConfig(Strict):
 
 class DPOConfig(MethodConfig):
     """What every DPO-trained method shares."""
-
 
     beta: float = Field(0.5, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -66,11 +61,7 @@ class PerWeightConfig(DPOConfig):
     lr: float = Field(2e-4, gt=0)
     weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
 
-
-
 # ---- conditioned-policy methods of issue 3: RiC, MAH-DPO, Rewarded Soups, and the MODPO per-weight baseline -------
-
-
 class RiCConfig(MethodConfig):
     """Rewards-in-Context: SFT with z-scored rewards written into the prompt, then rejection-sampling rounds."""
 
@@ -137,7 +128,6 @@ class MODPOConfig(DPOConfig):
                                                             "margins; null = all")
 
 
-
 # ---- PPO (RLHF on Ray actors): MORLHF (one policy per λ) and Panacea-PPO (one SVD-LoRA policy for every λ) -------
 # learned (the MiniLM reward-model head), hf (a reward_model.hf sequence-classifier), or a rule-based objective
 REWARD_SOURCES = ("learned", "hf", "length", "oracle")
@@ -192,8 +182,6 @@ class MORLHFConfig(PPOMethodConfig):
 class PanaceaPPOConfig(PPOMethodConfig):
     vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
     preferences_per_step: int = Field(1, ge=1, description="λ per rollout batch (each on a group of prompts)")
-
-
 
 
 # ---- the method table: every method described once; every other list of methods is derived from it -------------

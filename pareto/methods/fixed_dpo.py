@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from peft import PeftModel
 
+from pareto import adapters
 from pareto.config import FixedDPOConfig
 from pareto.methods import FitContext
 from pareto.methods.dpo import TrainResult, front_validator, train_dpo
@@ -39,8 +40,7 @@ class FixedPolicy:
              device: str = "cpu") -> FixedPolicy:
         base, tokenizer = load_policy(base_dir, device=device)
         # saved by PEFT under the adapter's name (lora_policy names it w0)
-        folder = next(found.parent for found in Path(adapter_dir).rglob("adapter_config.json"))
-        model = PeftModel.from_pretrained(base, str(folder))
+        model = PeftModel.from_pretrained(base, str(adapters.adapter_dir(Path(adapter_dir))))
         model.eval()
         return cls(model, tokenizer, objectives)
 

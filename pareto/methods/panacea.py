@@ -36,7 +36,9 @@ class LambdaBatches:
     def sample_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
         k = len(self.labelled)
         self.lam = sample_preferences(rng, k, 1, self.vertex_prob)[0]
-        share = self.lam * np.array([len(ix) > 0 for ix in self.labelled])
+        has_pairs = np.array([len(ix) > 0 for ix in self.labelled], dtype=np.float64)
+        share = self.lam * has_pairs
+        share = share if share.sum() > 0 else has_pairs  # λ only on objectives without pairs: any labelled ones
         counts = rng.multinomial(self.batch_size, share / share.sum())
         idx = np.concatenate([rng.choice(self.labelled[j], size=min(int(c), len(self.labelled[j])), replace=False)
                               for j, c in enumerate(counts) if c])
