@@ -27,7 +27,8 @@ from pareto.io import folder_bytes
 
 # Bump a stage's version when what it builds changes meaning without a config change (the source digest catches
 # any code change too; the version says which stage a change meant, and lets a test simulate one).
-STAGE_VERSIONS: dict[str, int] = {"base": 1, "reward": 1, "base_eval": 2}
+# "reference": a pair set's reference log-probs (pareto/methods/reference.py), keyed by content, not config.
+STAGE_VERSIONS: dict[str, int] = {"base": 1, "reward": 1, "base_eval": 2, "reference": 1}
 # The config sections each stage's artefact depends on (sweeps and runs of one config share the entries).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "base": ("seed", "task", "model"),

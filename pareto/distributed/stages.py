@@ -277,7 +277,8 @@ def method_stage(cfg: ExperimentConfig, method: str, base: ModelRef, reward_bund
         ctx = FitContext(base_dir=base_dir, pairs=pairs, val_prompts=val_prompts, reward=reward, objectives=names,
                          max_length=max_length(cfg, base_dir, tokenizer), seed=cfg.seed + seed_offset, gen=gen,
                          task=task, placement=placement, load_options=load_options(cfg),
-                         checkpoint_dir=checkpoint_dir(cfg, method, weights, seed_offset))
+                         checkpoint_dir=checkpoint_dir(cfg, method, weights, seed_offset),
+                         cache_dir=Path(cfg.state_path()) / "cache")
         with placement.context():
             policy, result = load_method(method).fit(ctx, mcfg, weights)
             eval_grid = np.asarray([weights] if mcfg.per_weight else grid)

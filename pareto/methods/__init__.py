@@ -31,6 +31,7 @@ class FitContext:
     placement: object = None     # pareto.models.device.Placement: device, autocast dtype, gradient checkpointing
     load_options: dict = field(default_factory=dict)  # load_policy's dtype / trust_remote_code (model section)
     checkpoint_dir: Path | None = None  # where this fit's trainers checkpoint (None: no checkpoints, e.g. tests)
+    cache_dir: Path | None = None  # the state's cache folder: reference log-probs shared by per-weight models
 
     def load_base(self) -> tuple:
         """(model, tokenizer) of the base policy, on this fit's device, checkpointed when the config asks."""

@@ -8,6 +8,7 @@ held-out front metric scored by the learned reward model, with degenerate (repet
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,12 @@ from pareto.evaluation import evaluate_grid
 from pareto.front.metrics import Z_REFERENCE, hypervolume
 from pareto.methods.checkpoint import Checkpoints, TrainerState
 from pareto.models.device import model_device
-from pareto.models.policy import encode_pairs, token_logprobs
+from pareto.models.policy import encode_pairs, pair_token_counts, token_logprobs
+from pareto.models.prefix import PREFIX_BUDGET_BYTES, FrozenPrefix, PrefixStates
 from pareto.objectives import VectorReward, aggregate_losses
 from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +41,7 @@ class PairSet:
     better: torch.Tensor                 # [N, K] in {0, 1, -1}
     ref_logp: torch.Tensor | None = None  # [N, 2], filled by `reference_logps`
     offset: torch.Tensor | None = None    # [N] or [N, K] DPO logit offsets (MODPO's reward margins); None = plain DPO
+    prefix: PrefixStates | None = None    # what enters the lowest trainable layer (`prepare_reference`)
 
     @classmethod
     def from_pairs(cls, pairs: Sequence, objective_index: Sequence[int]) -> PairSet:
@@ -55,16 +60,24 @@ class PairSet:
             return None if t is None else t[idx]
 
         return PairSet([self.prompts[i] for i in idx.tolist()], [self.responses[i] for i in idx.tolist()],
-                       self.better[idx], pick(self.ref_logp), pick(self.offset))
+                       self.better[idx], pick(self.ref_logp), pick(self.offset),
+                       None if self.prefix is None else self.prefix.subset(idx.tolist()))
 
 
 def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
-               responses: Sequence[tuple[str, str]], max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+               responses: Sequence[tuple[str, str]], max_length: int,
+               cached: tuple[FrozenPrefix, PrefixStates, Sequence[int]] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Log-probs [B, 2] and response lengths [B, 2] of both responses, in one forward pass of 2B rows (float32, on
-    the model's device)."""
+    the model's device). `cached` = (frozen prefix, the pair set's prefix states, the pairs' indices in it): run
+    only the trainable layers from the cached hidden states."""
     batch = encode_pairs(tokenizer, list(prompts) * 2, [r[0] for r in responses] + [r[1] for r in responses],
                          max_length)
-    logp, n = token_logprobs(model, batch)
+    top = None
+    if cached is not None:
+        prefix, states, index = cached
+        top = prefix, states.batch(index, batch.input_ids.shape[1], model_device(model))
+    logp, n = token_logprobs(model, batch, top)
     b = len(prompts)
     return (torch.stack([logp[:b], logp[b:]], dim=1), torch.stack([n[:b], n[b:]], dim=1),
             int(batch.attention_mask.sum()))
@@ -75,21 +88,34 @@ LOGITS_BUDGET = 2**28  # float32 logits per forward when the reference runs over
 
 @torch.no_grad()
 def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
-                    max_length: int, batch_size: int = 64) -> torch.Tensor:
+                    max_length: int, batch_size: int = 64, prefix: FrozenPrefix | None = None) -> torch.Tensor:
     """π_ref log-probs [N, 2] of every pair, computed once: the dataset is fixed, so the reference never reruns.
 
-    Computed on the model's device and stored on the CPU (`train_dpo` moves each batch's rows to the model).
+    Computed on the model's device and stored on the CPU (`train_dpo` moves each batch's rows to the model). With
+    `prefix`, what enters its first trainable layer is kept too, in `pairs.prefix` (None where it would not fit
+    `PREFIX_BUDGET_BYTES`).
     """
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
     # Cap the float32 logits of one forward (2·batch·length·vocab, and as much again for the log-softmax) at
     # LOGITS_BUDGET: a 49k vocabulary at 64 pairs of 192 tokens would need ~10 GiB; the tiny LM is far below.
     batch_size = max(1, min(batch_size, LOGITS_BUDGET // (2 * max_length * vocab)))
-    out = []
+    out, rows, kept = [], [], 0
     for s in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", mininterval=5.0,
                   disable=len(pairs) <= batch_size):
-        logp, _, _ = pair_logps(model, tokenizer, pairs.prompts[s:s + batch_size],
-                                pairs.responses[s:s + batch_size], max_length)
+        prompts, responses = pairs.prompts[s:s + batch_size], pairs.responses[s:s + batch_size]
+        if prefix is None or kept > PREFIX_BUDGET_BYTES:
+            logp, _, _ = pair_logps(model, tokenizer, prompts, responses, max_length)
+        else:
+            with prefix.capturing() as seen:
+                logp, _, _ = pair_logps(model, tokenizer, prompts, responses, max_length)
+            b, texts = len(prompts), [r[0] for r in responses] + [r[1] for r in responses]
+            tokens = [min(n, max_length) for n in pair_token_counts(tokenizer, list(prompts) * 2, texts)]
+            hidden = [seen[0][r, :tokens[r]].clone() for r in range(2 * b)]  # each row without its padding
+            rows += [(hidden[i], hidden[b + i]) for i in range(b)]
+            kept += sum(h.numel() * h.element_size() for h in hidden)
         out.append(logp.cpu())
+    if prefix is not None:
+        pairs.prefix = PrefixStates(prefix.first, rows) if kept <= PREFIX_BUDGET_BYTES else None
     return torch.cat(out)
 
 
@@ -216,12 +242,13 @@ class _DPORun:
 
 def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
                       idx: np.ndarray, better: torch.Tensor, lam: torch.Tensor, aggregation: str,
-                      max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+                      max_length: int, prefix: FrozenPrefix | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(loss, per-objective DPO losses [K], tokens) of one micro-batch: aggregate_λ(DPO losses) + the λ-weighted NLL
-    term."""
+    term. With `prefix`, the forward starts from the pairs' cached hidden states at its first trainable layer."""
     device = lam.device
+    cached = None if prefix is None else (prefix, pairs.prefix, idx.tolist())
     logp, ntok, tokens = pair_logps(model, tokenizer, [pairs.prompts[i] for i in idx],
-                                    [pairs.responses[i] for i in idx], max_length)
+                                    [pairs.responses[i] for i in idx], max_length, cached)
     better = better.to(device)
     offset = None if pairs.offset is None else pairs.offset[idx].to(device)
     losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
@@ -268,6 +295,7 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
     result = run.result
     first, stopped = run.start_or_resume()
     model.train()
+    prefix, unverified = None, True
     bar = tqdm(total=cfg.max_steps, initial=first - 1, desc=desc, unit="step", mininterval=2.0)
     for step in range(first, cfg.max_steps + 1):
         if stopped:
@@ -282,9 +310,11 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
                 idx, better = sample_batch(rng)
             weights = sample_weights(rng)
             apply_weights(weights)
+            if unverified:  # once, with this micro-batch's λ set (validation may have left per-row λ behind)
+                prefix, unverified = verified_prefix(model, tokenizer, pairs, max_length), False
             lam = torch.tensor(weights, dtype=torch.float32, device=run.device)
             loss, per_objective, tokens = _micro_batch_loss(model, tokenizer, pairs, cfg, idx, better, lam,
-                                                            aggregation, max_length)
+                                                            aggregation, max_length, prefix)
             (loss / cfg.grad_accum).backward()
             result.tokens += tokens
             _add_to_log(logged, objectives, loss, per_objective, weights, cfg.grad_accum)
@@ -300,6 +330,29 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
             run.save(step, stopped)
     bar.close()
     return run.finish()
+
+
+def verified_prefix(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
+                    max_length: int) -> FrozenPrefix | None:
+    """The model's frozen prefix when `pairs.prefix` holds its cached hidden states and a forward from them gives the
+    full forward's log-probs on the first pairs (per response token within 1e-3 nats in float32, 5e-2 under half
+    precision); else None, and training runs full forwards."""
+    prefix = FrozenPrefix.of(model)
+    if prefix is None or pairs.prefix is None or pairs.prefix.layer != prefix.first:
+        return None
+    idx = list(range(min(2, len(pairs))))
+    args = (model, tokenizer, [pairs.prompts[i] for i in idx], [pairs.responses[i] for i in idx], max_length)
+    with torch.no_grad():
+        full, ntok, _ = pair_logps(*args)
+        fast, _, _ = pair_logps(*args, (prefix, pairs.prefix, idx))
+    device = model_device(model)
+    half = torch.is_autocast_enabled(device.type) or any(p.dtype != torch.float32 for p in model.parameters())
+    gap = float(((full - fast).abs() / ntok.clamp(min=1)).max())
+    if not gap <= (5e-2 if half else 1e-3):  # also catches NaN
+        _log.warning("frozen-prefix forward differs from the full forward by %.3g nats/token: training runs the "
+                     "whole model", gap)
+        return None
+    return prefix
 
 
 def front_validator(generate: Callable[[list[str], np.ndarray], list[str]], prompts: Sequence[str],

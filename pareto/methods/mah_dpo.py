@@ -18,8 +18,9 @@ from peft import LoraConfig
 
 from pareto.config import MAHDPOConfig
 from pareto.methods import FitContext
-from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods.dpo import PairSet, TrainResult, front_validator, train_dpo
 from pareto.methods.panacea import validation_weights
+from pareto.methods.reference import prepare_reference
 from pareto.models.multihead import MultiHeadPolicy, add_multihead, head_weights, set_training_routing
 from pareto.models.policy import lora_targets
 
@@ -103,8 +104,8 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
                            lora_dropout=0.0, task_type="CAUSAL_LM") if cfg.target_modules else None)
     model = add_multihead(base, k, cfg.head_rank, cfg.head_alpha, backbone)
     uniform = np.full(k, 1.0 / k)
-    with head_weights(uniform):  # every delta is zero at init: this is exactly the SFT reference
-        pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
+    # every delta is zero at init: at uniform head weights this is exactly the SFT reference
+    prepare_reference(model, tokenizer, pairs, max_length, lambda: head_weights(uniform))
     policy = MultiHeadPolicy(model, tokenizer, objectives)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)

@@ -16,7 +16,8 @@ import torch
 from pareto.config import PanaceaConfig
 from pareto.front.grid import sample_preferences
 from pareto.methods import FitContext
-from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods.dpo import TrainResult, front_validator, train_dpo
+from pareto.methods.reference import prepare_reference
 from pareto.models.conditioned import PanaceaPolicy
 from pareto.models.policy import lora_targets
 from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
@@ -61,8 +62,7 @@ def fit(ctx: FitContext, cfg: PanaceaConfig,
     model, tokenizer = ctx.load_base()
     model = add_panacea_adapter(model, panacea_lora_config(k, cfg.lora_rank, cfg.lora_alpha,
                                                     lora_targets(model, cfg.target_modules, cfg.lora_layers)))
-    with model.disable_adapter():
-        pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
+    prepare_reference(model, tokenizer, pairs, max_length, model.disable_adapter)
     policy = PanaceaPolicy(model, tokenizer, objectives)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)

@@ -13,20 +13,21 @@ from peft import LoraConfig, get_peft_model
 
 from pareto.config import DPOConfig, PerWeightConfig
 from pareto.methods import FitContext
-from pareto.methods.dpo import PairSet, TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods.dpo import PairSet, TrainResult, front_validator, train_dpo
+from pareto.methods.reference import prepare_reference
 from pareto.models.conditioned import PerWeightPolicy, adapter_name
 from pareto.models.policy import lora_targets
 
 
 def lora_policy(ctx: FitContext, cfg: DPOConfig, pairs: PairSet):
-    """The base model with one fresh LoRA adapter, and `pairs.ref_logp` filled from the base (adapter off)."""
+    """The base model with one fresh LoRA adapter, and `pairs.ref_logp` filled from the base (adapter off): computed
+    by the first model of the run, read from the state's cache by the others."""
     model, tokenizer = ctx.load_base()
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                       target_modules=lora_targets(model, cfg.target_modules, cfg.lora_layers),
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora, adapter_name=adapter_name(0))
-    with model.disable_adapter():
-        pairs.ref_logp = reference_logps(model, tokenizer, pairs, ctx.max_length)
+    prepare_reference(model, tokenizer, pairs, ctx.max_length, model.disable_adapter, ctx.cache_dir)
     return model, tokenizer
 
 

@@ -14,7 +14,8 @@ from peft import LoraConfig, get_peft_model
 
 from pareto.config import SoupsConfig
 from pareto.methods import FitContext
-from pareto.methods.dpo import TrainResult, front_validator, reference_logps, train_dpo
+from pareto.methods.dpo import TrainResult, front_validator, train_dpo
+from pareto.methods.reference import prepare_reference
 from pareto.models.policy import generate, lora_targets
 from pareto.models.soups import SoupsPolicy, objective_adapter
 
@@ -32,8 +33,7 @@ def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = Non
     model = get_peft_model(base, lora, adapter_name=names[0])
     for name in names[1:]:
         model.add_adapter(name, lora)
-    with model.disable_adapter():
-        pairs.ref_logp = reference_logps(model, tokenizer, pairs, max_length)
+    prepare_reference(model, tokenizer, pairs, max_length, model.disable_adapter)
     total = TrainResult(models=k)
     for i, (objective, name) in enumerate(zip(objectives, names, strict=True)):
         model.set_adapter(name)  # PEFT: the active adapter is trainable, the others frozen

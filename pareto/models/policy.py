@@ -31,6 +31,7 @@ from pareto.config import TinyModelConfig
 from pareto.data.chat import to_messages
 from pareto.io import atomic_dir
 from pareto.models.device import model_device, place_model
+from pareto.models.prefix import FrozenPrefix
 
 # One template for the tiny LM; real chat models bring their own. vLLM's chat endpoint reads the same.
 CHAT_TEMPLATE = (
@@ -188,11 +189,21 @@ def pad_batch(tokenizer: PreTrainedTokenizerFast, encoded: Sequence[tuple[list[i
     return Batch(input_ids, attention, response_mask)
 
 
-def token_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(model: PreTrainedModel, batch: Batch,
+                   top: tuple[FrozenPrefix, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(response tokens) per row, and the number of response tokens per row (float32, on the model's
-    device: the batch is moved there). Log-softmax runs in float32 whatever the weights or autocast dtype."""
+    device: the batch is moved there). Log-softmax runs in float32 whatever the weights or autocast dtype.
+
+    `top` = (the model's frozen prefix, the hidden states entering its first trainable layer [B, T, hidden]): run
+    only the layers from there on (`pareto.models.prefix`)."""
     batch = batch.to(model_device(model))
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    if top is None:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    else:
+        prefix, hidden = top
+        with prefix.top_only():
+            out = model(inputs_embeds=hidden, attention_mask=batch.attention_mask)
+    logits = out.logits[:, :-1]
     targets = batch.input_ids[:, 1:]
     mask = batch.response_mask[:, 1:].to(torch.float32)  # not logits.dtype: bf16 counts are inexact above 256
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
