@@ -18,12 +18,13 @@ from benchmarks.common import ROOT, SUBPROCESS_ENV, row, skipped
 from benchmarks.quickstart import run_measured
 
 CONFIG = ROOT / "configs" / "hh_smol.yaml"
-# The baseline trains one LoRA-DPO model per λ of the same grid, each with Panacea's data, steps, batch, NLL term and
-# LoRA placement (rank 8 on the top 10 layers), kept at its last step like Panacea; plain LoRA starts from B = 0
-# with a random A, so it learns at the usual alpha 16 and lr 1e-3 (Panacea's zero-change SVD init needs alpha 128).
+# The baseline trains one LoRA-DPO model per λ of the same grid, each with Panacea's data, steps, batch, NLL term,
+# batches drawn for its λ (batch_by_lambda) and LoRA placement (rank 8 on the top 10 layers), kept at its last step
+# like Panacea; plain LoRA starts from B = 0 with a random A, so it learns at the usual alpha 16 and lr 1e-3
+# (Panacea's zero-change SVD init needs alpha 128).
 PER_WEIGHT = ["--set", "methods.per_weight_dpo={beta: 0.1, lr: 1.0e-3, max_steps: 120, batch_size: 4, "
-              "max_pairs: 480, nll_weight: 0.5, lora_rank: 8, lora_alpha: 16, lora_layers: 10, eval_every: 120, "
-              "keep: last, patience: 3, val_prompts: 24, max_repetition: 0.35}"]
+              "max_pairs: 480, nll_weight: 0.5, batch_by_lambda: true, lora_rank: 8, lora_alpha: 16, lora_layers: 10, "
+              "eval_every: 120, keep: last, patience: 3, val_prompts: 24, max_repetition: 0.35}"]
 
 
 def _fronts(home: Path) -> dict[str, Any]:
@@ -53,8 +54,11 @@ def _fronts(home: Path) -> dict[str, Any]:
 
 
 def _measure(name: str, extra: list[str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    keep = os.environ.get("PARETO_BENCH_KEEP")  # keep the run's state under this folder (e.g. for a UI screenshot)
     with tempfile.TemporaryDirectory(prefix=f"pareto-bench-{name}-") as tmp:
-        home = Path(tmp)
+        home = Path(keep) / name if keep else Path(tmp)
+        if keep:
+            home.mkdir(parents=True)  # a fresh state, as on a fresh clone: an existing folder is refused
         env = {**os.environ, **SUBPROCESS_ENV, "PARETO_HOME": str(home)}
         cmd = [sys.executable, "-m", "pareto.cli", "run", str(CONFIG), *extra]
         measured = run_measured(cmd, env, home / "run.log")

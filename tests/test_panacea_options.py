@@ -111,7 +111,7 @@ def test_batch_by_lambda_draws_each_pair_slot_for_an_objective_with_probability_
     an interior λ's batch splits in proportion to λ (multinomial), and the trainer is handed the same λ."""
     import torch
 
-    from pareto.methods.panacea import LambdaBatches
+    from pareto.methods.dpo import LambdaBatches
 
     # 30 pairs label objective 0 only, 20 label objective 1 only, 10 label both (-1: no label)
     better = torch.tensor([[1, -1]] * 30 + [[-1, 0]] * 20 + [[0, 1]] * 10)
@@ -132,3 +132,14 @@ def test_batch_by_lambda_draws_each_pair_slot_for_an_objective_with_probability_
     # slots for objective 0 ~ λ_0 (plus the pairs drawn for objective 1 that label both: 10 of 30 such pairs)
     expected = np.mean(lam0) + (1 - np.mean(lam0)) * 10 / 30
     assert abs(np.mean(share0) - expected) < 0.02
+    # a per-weight model's sampler keeps its own λ and spends its slots in proportion to it
+    lam = np.array([0.25, 0.75])
+    fixed = LambdaBatches(better, batch_size=8, vertex_prob=0.0, fixed=lam)
+    share1 = []
+    for _ in range(2000):
+        idx, labels = fixed.sample_batch(rng)
+        np.testing.assert_array_equal(fixed.sample_weights(rng), lam)
+        share1.append(float((labels[:, 1] >= 0).float().mean()))
+    assert abs(np.mean(share1) - (0.75 + 0.25 * 10 / 40)) < 0.02  # 10 of objective 0's 40 pairs label 1 as well
+    vertex = LambdaBatches(better, batch_size=5, vertex_prob=0.0, fixed=np.array([1.0, 0.0]))
+    assert all((vertex.sample_batch(rng)[1][:, 0] >= 0).all() for _ in range(50))

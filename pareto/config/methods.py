@@ -60,6 +60,8 @@ class PanaceaConfig(DPOConfig):
 class PerWeightConfig(DPOConfig):
     lr: float = Field(2e-4, gt=0)
     weights: list[list[float]] | None = Field(None, description="λ grid to train; default: the evaluation grid")
+    batch_by_lambda: bool = Field(False, description="as Panacea's: a pair slot goes to objective j with probability "
+                                                     "λ_j (a vertex model trains on its own objective's pairs only)")
 
 # ---- conditioned-policy methods of issue 3: RiC, MAH-DPO, Rewarded Soups, and the MODPO per-weight baseline -------
 class RiCConfig(MethodConfig):

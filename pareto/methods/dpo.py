@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from pareto.config import DPOConfig
 from pareto.evaluation import evaluate_grid
+from pareto.front.grid import sample_preferences
 from pareto.front.metrics import Z_REFERENCE, hypervolume
 from pareto.methods.checkpoint import Checkpoints, TrainerState
 from pareto.models.device import model_device
@@ -62,6 +63,35 @@ class PairSet:
         return PairSet([self.prompts[i] for i in idx.tolist()], [self.responses[i] for i in idx.tolist()],
                        self.better[idx], pick(self.ref_logp), pick(self.offset),
                        None if self.prefix is None else self.prefix.subset(idx.tolist()))
+
+
+class LambdaBatches:
+    """Micro-batches drawn for their λ (`batch_by_lambda`): λ first, then each of the batch's pair slots goes to an
+    objective j with probability λ_j and takes a pair labelled for j. Where each pair labels one objective (HH-RLHF's
+    subsets), uniform batches spend half a vertex's batch on pairs its λ ignores; these spend none. Each objective's
+    DPO loss is still the mean over its own pairs, so the λ-aggregated loss estimates the same quantity. `fixed`: a
+    per-weight model's one λ (no λ is drawn)."""
+
+    def __init__(self, better: torch.Tensor, batch_size: int, vertex_prob: float,
+                 fixed: np.ndarray | None = None) -> None:
+        self.better, self.batch_size, self.vertex_prob, self.fixed = better, batch_size, vertex_prob, fixed
+        self.labelled = [np.flatnonzero(better[:, j].numpy() >= 0) for j in range(better.shape[1])]
+        self.lam = np.full(better.shape[1], 1.0 / better.shape[1]) if fixed is None else np.asarray(fixed)
+
+    def sample_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        k = len(self.labelled)
+        if self.fixed is None:  # a conditioned model: a fresh λ per micro-batch; a per-weight model keeps its own
+            self.lam = sample_preferences(rng, k, 1, self.vertex_prob)[0]
+        has_pairs = np.array([len(ix) > 0 for ix in self.labelled], dtype=np.float64)
+        share = self.lam * has_pairs
+        share = share if share.sum() > 0 else has_pairs  # λ only on objectives without pairs: any labelled ones
+        counts = rng.multinomial(self.batch_size, share / share.sum())
+        idx = np.concatenate([rng.choice(self.labelled[j], size=min(int(c), len(self.labelled[j])), replace=False)
+                              for j, c in enumerate(counts) if c])
+        return idx, self.better[idx]
+
+    def sample_weights(self, rng: np.random.Generator) -> np.ndarray:
+        return self.lam  # drawn with the batch
 
 
 def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],

@@ -11,42 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from pareto.config import PanaceaConfig
 from pareto.front.grid import sample_preferences
 from pareto.methods import FitContext
-from pareto.methods.dpo import TrainResult, front_validator, train_dpo
+from pareto.methods.dpo import LambdaBatches, TrainResult, front_validator, train_dpo
 from pareto.methods.reference import prepare_reference
 from pareto.models.conditioned import PanaceaPolicy
 from pareto.models.policy import lora_targets
 from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
-
-
-class LambdaBatches:
-    """Micro-batches drawn for their λ (`batch_by_lambda`): λ first, then each of the batch's pair slots goes to an
-    objective j with probability λ_j and takes a pair labelled for j. Where each pair labels one objective (HH-RLHF's
-    subsets), uniform batches spend half a vertex's batch on pairs its λ ignores; these spend none. Each objective's
-    DPO loss is still the mean over its own pairs, so the λ-aggregated loss estimates the same quantity."""
-
-    def __init__(self, better: torch.Tensor, batch_size: int, vertex_prob: float) -> None:
-        self.better, self.batch_size, self.vertex_prob = better, batch_size, vertex_prob
-        self.labelled = [np.flatnonzero(better[:, j].numpy() >= 0) for j in range(better.shape[1])]
-        self.lam = np.full(better.shape[1], 1.0 / better.shape[1])
-
-    def sample_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
-        k = len(self.labelled)
-        self.lam = sample_preferences(rng, k, 1, self.vertex_prob)[0]
-        has_pairs = np.array([len(ix) > 0 for ix in self.labelled], dtype=np.float64)
-        share = self.lam * has_pairs
-        share = share if share.sum() > 0 else has_pairs  # λ only on objectives without pairs: any labelled ones
-        counts = rng.multinomial(self.batch_size, share / share.sum())
-        idx = np.concatenate([rng.choice(self.labelled[j], size=min(int(c), len(self.labelled[j])), replace=False)
-                              for j, c in enumerate(counts) if c])
-        return idx, self.better[idx]
-
-    def sample_weights(self, rng: np.random.Generator) -> np.ndarray:
-        return self.lam  # drawn with the batch
 
 
 def validation_weights(k: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 
 from pareto.config import DPOConfig, PerWeightConfig
 from pareto.methods import FitContext
-from pareto.methods.dpo import PairSet, TrainResult, front_validator, train_dpo
+from pareto.methods.dpo import LambdaBatches, PairSet, TrainResult, front_validator, train_dpo
 from pareto.methods.reference import prepare_reference
 from pareto.models.conditioned import PerWeightPolicy, adapter_name
 from pareto.models.policy import lora_targets
@@ -42,9 +42,11 @@ def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None =
     policy = PerWeightPolicy(model, tokenizer, objectives, {adapter_name(0): lam})
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, lam[None, :],
                                ctx.reward, cfg.max_repetition)
+    batches = LambdaBatches(pairs.better, cfg.batch_size, 0.0, fixed=lam) if cfg.batch_by_lambda else None
     result = train_dpo(
         model, tokenizer, pairs, cfg, objectives=objectives, sample_weights=lambda rng: lam,
         apply_weights=lambda w: None, validate=validate, aggregation="linear", max_length=max_length, seed=ctx.seed,
         desc=f"per-weight λ={np.round(lam, 2).tolist()}", checkpoints=ctx.checkpoints(cfg),
+        sample_batch=batches.sample_batch if batches else None,
     )
     return policy, result
