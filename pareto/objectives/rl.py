@@ -101,6 +101,32 @@ def combine_objectives(rewards: torch.Tensor, weights: torch.Tensor, scalarizer:
     return scalarize(scalarizer, rewards, weights)
 
 
+def group_advantages(rewards: torch.Tensor, weights: torch.Tensor, scalarizer: str = "linear",
+                     normalize: str = "per_objective", eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages [B, G] from vector rewards [B, G, K] (G samples per prompt) and one λ per group [B, K].
+
+    `per_objective` (GDPO-style): standardise each objective within its group (mean 0, unit std over the G samples),
+    then scalarise by λ, so an objective on a larger scale cannot drown the others. `sum`: scalarise the raw vectors
+    first, then standardise the scalar within the group (plain GRPO on the λ-weighted reward). A group whose G
+    rewards are all equal gets zero advantage either way: it says nothing about which sample was better.
+    """
+    if rewards.dim() != 3 or weights.shape != (rewards.shape[0], rewards.shape[2]):
+        raise ValueError(f"rewards must be [B, G, K] and weights [B, K]; got {tuple(rewards.shape)} and "
+                         f"{tuple(weights.shape)}")
+    if normalize not in ("per_objective", "sum"):
+        raise ValueError(f"normalize must be 'per_objective' or 'sum', got {normalize!r}")
+
+    def standardise(x: torch.Tensor) -> torch.Tensor:  # over the group (dim 1); one sample: no spread, zero
+        if x.shape[1] < 2:
+            return torch.zeros_like(x)
+        return (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + eps)
+
+    lam = weights.unsqueeze(1).expand(-1, rewards.shape[1], -1)
+    if normalize == "per_objective":
+        return combine_objectives(standardise(rewards), lam, scalarizer)
+    return standardise(combine_objectives(rewards, lam, scalarizer))
+
+
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                         clip_range: float, denom: float | torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
