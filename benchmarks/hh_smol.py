@@ -23,7 +23,7 @@ CONFIG = ROOT / "configs" / "hh_smol.yaml"
 # like Panacea; plain LoRA starts from B = 0 with a random A, so it learns at the usual alpha 16 and lr 1e-3
 # (Panacea's zero-change SVD init needs alpha 128).
 PER_WEIGHT = ["--set", "methods.per_weight_dpo={beta: 0.1, lr: 1.0e-3, max_steps: 120, batch_size: 4, "
-              "max_pairs: 480, nll_weight: 0.5, batch_by_lambda: true, lora_rank: 8, lora_alpha: 16, lora_layers: 10, "
+              "max_pairs: 480, nll_weight: 0.1, batch_by_lambda: true, lora_rank: 8, lora_alpha: 16, lora_layers: 10, "
               "eval_every: 120, keep: last, patience: 3, val_prompts: 24, max_repetition: 0.35}"]
 
 
