@@ -61,10 +61,10 @@ class FrozenPrefix:
         head = {id(p) for name, m in decoder.named_children() if name == "norm" for p in m.parameters()}
         trainable = [p for p in model.parameters() if p.requires_grad]
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        frozen_below_layers = {id(p) for p in embeddings.parameters()} if embeddings is not None else set()
+        embedding = {id(p) for p in embeddings.parameters()} if embeddings is not None else set()
         first = min((layer_of[id(p)] for p in trainable if id(p) in layer_of), default=0)
         for p in trainable:
-            if id(p) in frozen_below_layers or (id(p) in inside and id(p) not in layer_of and id(p) not in head):
+            if id(p) in embedding or (id(p) in inside and id(p) not in layer_of and id(p) not in head):
                 return None  # something below the layers trains: every step must run it
         return cls(decoder, first) if first > 0 else None
 
