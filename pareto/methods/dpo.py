@@ -143,6 +143,8 @@ def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, 
             hidden = [seen[0][r, :tokens[r]].clone() for r in range(2 * b)]  # each row without its padding
             rows += [(hidden[i], hidden[b + i]) for i in range(b)]
             kept += sum(h.numel() * h.element_size() for h in hidden)
+            if kept > PREFIX_BUDGET_BYTES:
+                rows = []  # over the budget: none of it will be used, so none of it is held
         out.append(logp.cpu())
     if prefix is not None:
         pairs.prefix = PrefixStates(prefix.first, rows) if kept <= PREFIX_BUDGET_BYTES else None

@@ -56,7 +56,7 @@ def reference_key(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pa
     for name, p in model.named_parameters():
         weights.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{p.requires_grad}\0".encode())
         if not p.requires_grad:  # the frozen base; trainable adapter weights only change what training starts from
-            weights.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            weights.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy())  # the buffer, no copy
     for prompt, (r0, r1) in zip(pairs.prompts, pairs.responses, strict=True):
         texts.update(json.dumps([prompt, r0, r1]).encode() + b"\0")
     device = model_device(model)
