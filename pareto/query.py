@@ -171,8 +171,9 @@ def policy_for(choice: QueryChoice, tracking_uri: str):
 
 
 def answer(experiment: str, weights: object, prompt: str, tracking_uri: str, scalarization: str = "linear",
-           method: str | None = None, max_new_tokens: int = 48) -> QueryAnswer:
-    """Choose the model for λ and generate its answer to `prompt` (greedy, so the answer is reproducible)."""
+           method: str | None = None, max_new_tokens: int | None = None) -> QueryAnswer:
+    """Choose the model for λ and generate its answer to `prompt` (greedy, so the answer is reproducible; decoded
+    as the run's fronts were, `max_new_tokens` overriding the run's)."""
     choice = choose(experiment, weights, tracking_uri, scalarization, method)
     served = served_run(choice.model.source_run_id, tracking_uri)
     return QueryAnswer(served.respond(served_choice(choice), prompt, max_new_tokens), choice)

@@ -36,7 +36,9 @@ def data_line(task: dict) -> str:
     return (f"data: {task['pairs'].get('train', 0)} train / {task['pairs'].get('val', 0)} val pairs, "
             f"{task['prompts'].get('eval', 0)} eval prompts; {skipped} bad rows skipped, {dropped} pairs dropped "
             f"(prompt too long), {st.get('prompts_shortened', 0)} prompts shortened to their last turns, "
-            f"{st.get('train_responses_truncated', 0)} train pairs with a response cut at the budget")
+            f"{st.get('train_responses_truncated', 0)} train pairs with a response cut at the budget"
+            + (f", {st['train_pairs_dropped_long']} dropped (a response over the budget)"
+               if st.get("train_pairs_dropped_long") else ""))
 
 
 def check_lines(front) -> list[str]:

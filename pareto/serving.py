@@ -146,18 +146,27 @@ class ServedRun:
                                                            self.objectives)
         return self._policies[key]
 
-    def answer(self, method: str, prompt: str, weights: object, max_new_tokens: int = 48) -> tuple[str, Choice]:
+    @property
+    def decoding(self) -> dict[str, float]:
+        """How the run's fronts were decoded (its logged `evaluation` section): served answers decode alike, so
+        a user reads the kind of answer each front point was scored on."""
+        return {"max_new_tokens": int(self.params.get("evaluation.max_new_tokens", 48)),
+                "repetition_penalty": float(self.params.get("evaluation.repetition_penalty", 1.0))}
+
+    def answer(self, method: str, prompt: str, weights: object,
+               max_new_tokens: int | None = None) -> tuple[str, Choice]:
         choice = self.choose(method, weights)
         return self.respond(choice, prompt, max_new_tokens), choice
 
-    def respond(self, choice: Choice, prompt: str, max_new_tokens: int = 48) -> str:
-        """The chosen model's answer: through vLLM for LoRA methods when `serving.backend` says so (the chosen
-        point exported as a plain LoRA adapter), else with transformers."""
+    def respond(self, choice: Choice, prompt: str, max_new_tokens: int | None = None) -> str:
+        """The chosen model's answer (greedy, decoded as the run's fronts were; `max_new_tokens` overrides the
+        run's): through vLLM for LoRA methods when `serving.backend` says so (the chosen point exported as a plain
+        LoRA adapter), else with transformers."""
+        gen = {**self.decoding, **({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens})}
         backend = self.lora_backend(choice.method)
         if backend is not None:
-            return backend.answer(choice, prompt, max_new_tokens)
-        return self.policy(choice).generate([prompt], np.asarray(choice.served_weights),
-                                            max_new_tokens=max_new_tokens)[0]
+            return backend.answer(choice, prompt, **gen)
+        return self.policy(choice).generate([prompt], np.asarray(choice.served_weights), **gen)[0]
 
     def lora_backend(self, method: str) -> LoRABackend | None:
         """The configured vLLM backend when it serves `method` (a LoRA method), else None (transformers)."""

@@ -44,3 +44,25 @@ def test_points_hold_per_weight_means_and_stderr() -> None:
 def test_repetition_rate_flags_loops_only() -> None:
     assert repetition_rate(["first, pack bags. then book rooms.", "a b c a b c a b c"]) == 0.5
     assert repetition_rate([]) == 0.0
+
+
+def test_repetition_penalty_decodes_alike_in_every_backend(tiny_lm) -> None:
+    """`evaluation.repetition_penalty`: 1 is no penalty at all (bit-identical answers), a penalty changes answers
+    and repeats fewer tokens, and the evaluation path and the serving backend decode alike."""
+    from pareto.data import load_task
+    from pareto.generation.hf import HFGenerator
+    from pareto.models.policy import generate, load_policy
+
+    prompts = [p.text for p in load_task("tiny-hh", seed=0).prompts("eval")[:8]]
+    model, tok = load_policy(tiny_lm)
+    plain = generate(model, tok, prompts, max_new_tokens=32)
+    assert generate(model, tok, prompts, max_new_tokens=32, repetition_penalty=1.0) == plain
+    penalised = generate(model, tok, prompts, max_new_tokens=32, repetition_penalty=1.8)
+    assert penalised != plain
+
+    def repeated_tokens(texts: list[str]) -> float:  # share of answer tokens seen earlier in the same answer
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return sum(len(i) - len(set(i)) for i in ids) / max(1, sum(len(i) for i in ids))
+
+    assert repeated_tokens(penalised) < 0.5 * repeated_tokens(plain)
+    assert HFGenerator(tiny_lm).generate(prompts, max_new_tokens=32, repetition_penalty=1.8) == penalised

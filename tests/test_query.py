@@ -24,6 +24,7 @@ OBJ = ("helpful", "concise")
 # λ it was trained at -> its evaluated values. (0.3, 0.7) is dominated by (0.5, 0.5) and must never be chosen.
 POINTS = {(1.0, 0.0): (0.9, 0.1), (0.5, 0.5): (0.6, 0.6), (0.0, 1.0): (0.1, 0.9), (0.3, 0.7): (0.2, 0.5)}
 PROMPT = "how do i learn guitar?"
+DECODING = {"max_new_tokens": 12, "repetition_penalty": 2.0}  # the run's logged `evaluation` decoding
 
 
 def _tiny_base(path: Path) -> None:
@@ -60,6 +61,7 @@ def served(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     mlflow.set_experiment("query-test")
     adapters, points = {}, []
     with mlflow.start_run(run_name="parent") as parent:
+        mlflow.log_params({f"evaluation.{k}": v for k, v in DECODING.items()})
         mlflow.log_artifacts(str(tmp / "base"), "base_model")
         for i, (w, v) in enumerate(POINTS.items()):
             with mlflow.start_run(run_name=f"λ={w}", nested=True) as child:
@@ -105,13 +107,25 @@ def test_bad_weights_are_rejected_before_loading(served: dict) -> None:
 
 def test_answer_comes_from_the_chosen_model(served: dict) -> None:
     direct = {w: PerWeightPolicy.load(served["base"], {"w0": (w, path)}, OBJ).generate([PROMPT], np.asarray(w),
-                                                                                      max_new_tokens=12)[0]
+                                                                                      **DECODING)[0]
               for w, path in served["adapters"].items() if w != (0.3, 0.7)}
     assert len(set(direct.values())) == 3  # the adapters answer differently, so the check below can fail
     for w in direct:
         out = query.answer("query-test", w, PROMPT, served["uri"], max_new_tokens=12)
         assert out.choice.model.weights == w
         assert out.text == direct[w]
+
+
+def test_answers_decode_as_the_run_was_evaluated(served: dict) -> None:
+    """Without --max-new-tokens, a served answer is decoded as the run's fronts were (length and repetition
+    penalty from its logged `evaluation` section), so a user reads the kind of answer each point was scored on."""
+    w = (1.0, 0.0)
+    policy = PerWeightPolicy.load(served["base"], {"w0": (w, served["adapters"][w])}, OBJ)
+    want = policy.generate([PROMPT], np.asarray(w), **DECODING)[0]
+    assert want != policy.generate([PROMPT], np.asarray(w), max_new_tokens=12)[0]  # the penalty changes it
+    assert query.answer("query-test", w, PROMPT, served["uri"]).text == want
+    longer = query.answer("query-test", w, PROMPT, served["uri"], max_new_tokens=20).text
+    assert longer == policy.generate([PROMPT], np.asarray(w), max_new_tokens=20, repetition_penalty=2.0)[0]
 
 
 def test_cli_names_the_version_it_used(served: dict) -> None:
@@ -122,7 +136,7 @@ def test_cli_names_the_version_it_used(served: dict) -> None:
     data = json.loads(proc.stdout)
     assert data["version"] == served["version"][(0.0, 1.0)] and data["registered_model"] == "pareto-query-test"
     direct = PerWeightPolicy.load(served["base"], {"w0": ((0.0, 1.0), served["adapters"][(0.0, 1.0)])}, OBJ)
-    assert data["answer"] == direct.generate([PROMPT], np.asarray((0.0, 1.0)), max_new_tokens=12)[0]
+    assert data["answer"] == direct.generate([PROMPT], np.asarray((0.0, 1.0)), **DECODING)[0]
     from typer.testing import CliRunner
 
     from pareto.cli import app

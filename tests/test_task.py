@@ -111,6 +111,12 @@ def test_the_length_rule_drops_turns_cuts_replies_and_counts_both(tmp_path: Path
                                                     tokens(p.response_1, response_text)) > budget
                for p in fitted.pairs["train"])
     assert st["train_responses_truncated"] == over > 0
+    # long_responses: drop keeps exactly the training pairs that fit, counts the rest, cuts nothing
+    dropping = fit_to_context(task, tok, max_prompt_tokens=limit, max_response_tokens=8, long_responses="drop")
+    assert dropping.stats["train_pairs_dropped_long"] == over and dropping.stats["train_responses_truncated"] == 0
+    assert [p for p in fitted.pairs["train"] if tokens(p.prompt, prompt_text) + max(
+        tokens(p.response_0, response_text), tokens(p.response_1, response_text)) <= budget] == dropping.pairs["train"]
+    assert dropping.pairs["val"] == fitted.pairs["val"] and dropping.prompts == fitted.prompts  # training pairs only
 
 
 def test_a_prompt_whose_last_turn_cannot_fit_is_dropped_and_counted(tmp_path: Path) -> None:

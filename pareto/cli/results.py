@@ -47,7 +47,8 @@ def query(
     prompt: Annotated[str, typer.Option(help="the prompt to answer")],
     scalarization: Annotated[str, typer.Option(help="linear or tchebycheff")] = "linear",
     method: Annotated[str | None, typer.Option(help="only consider this method's models")] = None,
-    max_new_tokens: int = 48,
+    max_new_tokens: Annotated[int | None, typer.Option(help="answer length; default: the run's "
+                                                             "evaluation.max_new_tokens")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
 ) -> None:

@@ -157,6 +157,11 @@ class ModelConfig(Strict):
     max_response_tokens: int | None = Field(None, ge=4, description="real data: responses are cut where prompt + "
                                                                     "response exceed the two budgets; default: "
                                                                     "min(512, context / 4)")
+    long_responses: Literal["truncate", "drop"] = Field(
+        "truncate", description="real data: a training pair whose prompt + longer reply exceeds the two budgets is "
+                                "cut at the budget (truncate: that reply loses its end-of-turn token, as in TRL) or "
+                                "dropped (drop: every trained reply keeps its end; counted as "
+                                "train_pairs_dropped_long)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="training/generation autocast: auto = bf16 on a GPU that supports it, else fp32")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")

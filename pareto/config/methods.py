@@ -43,7 +43,8 @@ class DPOConfig(MethodConfig):
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
     keep: Literal["best", "last"] = Field("best", description="the checkpoint a run returns: the best by the held-out "
                                                               "front metric, or the last (when a few noisy "
-                                                              "validation prompts cannot tell checkpoints apart)")
+                                                              "validation prompts cannot tell checkpoints apart; "
+                                                              "the untouched model is then not validated)")
     checkpoint_every: int = Field(50, ge=1, description="steps between trainer checkpoints (state_dir/checkpoints; "
                                                         "a rerun of the same config resumes from the newest)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per trainer (older ones are removed)")

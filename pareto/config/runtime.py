@@ -82,6 +82,9 @@ class EvaluationConfig(Strict):
     max_new_tokens: int = Field(48, ge=1)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0)
+    repetition_penalty: float = Field(
+        1.0, ge=1.0, le=2.0, description="CTRL-style penalty on tokens already in the prompt or answer (1 = none; "
+                                         "HF and vLLM apply it alike); also used when the front is served")
     reference_point: list[float] | Literal["base"] | None = Field(
         None, description="hypervolume reference, one value per objective; 'base' = the base model's point minus "
                           "reference_margin in every objective (reward-model fronts; logged)")

@@ -13,7 +13,9 @@ Length rule for real data (`fit_to_context`), applied once the base model's toke
 - a prompt longer than `max_prompt_tokens` keeps its most recent turns (whole turns are dropped from the start);
   a prompt whose last user turn alone is too long is dropped, with its pairs (`prompts_dropped`, `pairs_dropped`);
 - a pair whose prompt + response is longer than `max_prompt_tokens + max_response_tokens` keeps the start of the
-  response, cut at that budget without its end-of-turn token (`responses_truncated`), as TRL's DPO does.
+  response, cut at that budget without its end-of-turn token (`responses_truncated`), as TRL's DPO does; or, with
+  `model.long_responses: drop`, the training pair is dropped (`train_pairs_dropped_long`), so no trained reply
+  loses its end (a cut chosen reply next to a rejected one that ends teaches the policy not to stop).
 The embedded task is checked strictly instead: a tiny-hh row that does not fit is a bug (`check_context`).
 """
 
@@ -163,11 +165,13 @@ def model_context(model_dir: str | Path, tokenizer: Any) -> int:
     return int(limit) if isinstance(limit, int) and 0 < limit < 10**7 else 2048
 
 
-def fit_to_context(task: Task, tokenizer: Any, max_prompt_tokens: int, max_response_tokens: int) -> Task:
+def fit_to_context(task: Task, tokenizer: Any, max_prompt_tokens: int, max_response_tokens: int,
+                   long_responses: str = "truncate") -> Task:
     """The task with prompts shortened (leading turns dropped) or dropped, counted in `stats` (see module doc).
 
     Responses are not rewritten: the trainers cut prompt + response at `max_prompt_tokens + max_response_tokens`
-    (`encode_pair`); the pairs that will be cut are counted here as `responses_truncated`.
+    (`encode_pair`); the pairs that will be cut are counted here as `responses_truncated`, or dropped from the
+    training split (`long_responses="drop"`, counted as `train_pairs_dropped_long`).
     """
     from pareto.models.policy import prompt_text, response_text
 
@@ -197,13 +201,19 @@ def fit_to_context(task: Task, tokenizer: Any, max_prompt_tokens: int, max_respo
             tokenizer([response_text(tokenizer, p.response_0) for p in train], add_special_tokens=False)["input_ids"],
             tokenizer([response_text(tokenizer, p.response_1) for p in train], add_special_tokens=False)["input_ids"],
             strict=True)]
-        stats["train_responses_truncated"] = sum(a + b > budget for a, b in zip(p_len, longest, strict=True))
+        over = [a + b > budget for a, b in zip(p_len, longest, strict=True)]
+        if long_responses == "drop":
+            train = fitted_pairs["train"] = [p for p, cut in zip(train, over, strict=True) if not cut]
+            stats["train_pairs_dropped_long"] = sum(over)
+            over = []
+        stats["train_responses_truncated"] = sum(over)
     sft = [(fp, r) for p, r in task.sft_examples if (fp := fit(p)) is not None]
     if not train:
         from pareto.data.loaders import DatasetError
 
         raise DatasetError(f"task {task.name}: no training pair fits model.max_prompt_tokens={max_prompt_tokens} "
-                           "(every prompt's last user turn is longer); raise it")
+                           f"and max_response_tokens={max_response_tokens} (long_responses: {long_responses}); "
+                           "raise them")
     return replace(task, pairs=fitted_pairs, prompts=prompts, sft_examples=sft, stats=stats)
 
 

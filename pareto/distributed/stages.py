@@ -93,7 +93,7 @@ def fitted_task(cfg: ExperimentConfig, base_dir: str | Path | None = None, token
         base_dir = base_dir or base_source(cfg)
         tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
     prompt_tokens, response_tokens = context_budget(cfg, model_context(base_dir, tokenizer))
-    return fit_to_context(task, tokenizer, prompt_tokens, response_tokens)
+    return fit_to_context(task, tokenizer, prompt_tokens, response_tokens, cfg.model.long_responses)
 
 
 def preflight(cfg: ExperimentConfig) -> Path:
@@ -212,7 +212,8 @@ def normalize_on(cfg: ExperimentConfig) -> str:
 
 def _gen_settings(cfg: ExperimentConfig) -> dict:
     ev = cfg.evaluation
-    return {"max_new_tokens": ev.max_new_tokens, "do_sample": ev.do_sample, "temperature": ev.temperature}
+    return {"max_new_tokens": ev.max_new_tokens, "do_sample": ev.do_sample, "temperature": ev.temperature,
+            "repetition_penalty": ev.repetition_penalty}
 
 
 def scorers(task: Task, reward) -> dict:

@@ -114,12 +114,12 @@ class LoRABackend:
             tmp.rename(dst)  # atomic: a half-written adapter is never served
         return name, dst
 
-    def answer(self, choice: Any, prompt: str, max_new_tokens: int) -> str:
+    def answer(self, choice: Any, prompt: str, max_new_tokens: int, repetition_penalty: float = 1.0) -> str:
         name, path = self.adapter(choice)
         gen = self.generator
         if name not in gen.paths:
             gen.register(name, path)
-        return gen.generate([prompt], name, max_new_tokens=max_new_tokens)[0]
+        return gen.generate([prompt], name, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)[0]
 
     def close(self) -> None:
         if self.server is not None:

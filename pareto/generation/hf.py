@@ -86,7 +86,8 @@ class HFGenerator:
 
     @torch.no_grad()
     def complete(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None) -> list[Completion]:
+                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> list[Completion]:
         """Answers with their token ids; one `generate` call for the whole batch, whatever the adapters."""
         names = per_prompt_adapters(adapter, len(prompts))
         if not prompts:
@@ -99,6 +100,7 @@ class HFGenerator:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         gen = {"max_new_tokens": max_new_tokens, "do_sample": not greedy,
                "temperature": None if greedy else temperature, "top_p": None, "top_k": None,
+               "repetition_penalty": None if repetition_penalty == 1.0 else repetition_penalty,
                "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.eos_ids}
         if self.peft is None:  # nothing loaded yet: the plain base model
             out = self.model.generate(**enc, **gen)
@@ -118,8 +120,10 @@ class HFGenerator:
         return results
 
     def generate(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None) -> list[str]:
-        return [c.text for c in self.complete(prompts, adapter, max_new_tokens, greedy, temperature, seed)]
+                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> list[str]:
+        return [c.text for c in self.complete(prompts, adapter, max_new_tokens, greedy, temperature, seed,
+                                              repetition_penalty)]
 
 
 def read_export(export_dir: str | Path) -> tuple[Path, dict[str, Path]]:

@@ -28,10 +28,11 @@ class Completion:
 class Generator(Protocol):
     """What every backend offers. `adapter`: one name for all prompts, None for the base model, or one entry per
     prompt (a mixed batch). Greedy decoding is deterministic and equal across backends; `temperature` only
-    matters with `greedy=False`."""
+    matters with `greedy=False`; `repetition_penalty` (1 = none) is the CTRL penalty both HF and vLLM apply."""
 
     def generate(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0) -> list[str]: ...
+                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> list[str]: ...
 
 
 def per_prompt_adapters(adapter: AdapterArg, n: int) -> list[str | None]:

@@ -83,7 +83,7 @@ class VLLMOfflineGenerator:
 
     def complete_ids(self, prompt_token_ids: Sequence[Sequence[int]], adapter: AdapterArg = None,
                      max_new_tokens: int = 48, greedy: bool = True, temperature: float = 1.0,
-                     seed: int | None = None) -> list[Completion]:
+                     seed: int | None = None, repetition_penalty: float = 1.0) -> list[Completion]:
         """One `LLM.generate` call for the whole batch, with one LoRARequest (or None) per prompt."""
         from vllm import SamplingParams
 
@@ -91,7 +91,7 @@ class VLLMOfflineGenerator:
         if not names:
             return []
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature, seed=seed,
-                                skip_special_tokens=True)
+                                repetition_penalty=repetition_penalty, skip_special_tokens=True)
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
         outputs = self.llm.generate(prompts, params, lora_request=[self._lora(n) for n in names], use_tqdm=False)
         results = []
@@ -101,13 +101,16 @@ class VLLMOfflineGenerator:
         return results
 
     def complete(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None) -> list[Completion]:
+                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> list[Completion]:
         return self.complete_ids([self.encode(p) for p in prompts], adapter, max_new_tokens, greedy, temperature,
-                                 seed)
+                                 seed, repetition_penalty)
 
     def generate(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None) -> list[str]:
-        return [c.text for c in self.complete(prompts, adapter, max_new_tokens, greedy, temperature, seed)]
+                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> list[str]:
+        return [c.text for c in self.complete(prompts, adapter, max_new_tokens, greedy, temperature, seed,
+                                              repetition_penalty)]
 
 
 # ---- script mode: run inside the vLLM environment ----------------------------------------------------------
@@ -117,7 +120,8 @@ def _serve_request(request: dict[str, Any]) -> dict[str, Any]:
     init_seconds = time.perf_counter() - start
     results, seconds, tokens = [], [], []
     for batch in request["batches"]:
-        kwargs = {k: batch[k] for k in ("max_new_tokens", "greedy", "temperature", "seed") if k in batch}
+        kwargs = {k: batch[k] for k in ("max_new_tokens", "greedy", "temperature", "seed", "repetition_penalty")
+                  if k in batch}
         ids = batch.get("prompt_token_ids") or [gen.encode(p) for p in batch["prompts"]]
         t0 = time.perf_counter()
         done = gen.complete_ids(ids, batch.get("adapters"), **kwargs)

@@ -180,9 +180,10 @@ class VLLMServerGenerator:
         return self.tokenizer(prompt_text(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
     def _complete_group(self, model: str, prompts: list[list[int] | str], max_new_tokens: int, greedy: bool,
-                        temperature: float, seed: int | None) -> list[dict]:
+                        temperature: float, seed: int | None, repetition_penalty: float = 1.0) -> list[dict]:
         payload: dict[str, Any] = {"model": model, "prompt": prompts, "max_tokens": max_new_tokens,
                                    "temperature": 0.0 if greedy else temperature, "return_token_ids": True,
+                                   "repetition_penalty": repetition_penalty,
                                    "skip_special_tokens": True, "add_special_tokens": False}
         if seed is not None:
             payload["seed"] = seed
@@ -193,7 +194,8 @@ class VLLMServerGenerator:
         return choices
 
     def complete(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None) -> list[Completion]:
+                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> list[Completion]:
         names = per_prompt_adapters(adapter, len(prompts))
         if not prompts:
             return []
@@ -204,7 +206,8 @@ class VLLMServerGenerator:
         encoded = [self._prompt(p) for p in prompts]
         with ThreadPoolExecutor(max_workers=len(groups)) as pool:  # concurrent: one engine batch
             futures = {name: pool.submit(self._complete_group, name or self.served_model,
-                                         [encoded[i] for i in idx], max_new_tokens, greedy, temperature, seed)
+                                         [encoded[i] for i in idx], max_new_tokens, greedy, temperature, seed,
+                                         repetition_penalty)
                        for name, idx in groups.items()}
             answers = {name: f.result() for name, f in futures.items()}
         out: list[Completion | None] = [None] * len(prompts)
@@ -217,8 +220,10 @@ class VLLMServerGenerator:
         return out  # type: ignore[return-value]
 
     def generate(self, prompts: Sequence[str], adapter: AdapterArg = None, max_new_tokens: int = 48,
-                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None) -> list[str]:
-        return [c.text for c in self.complete(prompts, adapter, max_new_tokens, greedy, temperature, seed)]
+                 greedy: bool = True, temperature: float = 1.0, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> list[str]:
+        return [c.text for c in self.complete(prompts, adapter, max_new_tokens, greedy, temperature, seed,
+                                              repetition_penalty)]
 
 
 # ---- starting a server -------------------------------------------------------------------------------------

@@ -254,7 +254,8 @@ class _DPORun:
         """(first step to train, stopped): resumed from the newest checkpoint, or validated from the start."""
         resumed = self.checkpoints.latest(self.device) if self.checkpoints is not None else None
         if resumed is None:
-            self.check(0)  # the untouched (SFT) model is the fallback: training never returns worse on validation
+            if getattr(self.cfg, "keep", "best") == "best":  # with keep: last nothing falls back to step 0
+                self.check(0)  # the untouched (SFT) model is the fallback: training never returns worse on validation
             return 1, False
         return resumed.step + 1, self.restore(resumed)
 

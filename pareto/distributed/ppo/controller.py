@@ -196,6 +196,7 @@ class PPORun:
         def generate(prompts: list[str], weights: np.ndarray) -> list[str]:
             return group.generate(prompts, weights if self.conditioned else None, max_new_tokens=ev.max_new_tokens,
                                   temperature=ev.temperature, do_sample=ev.do_sample,
+                                  repetition_penalty=ev.repetition_penalty,
                                   seed=_seed(self.cfg.seed, 0xE7A1, next(calls)))["texts"]
 
         def score(name: str, prompts: list[str], responses: list[str]) -> torch.Tensor:

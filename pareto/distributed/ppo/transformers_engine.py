@@ -54,9 +54,11 @@ class TransformersRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], weights: np.ndarray | None, max_new_tokens: int,
-                 temperature: float = 1.0, do_sample: bool = True, seed: int | None = None) -> dict:
+                 temperature: float = 1.0, do_sample: bool = True, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> dict:
         """One batch; `weights` [B, K] is λ per row (conditioned policies) or None. Sampling is pure
-        temperature sampling (no top-k/top-p), so rollout log-probs are the policy's own."""
+        temperature sampling (no top-k/top-p), so rollout log-probs are the policy's own; `repetition_penalty`
+        (evaluation only) changes what is decoded, not the log-probs returned."""
         start = time.perf_counter()
         if weights is not None:
             self.method.apply_preferences(self.model, np.array(weights, dtype=np.float64))  # Ray's are read-only
@@ -67,6 +69,7 @@ class TransformersRolloutEngine:
         out = self.model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
             temperature=temperature if do_sample else None, top_p=None, top_k=None,
+            repetition_penalty=None if repetition_penalty == 1.0 else repetition_penalty,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             return_dict_in_generate=True, output_logits=True,
         )

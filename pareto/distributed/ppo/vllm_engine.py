@@ -138,7 +138,8 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
 
     # ---- generation ----------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], weights: np.ndarray | None, max_new_tokens: int,
-                 temperature: float = 1.0, do_sample: bool = True, seed: int | None = None) -> dict:
+                 temperature: float = 1.0, do_sample: bool = True, seed: int | None = None,
+                 repetition_penalty: float = 1.0) -> dict:
         start = time.perf_counter()
         if weights is not None and not self.conditioned:
             raise ValueError("a per-λ (MORLHF) policy is not conditioned on λ: pass weights=None")
@@ -152,7 +153,7 @@ class VLLMRolloutEngine(TransformersRolloutEngine):
         names = {lam: self._adapter(lam) for lam in groups}
         payload = {"max_tokens": max_new_tokens, "temperature": temperature if do_sample else 0.0, "top_p": 1.0,
                    "top_k": 0, "logprobs": 0, "return_token_ids": True, "skip_special_tokens": True,
-                   "add_special_tokens": False}
+                   "add_special_tokens": False, "repetition_penalty": repetition_penalty}
         # A request's seed drives every prompt in it alike, so a seeded sampled batch is one request per row
         # (seed + row): otherwise the samples of one prompt would all be the same. Else one request per λ.
         if do_sample and seed is not None:
