@@ -520,15 +520,17 @@ def _ric_method(cfg: ExperimentConfig, mcfg: Any, policy: ModelInfo, rewards: li
 def _ppo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, rewards: list[ModelInfo],
                 seq_len: int, ckpt: bool) -> MethodPlan:
     ppo, arch, k = cfg.ppo, policy.arch, cfg.k
-    n_models = _grid_size(cfg, mcfg) if name == "morlhf" else 1
-    rank = mcfg.lora_rank + (k if name == "panacea_ppo" else 0)
+    n_models = _grid_size(cfg, mcfg) if METHODS[name].per_lambda else 1
+    rank = mcfg.lora_rank + (k if METHODS[name].policy else 0)  # the conditioned (SVD-LoRA) policy adds K
+    critic = mcfg.critic != "none"  # GRPO: no critic on the trainer ranks
     per_rank = mcfg.rows_per_step / (ppo.trainer.count * mcfg.minibatches)  # sequences per micro-batch
     weights = arch.params * BYTES[policy.dtype] if arch else None
     trainer_mem = _memory(
         **{"policy weights": weights,
            "policy adapter+optimizer": lora_params(arch, mcfg.target_modules, rank) * TRAINABLE_BYTES if arch else None,
-           "critic (full backbone)+optimizer": arch.params * TRAINABLE_BYTES if arch else None,
-           "activations (policy+critic)": 2 * activation_bytes(arch, per_rank, seq_len, ckpt) if arch else None,
+           "critic (full backbone)+optimizer": arch.params * TRAINABLE_BYTES * critic if arch else None,
+           "activations (policy+critic)": (1 + critic) * activation_bytes(arch, per_rank, seq_len, ckpt)
+           if arch else None,
            "logits": logits_bytes(arch, per_rank, seq_len) if arch else None})
     rows = mcfg.rows_per_step / ppo.rollout.count
     rollout_mem = _memory(weights=weights, **{"KV cache": kv_cache_bytes(arch, rows, seq_len, policy.dtype)
@@ -552,7 +554,8 @@ def _ppo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
     ]
     updates = mcfg.max_steps * mcfg.ppo_epochs * mcfg.minibatches
     tokens = mcfg.max_steps * mcfg.rows_per_step * mcfg.max_new_tokens
-    steps = (f"{mcfg.max_steps:,} PPO iterations per model × {mcfg.rows_per_step} rollouts "
+    algo = "PPO" if critic else "GRPO"
+    steps = (f"{mcfg.max_steps:,} {algo} iterations per model × {mcfg.rows_per_step} rollouts "
              f"({mcfg.prompts_per_step} prompts × {mcfg.samples_per_prompt}) = {updates:,} optimizer steps, "
              f"≤ {tokens:,} generated tokens")
     return MethodPlan(name, METHODS[name].title, n_models, steps, actors)

@@ -14,7 +14,14 @@ from pydantic import Field, model_validator
 from pareto.config.base import Z_REFERENCE, FieldError, Strict, simplex_problem
 from pareto.config.data import ModelConfig, RewardModelConfig, TaskConfig
 from pareto.config.masking import flatten, mask_secrets
-from pareto.config.methods import DPO_METHODS, LABELLED_METHODS, PPO_METHODS, MethodsConfig, PanaceaConfig
+from pareto.config.methods import (
+    DPO_METHODS,
+    LABELLED_METHODS,
+    PPO_METHODS,
+    MethodsConfig,
+    PanaceaConfig,
+    PanaceaPPOConfig,
+)
 from pareto.config.runtime import (
     EvaluationConfig,
     PPOConfig,
@@ -173,8 +180,8 @@ class ExperimentConfig(Strict):
                 raise FieldError(f"methods.{name}.prompts_per_step",
                                   f"prompts_per_step × samples_per_prompt = {mcfg.rows_per_step} rows must split "
                                   f"evenly into ppo.trainer.count × minibatches = {shards}; change one of them")
-            if name == "panacea_ppo" and mcfg.prompts_per_step % mcfg.preferences_per_step:
-                raise FieldError("methods.panacea_ppo.preferences_per_step",
+            if isinstance(mcfg, PanaceaPPOConfig) and mcfg.prompts_per_step % mcfg.preferences_per_step:
+                raise FieldError(f"methods.{name}.preferences_per_step",
                                   f"must divide prompts_per_step ({mcfg.prompts_per_step}) so each λ gets a group")
             for i, w in enumerate(getattr(mcfg, "weights", None) or []):
                 problem = simplex_problem(w, len(self.objectives))

@@ -156,8 +156,9 @@ class PPOMethodConfig(MethodConfig):
     kl_horizon: int = Field(10000, ge=1)
     scalarizer: Literal["linear", "tchebycheff", "log_sigmoid"] = "linear"
     ideal: float = Field(3.0, description="Tchebycheff ideal point, in whitened reward units")
-    critic: Literal["per_objective", "scalar"] = Field(
-        "per_objective", description="one value head per objective (+ KL), or one on the scalarized reward")
+    critic: Literal["per_objective", "scalar", "none"] = Field(
+        "per_objective", description="one value head per objective (+ KL), or one on the scalarized reward; none = "
+                                     "GRPO's group baseline (the GRPO methods)")
     whiten_advantages: bool = True
     max_grad_norm: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(40, ge=1, description="response length cap during rollouts")
@@ -185,6 +186,27 @@ class MORLHFConfig(PPOMethodConfig):
 class PanaceaPPOConfig(PPOMethodConfig):
     vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
     preferences_per_step: int = Field(1, ge=1, description="λ per rollout batch (each on a group of prompts)")
+
+
+class GRPOMethodConfig(PPOMethodConfig):
+    """GRPO on the same actors: no critic; each prompt's `samples_per_prompt` answers are its group, and a sample's
+    advantage is its λ-scalarized reward standardised within the group; KL to the reference is a loss term."""
+
+    samples_per_prompt: int = Field(4, ge=2, description="the group: answers sampled per prompt (G)")
+    critic: Literal["none"] = Field("none", description="GRPO has no critic: the group mean is the baseline")
+    normalize: Literal["per_objective", "sum"] = Field(
+        "per_objective", description="per_objective (GDPO-style): standardise each objective within the group, then "
+                                     "scalarise by λ; sum: scalarise the raw rewards, then standardise")
+    whiten_advantages: bool = Field(False, description="group advantages are already standardised")
+    kl_coef: float = Field(0.05, ge=0, description="β of the KL(π_θ ‖ π_ref) loss term (k3 estimator, per token)")
+
+
+class MORLGRPOConfig(GRPOMethodConfig, MORLHFConfig):
+    """GRPO at one fixed λ per policy (the grid: one policy per λ)."""
+
+
+class PanaceaGRPOConfig(GRPOMethodConfig, PanaceaPPOConfig):
+    """One SVD-LoRA policy for every λ: λ sampled per prompt group and written into the rollout engine."""
 
 
 # ---- the method table: every method described once; every other list of methods is derived from it -------------
@@ -226,6 +248,11 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("panacea_ppo", PanaceaPPOConfig, "ppo", False, False, "pareto.methods.panacea_ppo",
                "pareto.models.conditioned:PanaceaPolicy", "fold",
                title="one SVD-LoRA PPO policy for every λ"),
+    MethodSpec("morl_grpo", MORLGRPOConfig, "ppo", False, True, "pareto.methods.morl_grpo", None, "adapter",
+               title="one GRPO policy per λ (vector reward, per-objective group normalisation)"),
+    MethodSpec("panacea_grpo", PanaceaGRPOConfig, "ppo", False, False, "pareto.methods.panacea_grpo",
+               "pareto.models.conditioned:PanaceaPolicy", "fold",
+               title="one SVD-LoRA GRPO policy for every λ (λ sampled per prompt group)"),
     MethodSpec("fixed_dpo", FixedDPOConfig, "dpo", True, False, "pareto.methods.fixed_dpo",
                "pareto.methods.fixed_dpo:FixedPolicy", "adapter",
                title="one LoRA-DPO model at one fixed λ (a baseline that ignores λ)"),

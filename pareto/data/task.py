@@ -15,7 +15,7 @@ Length rule for real data (`fit_to_context`), applied once the base model's toke
 - a pair whose prompt + response is longer than `max_prompt_tokens + max_response_tokens` keeps the start of the
   response, cut at that budget without its end-of-turn token (`responses_truncated`), as TRL's DPO does; or, with
   `model.long_responses: drop`, the training pair is dropped (`train_pairs_dropped_long`), so no trained reply
-  loses its end (a cut chosen reply next to a rejected one that ends teaches the policy not to stop).
+  loses its end.
 The embedded task is checked strictly instead: a tiny-hh row that does not fit is a bug (`check_context`).
 """
 

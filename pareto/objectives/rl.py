@@ -102,13 +102,14 @@ def combine_objectives(rewards: torch.Tensor, weights: torch.Tensor, scalarizer:
 
 
 def group_advantages(rewards: torch.Tensor, weights: torch.Tensor, scalarizer: str = "linear",
-                     normalize: str = "per_objective", eps: float = 1e-6) -> torch.Tensor:
+                     normalize: str = "per_objective", eps: float = 1e-6, ideal: float = 0.0) -> torch.Tensor:
     """GRPO advantages [B, G] from vector rewards [B, G, K] (G samples per prompt) and one λ per group [B, K].
 
     `per_objective` (GDPO-style): standardise each objective within its group (mean 0, unit std over the G samples),
     then scalarise by λ, so an objective on a larger scale cannot drown the others. `sum`: scalarise the raw vectors
     first, then standardise the scalar within the group (plain GRPO on the λ-weighted reward). A group whose G
     rewards are all equal gets zero advantage either way: it says nothing about which sample was better.
+    `ideal`: the Tchebycheff ideal point (in the units being scalarised), as in `combine_objectives`.
     """
     if rewards.dim() != 3 or weights.shape != (rewards.shape[0], rewards.shape[2]):
         raise ValueError(f"rewards must be [B, G, K] and weights [B, K]; got {tuple(rewards.shape)} and "
@@ -123,8 +124,10 @@ def group_advantages(rewards: torch.Tensor, weights: torch.Tensor, scalarizer: s
 
     lam = weights.unsqueeze(1).expand(-1, rewards.shape[1], -1)
     if normalize == "per_objective":
-        return combine_objectives(standardise(rewards), lam, scalarizer)
-    return standardise(combine_objectives(rewards, lam, scalarizer))
+        scalar = combine_objectives(standardise(rewards), lam, scalarizer, ideal)
+        # a non-linear scalarization of zero-mean objectives is not zero-mean: keep the group mean the baseline
+        return scalar if scalarizer == "linear" else scalar - scalar.mean(1, keepdim=True)
+    return standardise(combine_objectives(rewards, lam, scalarizer, ideal))
 
 
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -143,6 +146,15 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
                  "approx_kl": masked_mean(0.5 * (logp - old_logp) ** 2, mask)}
     return loss, stats
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor,
+               denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """GRPO's KL loss term: mean over tokens of β_row · k3, k3 = exp(ref − logp) − (ref − logp) − 1 ≥ 0, an unbiased
+    estimator of KL(π_θ ‖ π_ref) on tokens sampled from π_θ (Schulman's k3; DeepSeekMath). `coef`: β per row [B]."""
+    diff = ref_logp - logp
+    k3 = torch.exp(diff) - diff - 1.0
+    return masked_mean(coef.to(k3.dtype)[:, None] * k3, mask, denom)
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

@@ -45,6 +45,7 @@ from pareto.distributed.ppo.group import ActorGroup, check_cluster, get_all
 from pareto.distributed.ppo.numerics import (  # noqa: F401  (re-exported: tests and benchmarks import them from here)
     ROLLOUT_SAMPLES,
     compare_to_base,
+    grpo_advantages,
     ppo_advantages,
     rollout_logprob_diff,
     rollout_samples,
@@ -323,12 +324,19 @@ class PPORun:
         seq_kl = kl_tok.sum(1)
         lam = batch["weights"]
         beta = kl_ctl.coef
-        score, advantages, returns = ppo_advantages(mcfg, whiten_rewards(raw, stats), lam, kl_tok, values, mask, beta)
+        whitened = whiten_rewards(raw, stats)  # running stats updated for PPO and GRPO alike (resumed exactly)
+        if mcfg.critic == "none":  # GRPO: the group is the baseline; the KL is a loss term on the trainers
+            score, advantages = grpo_advantages(mcfg, raw, whitened, lam, mask)
+            extra = {"ref_logp": ref_logp, "kl_coef": torch.full((mask.shape[0],), float(beta))}
+            returns = torch.zeros_like(values)
+        else:
+            score, advantages, returns = ppo_advantages(mcfg, whitened, lam, kl_tok, values, mask, beta)
+            extra = {}
 
         # the update, then the versioned weight sync
         t2 = time.perf_counter()
         train = group.train({**batch, "old_logp": old_logp, "old_values": values, "advantages": advantages,
-                             "returns": returns}, step)
+                             "returns": returns, **extra}, step)
         t_train = time.perf_counter() - t2
         t3 = time.perf_counter()
         group.sync(version + 1)

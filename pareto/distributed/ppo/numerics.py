@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pareto.objectives.rl import combine_objectives, gae, masked_whiten, token_rewards
+from pareto.objectives.rl import combine_objectives, gae, group_advantages, masked_whiten, token_rewards
 
 ROLLOUT_SAMPLES = 4  # rollout rows kept per unit, with the tokens the model saw
 
@@ -31,6 +31,24 @@ def ppo_advantages(mcfg, whitened: torch.Tensor, lam: torch.Tensor, kl_tok: torc
     if mcfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
     return score, advantages, returns
+
+
+def grpo_advantages(mcfg, raw: torch.Tensor, whitened: torch.Tensor, lam: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO: rows come in groups of `samples_per_prompt` answers to one prompt, under one λ. Each row's advantage is
+    its group-standardised, λ-scalarized reward (`group_advantages`), on every response token.
+    -> (the scalarized whitened score [B], for logging like PPO's; the advantages [B, T-1])."""
+    g = mcfg.samples_per_prompt
+    b, k = raw.shape
+    if b % g:
+        raise ValueError(f"{b} rollout rows do not form groups of samples_per_prompt={g}")
+    group_lam = lam.view(b // g, g, k)[:, 0]
+    adv = group_advantages(raw.view(b // g, g, k).double(), group_lam.double(), mcfg.scalarizer, mcfg.normalize,
+                           ideal=mcfg.ideal if mcfg.normalize == "per_objective" else 0.0)
+    advantages = adv.reshape(b, 1).to(raw.dtype) * mask
+    if mcfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return combine_objectives(whitened, lam, mcfg.scalarizer, mcfg.ideal), advantages
 
 
 def rollout_logprob_diff(gen: dict, old_logp: torch.Tensor, mask: torch.Tensor) -> float:
