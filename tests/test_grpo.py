@@ -49,7 +49,8 @@ def test_kl_penalty_is_k3_times_beta_per_row() -> None:
 
 
 @pytest.mark.parametrize("method", ["panacea_grpo", "morl_grpo"])
-def test_grpo_trains_without_a_critic_and_resumes_exactly(local_ray, base, tmp_path: Path, method: str) -> None:
+def test_grpo_trains_without_a_critic_and_resumes_exactly(local_ray, base, tmp_path: Path,  # noqa: F811
+                                                          method: str) -> None:
     over = {"preferences_per_step": 2} if method == "panacea_grpo" else {"weights": [[0.5, 0.5]]}
     cfg = small_cfg(tmp_path, method, max_steps=4, samples_per_prompt=4, kl_target=None, **over)
     out = run(cfg, base, tmp_path / "A", method=method)[method if method == "panacea_grpo" else f"{method}/0"]

@@ -79,14 +79,14 @@ from pareto.config.runtime import (
 )
 
 __all__ = [
-    "ActorShare", "ClusterConfig", "ConfigError", "DATASET_FORMATS", "DATASET_SPLITS", "DEFAULT_TARGETS",
-    "DPOConfig", "DPO_METHODS", "DatasetConfig", "EvaluationConfig", "ExperimentConfig", "FieldError",
-    "FixedDPOConfig", "GRPOMethodConfig", "HELPSTEER2_ATTRIBUTES", "HFRewardModelConfig", "KNOWN_TASKS", "LABELLED_METHODS",
-    "MAHDPOConfig", "MASK", "METHODS", "MODPOConfig", "MORLGRPOConfig", "MORLHFConfig", "MethodConfig", "MethodSpec", "MethodsConfig",
-    "ModelConfig", "PPOConfig", "PPOMethodConfig", "PPOVLLMConfig", "PPO_METHODS", "PanaceaConfig",
-    "PanaceaGRPOConfig", "PanaceaPPOConfig", "PerWeightConfig", "REWARD_SOURCES", "ResourcesConfig", "RewardModelConfig", "RiCConfig",
-    "SFT_METHODS", "SWEEP_SAMPLERS", "SearchRange", "ServingConfig", "SoupsConfig", "Strict", "SweepConfig",
-    "TaskConfig", "TinyModelConfig", "TrackingConfig", "ULTRAFEEDBACK_ASPECTS", "VLLM_LORA_RANKS", "Z_REFERENCE",
-    "config_from_dict", "dump_config", "flatten", "load_config", "mask_secrets", "mask_url", "method_of",
-    "parse_overrides", "simplex_problem", "spec_for",
+    "ActorShare", "ClusterConfig", "ConfigError", "DATASET_FORMATS", "DATASET_SPLITS", "DEFAULT_TARGETS", "DPOConfig",
+    "DPO_METHODS", "DatasetConfig", "EvaluationConfig", "ExperimentConfig", "FieldError", "FixedDPOConfig",
+    "GRPOMethodConfig", "HELPSTEER2_ATTRIBUTES", "HFRewardModelConfig", "KNOWN_TASKS", "LABELLED_METHODS",
+    "MAHDPOConfig", "MASK", "METHODS", "MODPOConfig", "MORLGRPOConfig", "MORLHFConfig", "MethodConfig", "MethodSpec",
+    "MethodsConfig", "ModelConfig", "PPOConfig", "PPOMethodConfig", "PPOVLLMConfig", "PPO_METHODS", "PanaceaConfig",
+    "PanaceaGRPOConfig", "PanaceaPPOConfig", "PerWeightConfig", "REWARD_SOURCES", "ResourcesConfig",
+    "RewardModelConfig", "RiCConfig", "SFT_METHODS", "SWEEP_SAMPLERS", "SearchRange", "ServingConfig", "SoupsConfig",
+    "Strict", "SweepConfig", "TaskConfig", "TinyModelConfig", "TrackingConfig", "ULTRAFEEDBACK_ASPECTS",
+    "VLLM_LORA_RANKS", "Z_REFERENCE", "config_from_dict", "dump_config", "flatten", "load_config", "mask_secrets",
+    "mask_url", "method_of", "parse_overrides", "simplex_problem", "spec_for",
 ]
