@@ -206,12 +206,12 @@ echo "gpu_check: wrote $OUT_DIR/gpu_check.md and $OUT_DIR/gpu_check.json (pareto
 [[ "$RUN_RC" != 0 ]] && exit "$RUN_RC"
 exit "${REPORT_RC:-0}"   # 1: the run finished but the report found no finished pipeline run in MLflow
 
-# ---- TODO (a later issue, not implemented here): online RL on the GPU ------------------------------------------------
-# A few GRPO/PPO steps with vLLM rollouts belong in this check once they run on a GPU:
+# ---- TODO (issue 17, not implemented here): online RL on the GPU ---------------------------------------------------
+# A few GRPO steps (methods panacea_grpo / morl_grpo) with vLLM rollouts belong in this check:
 #   * build the vLLM env (bash scripts/vllm_env.sh: `vllm` on a GPU machine; it needs the network or carried wheels),
-#   * run configs/ppo_quickstart.yaml-style PPO on hh_smol's task and model with `ppo.engine: vllm`,
+#   * run configs/ppo_quickstart.yaml-style GRPO on hh_smol's task and model with `ppo.engine: vllm`,
 #     `ppo.trainer.gpus` / `ppo.rollout.gpus` shares of the one GPU and `--gpu-memory-utilization` in
 #     `ppo.vllm.extra_args`, for ~10 steps,
 #   * report generation tokens/s (vLLM vs transformers), the per-step phase timings PPO already logs, and
 #     rollout_logprob_diff (engine vs trainer log-probs: ~1e-6 when the weight sync is real).
-# GRPO is not a method of pareto yet. Nothing above runs any of this.
+# Nothing above runs any of this yet.
