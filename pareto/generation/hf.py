@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel
 
 from pareto.generation.interface import AdapterArg, Completion, cut_at_eos, per_prompt_adapters
-from pareto.models.policy import load_policy, prompt_text
+from pareto.models.policy import hf_repetition_penalty, load_policy, prompt_text
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -100,7 +100,7 @@ class HFGenerator:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         gen = {"max_new_tokens": max_new_tokens, "do_sample": not greedy,
                "temperature": None if greedy else temperature, "top_p": None, "top_k": None,
-               "repetition_penalty": None if repetition_penalty == 1.0 else repetition_penalty,
+               "repetition_penalty": hf_repetition_penalty(repetition_penalty),
                "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.eos_ids}
         if self.peft is None:  # nothing loaded yet: the plain base model
             out = self.model.generate(**enc, **gen)

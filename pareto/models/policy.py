@@ -301,7 +301,7 @@ def load_policy(name_or_path: str | Path, dtype: str = "float32", device: torch.
 
 
 # ---- generation -------------------------------------------------------------------------------------------------
-def _penalty(repetition_penalty: float) -> float | None:
+def hf_repetition_penalty(repetition_penalty: float) -> float | None:
     """HF's argument: None (no logits processor at all) for 1.0, so unpenalised decoding is bit-identical."""
     return None if repetition_penalty == 1.0 else float(repetition_penalty)
 
@@ -321,7 +321,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts
     out = model.generate(
         **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
         temperature=temperature if do_sample else None, top_p=None, top_k=None,
-        repetition_penalty=_penalty(repetition_penalty),
+        repetition_penalty=hf_repetition_penalty(repetition_penalty),
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     new_tokens = out[:, enc["input_ids"].shape[1]:].cpu()

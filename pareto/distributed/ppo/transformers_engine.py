@@ -16,7 +16,7 @@ import torch
 from pareto.distributed.bundle import Bundle, ModelRef, pack
 from pareto.distributed.ppo.common import actor_device, setup_worker, unpack_tmp
 from pareto.methods import load_method
-from pareto.models.policy import load_policy, prompt_text
+from pareto.models.policy import hf_repetition_penalty, load_policy, prompt_text
 
 
 class TransformersRolloutEngine:
@@ -69,7 +69,7 @@ class TransformersRolloutEngine:
         out = self.model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
             temperature=temperature if do_sample else None, top_p=None, top_k=None,
-            repetition_penalty=None if repetition_penalty == 1.0 else repetition_penalty,
+            repetition_penalty=hf_repetition_penalty(repetition_penalty),
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             return_dict_in_generate=True, output_logits=True,
         )
