@@ -5,11 +5,13 @@ path replays deterministically; a conditioned method is swept by grid evaluation
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -33,14 +35,15 @@ pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 N_TRIALS = 8
-# Seconds-scale trials: a small LM (2 SFT epochs), a reward model on 1 pair per prompt, 20 DPO steps per trial.
+# Seconds-scale trials: a small LM (2 SFT epochs), a reward model on 1 pair per prompt, 40 DPO steps per trial
+# (long enough that the test can kill the sweep between trials).
 # Scored by the learned reward model, whose z-scores separate the trials' models (the oracle barely does here).
 CONFIG = {
     "name": "sweep-test", "seed": 0, "task": {"pairs_per_prompt": 1}, "objectives": ["helpful", "concise"],
     "model": {"tiny": {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "vocab_size": 512,
                        "sft_epochs": 2}},
     "reward_model": {"epochs": 20, "min_accuracy": 0.6},
-    "methods": {"per_weight_dpo": {"max_steps": 20, "eval_every": 10, "val_prompts": 6, "lr": 2.0e-3},
+    "methods": {"per_weight_dpo": {"max_steps": 40, "eval_every": 20, "val_prompts": 6, "lr": 2.0e-3},
                 "panacea": {"max_steps": 10, "eval_every": 10, "val_prompts": 6, "lr": 3.0e-3}},
     "evaluation": {"grid_points": 3, "n_prompts": 12, "max_new_tokens": 32, "reference_point": [-0.1, -0.1],
                    "scorer": "reward_model"},
@@ -48,6 +51,17 @@ CONFIG = {
               "params": {"beta": {"low": 0.1, "high": 1.0, "log": True},
                          "lr": {"low": 5.0e-4, "high": 5.0e-3, "log": True}}},
 }
+
+
+def _trial_states(db: Path) -> list[str]:
+    """The trials' states straight from the SQLite file (a cheap query, so polling can be fine-grained)."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return [row[0] for row in conn.execute("SELECT state FROM trials")]
+    except sqlite3.Error:  # tables not created yet, or the database is busy: ask again
+        return []
 
 
 def _study(storage: str) -> optuna.Study | None:
@@ -74,13 +88,13 @@ def killed(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict
             while time.time() < deadline:
                 assert proc.poll() is None, "the sweep ended before it was killed:\n" + (tmp / "first.log").read_text(
                     errors="replace")[-3000:]
-                study = _study(storage)
-                states = [t.state for t in study.trials] if study else []
-                if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
+                states = _trial_states(state / "optuna.db")
+                if states.count("COMPLETE") >= 2 and "RUNNING" in states:
                     break
-                time.sleep(1)
+                time.sleep(0.2)  # trials take seconds: a coarse poll can miss the whole window
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started: its process group
+            with contextlib.suppress(ProcessLookupError):  # already ended: the assertion above says why
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started: its process group
             proc.wait()
     before = {t.number: t for t in _study(storage).trials}
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
