@@ -8,16 +8,18 @@ run's MLflow store: reward-model scores on held-out prompts of both subsets, wit
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, SUBPROCESS_ENV, row, skipped
+from benchmarks.common import RESULTS, ROOT, SUBPROCESS_ENV, row, skipped
 from benchmarks.quickstart import run_measured
 
 CONFIG = ROOT / "configs" / "hh_smol.yaml"
+ONLINE = ROOT / "configs" / "hh_smol_online.yaml"
 # The baseline trains one LoRA-DPO model per λ of the same grid, each with Panacea's data, steps, batch, NLL term,
 # batches drawn for its λ (batch_by_lambda) and LoRA placement (rank 8 on the top 10 layers), kept at its last step
 # like Panacea; plain LoRA starts from B = 0 with a random A, so it learns at the usual alpha 16 and lr 1e-3
@@ -53,14 +55,14 @@ def _fronts(home: Path) -> dict[str, Any]:
     return out
 
 
-def _measure(name: str, extra: list[str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _measure(name: str, extra: list[str], config: Path = CONFIG) -> tuple[dict[str, Any], dict[str, Any] | None]:
     keep = os.environ.get("PARETO_BENCH_KEEP")  # keep the run's state under this folder (e.g. for a UI screenshot)
     with tempfile.TemporaryDirectory(prefix=f"pareto-bench-{name}-") as tmp:
         home = Path(keep) / name if keep else Path(tmp)
         if keep:
             home.mkdir(parents=True)  # a fresh state, as on a fresh clone: an existing folder is refused
         env = {**os.environ, **SUBPROCESS_ENV, "PARETO_HOME": str(home)}
-        cmd = [sys.executable, "-m", "pareto.cli", "run", str(CONFIG), *extra]
+        cmd = [sys.executable, "-m", "pareto.cli", "run", str(config), *extra]
         measured = run_measured(cmd, env, home / "run.log")
         measured["log_tail"] = (home / "run.log").read_text()[-4000:]
         return measured, (_fronts(home) if measured["returncode"] == 0 else None)
@@ -80,22 +82,28 @@ def run() -> dict[str, Any]:
     if fronts is None:
         return {"name": "hh_smol", "rows": [skipped("hh_smol end to end", "≤ 1200 s, ≤ 8 GiB",
                                                     f"exit {measured['returncode']}")], "details": measured}
-    pan = fronts["panacea"]
     rows = [row("hh_smol wall time, fresh state (s)", measured["wall_seconds"], 1200.0, "≤ 1200 s",
                 measured["wall_seconds"] <= 1200, "s"),
             row("hh_smol peak RSS, process tree (GiB)", measured["peak_rss_gib"], 8.0, "≤ 8 GiB",
-                measured["peak_rss_gib"] <= 8, "GiB")]
-    for name, check in pan["vertex_check"].items():
-        rows.append(row(f"{name}: own vertex over the other vertex (SE)", check["vs_other_vertex_se"], 2.0, "> 2 SE",
-                        check["vs_other_vertex_se"] > 2, "SE"))
-        rows.append(row(f"{name}: own vertex over the base model (SE)", check["vs_base_se"], 2.0, "> 2 SE",
-                        check["vs_base_se"] is not None and check["vs_base_se"] > 2, "SE"))
-    reps = [p["repetition_rate"] for p in pan["points"]]
-    empty = [p["empty_rate"] for p in pan["points"]]
-    rows.append(row("answers: repetition rate (max over λ) / empty share (max)", max(reps), None,
-                    "fluent English", None, note=f"empty {max(empty):.3f}; base repetition "
-                    f"{pan['base_point']['extra'].get('repetition_rate', 0):.3f}"))
+                measured["peak_rss_gib"] <= 8, "GiB"),
+            *_front_rows(fronts["panacea"])]
     return {"name": "hh_smol", "rows": rows, "details": {**measured, **fronts}}
+
+
+def _front_rows(front: dict[str, Any], label: str = "") -> list[dict[str, Any]]:
+    """The vertex check (each objective's vertex over the other vertex and over the base model) and fluency."""
+    rows = []
+    for name, check in front["vertex_check"].items():
+        rows.append(row(f"{label}{name}: own vertex over the other vertex (SE)", check["vs_other_vertex_se"], 2.0,
+                        "> 2 SE", check["vs_other_vertex_se"] > 2, "SE"))
+        rows.append(row(f"{label}{name}: own vertex over the base model (SE)", check["vs_base_se"], 2.0, "> 2 SE",
+                        check["vs_base_se"] is not None and check["vs_base_se"] > 2, "SE"))
+    reps = [p["repetition_rate"] for p in front["points"]]
+    empty = [p["empty_rate"] for p in front["points"]]
+    rows.append(row(f"{label}answers: repetition rate (max over λ) / empty share (max)", max(reps), None,
+                    "fluent English", None, note=f"empty {max(empty):.3f}; base repetition "
+                    f"{front['base_point']['extra'].get('repetition_rate', 0):.3f}"))
+    return rows
 
 
 def run_front_per_compute() -> dict[str, Any]:
@@ -114,3 +122,47 @@ def run_front_per_compute() -> dict[str, Any]:
                 "≤ 0.3×", cpu is not None and cpu <= 0.3, "CPU-s", ratio=cpu,
                 note=f"{pw['models_trained']} per-weight models; wall {measured['wall_seconds']:.0f} s")]
     return {"name": "hh_smol_front_per_compute", "rows": rows, "details": {**measured, **fronts}}
+
+
+# MORL-GRPO on the online config's data and rewards: one GRPO policy per λ of a 3-point grid (the per-weight online
+# baseline; five policies would not fit the 30-minute budget), each with Panacea-GRPO's settings.
+MORL_GRPO = ["--set", "methods={morl_grpo: {max_steps: 16, prompts_per_step: 4, samples_per_prompt: 4, ppo_epochs: 1, "
+             "minibatches: 2, lr: 1.0e-3, kl_coef: 0.05, max_new_tokens: 64, temperature: 0.8, lora_rank: 8, "
+             "lora_alpha: 16, lora_layers: 10, weights: [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]}}"]
+
+
+def _online(name: str, method: str, extra: list[str]) -> dict[str, Any]:
+    """One online method on hh_smol (configs/hh_smol_online.yaml): ≤ 30 minutes, the vertex check, its front's
+    hypervolume and training seconds next to the offline methods' (the hh_smol_front_per_compute row's run)."""
+    target = "≤ 1800 s"
+    measured, fronts = _measure(name, extra, ONLINE)
+    if fronts is None:
+        return {"name": name, "rows": [skipped(f"{method} on hh_smol", target, f"exit {measured['returncode']}")],
+                "details": measured}
+    front = fronts[method]
+    rows = [row(f"{method} on hh_smol: wall time, fresh state (s)", measured["wall_seconds"], 1800.0, target,
+                measured["wall_seconds"] <= 1800, "s"),
+            row(f"{method}: peak RSS, process tree (GiB)", measured["peak_rss_gib"], 8.0, "≤ 8 GiB",
+                measured["peak_rss_gib"] <= 8, "GiB"),
+            *_front_rows(front, f"{method}: ")]
+    offline = RESULTS / "hh_smol_front_per_compute.json"
+    if offline.exists():
+        details = json.loads(offline.read_text())["details"]
+        for other in ("panacea", "per_weight_dpo"):
+            base = details[other]
+            rows.append(row(f"{method} front ÷ {other} (DPO) front: hypervolume", front["hypervolume"],
+                            base["hypervolume"], "informational", None, "HV",
+                            note=f"training {front['train_seconds']:.0f} s (GRPO steps, wall) vs "
+                                 f"{base['train_seconds']:.0f} CPU-s; {front['models_trained']} vs "
+                                 f"{base['models_trained']} models; same data, base model, reward model, grid"))
+    return {"name": name, "rows": rows, "details": {**measured, **fronts}}
+
+
+def run_online() -> dict[str, Any]:
+    """Benchmark: Panacea-GRPO on hh_smol as shipped in configs/hh_smol_online.yaml."""
+    return _online("hh_smol_online", "panacea_grpo", [])
+
+
+def run_online_morl() -> dict[str, Any]:
+    """Benchmark: MORL-GRPO (one policy per λ) on the same data, reward model and evaluation."""
+    return _online("hh_smol_online_morl", "morl_grpo", MORL_GRPO)

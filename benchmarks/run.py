@@ -31,10 +31,13 @@ BENCHMARKS = {
     # the real model and data (~20 and ~60 minutes on 2 cores), and the GPU check (a GPU machine only)
     "hh_smol": "benchmarks.hh_smol:run",
     "hh_smol_front_per_compute": "benchmarks.hh_smol:run_front_per_compute",
+    "hh_smol_online": "benchmarks.hh_smol:run_online",
+    "hh_smol_online_morl": "benchmarks.hh_smol:run_online_morl",
     "gpu_check": "benchmarks.gpu_check:run",
 }
 ORDER = ["front_per_compute", "dpo_throughput", "switch_latency", "vector_reward", "ray_overhead", "quickstart",
-         "generation", "hh_smol", "hh_smol_front_per_compute", "gpu_check"]  # the table follows the issues' numbering
+         "generation", "hh_smol", "hh_smol_front_per_compute", "gpu_check", "hh_smol_online",
+         "hh_smol_online_morl"]  # the table follows the issues' numbering
 NOTES = """\
 Every speed figure is a ratio against a baseline measured in the same process (or the same invocation), as a
 median over repeats: the machine these numbers come from was shared and heavily loaded (other engineers' tests

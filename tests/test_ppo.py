@@ -284,23 +284,26 @@ JOB_CONFIG = {
     "ppo": {"reward_sources": {"concise": "length"}, "checkpoint_every": 2},  # a learned head and a rule together
 }
 
+# python -c KILLER <ray address> <state dir> <method> <actor suffix> <last step>: kills the method's actor whose
+# name ends with the suffix right after its first checkpoint (step >= 2) and before the last step
 KILLER = """
 import glob, sys, time, ray
 
-ray.init(address=sys.argv[1], log_to_driver=False)
-pattern = sys.argv[2] + "/checkpoints/panacea_ppo-*/unit-0/latest"
+address, state, method, suffix, last = sys.argv[1:6]
+ray.init(address=address, log_to_driver=False)
+pattern = state + "/checkpoints/" + method + "-*/unit-0/latest"
 deadline = time.time() + 900
 victim = None
 while time.time() < deadline:
-    # find the rank first (a GCS query, slow on a busy machine), so the kill lands right after the checkpoint
+    # find the actor first (a GCS query, slow on a busy machine), so the kill lands right after the checkpoint
     if victim is None:
         for a in ray.util.list_named_actors(all_namespaces=True):
-            if a["namespace"] == "pareto" and "panacea_ppo" in a["name"] and a["name"].endswith("-trainer-1"):
+            if a["namespace"] == "pareto" and method in a["name"] and a["name"].endswith(suffix):
                 victim = (a["name"], ray.get_actor(a["name"], namespace="pareto"))
         time.sleep(0.2)
         continue
     found = glob.glob(pattern)
-    if found and 2 <= int(open(found[0]).read().strip().removeprefix("step-")) < 16:  # mid-run, after a checkpoint
+    if found and 2 <= int(open(found[0]).read().strip().removeprefix("step-")) < int(last):  # mid-run
         ray.kill(victim[1])
         print("killed", victim[0], flush=True)
         break
@@ -313,7 +316,8 @@ def test_ray_job_submit_with_a_killed_actor(ray_head: dict, mlflow_server: str, 
     config = tmp_path / "ppo_job.yaml"
     config.write_text(json.dumps(JOB_CONFIG))  # JSON is YAML
     state = tmp_path / "state"
-    killer = subprocess.Popen([sys.executable, "-c", KILLER, ray_head["address"], str(state)],
+    killer = subprocess.Popen([sys.executable, "-c", KILLER, ray_head["address"], str(state), "panacea_ppo",
+                               "-trainer-1", "16"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cmd = [_exe("ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT), "--",
            "python", "ray_jobs/train.py", "--config", str(config), "--set", f"tracking.uri={mlflow_server}",

@@ -148,3 +148,63 @@ def test_dataset_fronts_in_compare_and_front_latest(smol_job: dict, tmp_path: Pa
     assert plot.is_file() and plot.with_suffix(".html").is_file()
     html = plot.with_suffix(".html").read_text()
     assert "base" in html
+
+
+# ---- online RL on the real model: configs/hh_smol_online.yaml as a Ray job, a rollout engine killed mid-run ------
+ONLINE_EXPERIMENT = "hh_smol_online-reduced"
+ONLINE_STEPS = 6
+ONLINE_REDUCED = [  # the online config's own data, model, reward wiring and front; fewer steps, prompts and tokens
+    f"methods.panacea_grpo.max_steps={ONLINE_STEPS}", "methods.panacea_grpo.prompts_per_step=2",
+    "methods.panacea_grpo.samples_per_prompt=2", "methods.panacea_grpo.preferences_per_step=2",
+    "methods.panacea_grpo.max_new_tokens=8", "methods.panacea_grpo.lora_layers=1", "ppo.checkpoint_every=2",
+    "evaluation.n_prompts=6", "evaluation.normalizer_prompts=4", "evaluation.max_new_tokens=12",
+    f"evaluation.grid_points={GRID}", f"reward_model.max_pairs={RM_PAIRS}", f"tracking.experiment={ONLINE_EXPERIMENT}",
+]
+
+
+def test_online_hh_smol_job_survives_a_killed_rollout_engine(ray_head: dict, mlflow_server: str, smol_state: Path,
+                                                             tmp_path: Path) -> None:
+    """`ray job submit` of the reduced online config (Panacea-GRPO on SmolLM2, rewarded by the MiniLM heads trained
+    on HH-RLHF): its rollout engine is killed right after a checkpoint, the run recreates its actors, resumes from
+    that checkpoint and finishes; every step's metrics are in MLflow exactly once and the front is the config's."""
+    import sys
+
+    from tests.test_ppo import KILLER
+
+    state = smol_state  # the SmolLM2 dequantized once for the session (and the reward model, if the DPO job ran)
+    killer = subprocess.Popen([sys.executable, "-c", KILLER, ray_head["address"], str(state), "panacea_grpo",
+                               "-rollout-0", str(ONLINE_STEPS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    cmd = [_exe("ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT), "--",
+           "python", "ray_jobs/train.py", "--config", "configs/hh_smol_online.yaml",
+           *[a for o in [*ONLINE_REDUCED, f"tracking.uri={mlflow_server}", f"state_dir={state}"]
+             for a in ("--set", o)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    killer_out = killer.communicate(timeout=120)[0]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "killed ppo-" in killer_out and killer_out.strip().endswith("-rollout-0"), killer_out
+    assert "restart 1/2" in proc.stdout + proc.stderr
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(ONLINE_EXPERIMENT)
+    parent = client.search_runs([exp.experiment_id], "tags.`pareto.kind` = 'pipeline'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["model.base"] == SMOL
+    method_run = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                                                         "and attributes.run_name = 'panacea_grpo'")[0]
+    (unit,) = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{method_run.info.run_id}'")
+    for metric in ("reward/helpful", "reward/harmless", "kl", "kl_loss", "lambda/helpful", "timing/generation",
+                   "timing/training", "generation_tokens_per_second"):
+        history = client.get_metric_history(unit.info.run_id, metric)
+        assert sorted(m.step for m in history) == list(range(1, ONLINE_STEPS + 1)), metric  # each step exactly once
+    assert unit.data.metrics["restarts"] == 1
+    assert unit.data.metrics["resumed_from_step"] in range(2, ONLINE_STEPS, 2)  # a checkpoint, never from scratch
+
+    # the online front as the offline ones: reward-model scores on held-out prompts, the base model's point
+    local = client.download_artifacts(parent.info.run_id, "fronts/panacea_grpo.json", str(tmp_path))
+    front = Front.from_json(Path(local).read_text())
+    assert front.scorer == "reward_model" and front.objectives == ("helpful", "harmless")
+    assert len(front.points) == GRID and front.base_point is not None
+    assert list(front.reference_point) == pytest.approx([v - 1.0 for v in front.base_point.values])
+    assert parent.data.metrics["panacea_grpo/hypervolume"] == pytest.approx(
+        hypervolume(front.values(), front.reference_point), abs=1e-9)

@@ -19,7 +19,17 @@ class MethodConfig(Strict):
         return method_of(self).per_lambda
 
 
-class DPOConfig(MethodConfig):
+class LoRAMethodConfig(MethodConfig):
+    """The LoRA adapter every DPO- and PPO-trained method puts on the base model."""
+
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    lora_layers: int | None = Field(None, ge=1, description="adapt only the top N decoder layers (backward stops "
+                                                            "below them: much cheaper on a real model); null = all")
+
+
+class DPOConfig(LoRAMethodConfig):
     """What every DPO-trained method shares."""
 
     beta: float = Field(0.5, gt=0)
@@ -29,11 +39,6 @@ class DPOConfig(MethodConfig):
     batch_size: int = Field(8, ge=1, description="preference pairs per micro-batch")
     grad_accum: int = Field(1, ge=1)
     nll_weight: float = Field(0.1, ge=0, description="SFT term on the λ-preferred response (keeps text fluent)")
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
-    lora_layers: int | None = Field(None, ge=1, description="adapt only the top N decoder layers (backward stops "
-                                                            "below them: much cheaper on a real model); null = all")
     max_pairs: int | None = Field(None, ge=1, description="train on a seeded subset of this many training pairs "
                                                           "(their reference log-probs are computed once); "
                                                           "null = all")
@@ -136,7 +141,7 @@ class MODPOConfig(DPOConfig):
 REWARD_SOURCES = ("learned", "hf", "length", "oracle")
 
 
-class PPOMethodConfig(MethodConfig):
+class PPOMethodConfig(LoRAMethodConfig):
     """What every PPO-trained method shares. Units are explicit: prompts per step, samples per prompt."""
 
     max_steps: int = Field(40, ge=1, description="PPO iterations (rollout, score, update, weight sync)")
@@ -163,9 +168,6 @@ class PPOMethodConfig(MethodConfig):
     max_grad_norm: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(40, ge=1, description="response length cap during rollouts")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
 
     @model_validator(mode="after")
     def _critic_needs_linear(self) -> PPOMethodConfig:

@@ -18,12 +18,14 @@ from transformers import PreTrainedModel
 
 from pareto.config import MORLHFConfig
 from pareto.models.conditioned import PerWeightPolicy, adapter_name
+from pareto.models.policy import lora_targets
 
 
 def build_policy(base: PreTrainedModel, n_objectives: int, cfg: MORLHFConfig) -> PeftModel:
     """The base model with one trainable LoRA adapter (named like the per-weight DPO adapters, for serving)."""
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
-                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      target_modules=lora_targets(base, cfg.target_modules, cfg.lora_layers), lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
     return get_peft_model(base, lora, adapter_name=adapter_name(0))
 
 

@@ -19,13 +19,14 @@ from transformers import PreTrainedModel
 
 from pareto.config import PanaceaPPOConfig
 from pareto.front.grid import sample_preferences
+from pareto.models.policy import lora_targets
 from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, save_panacea, set_preference
 
 
 def build_policy(base: PreTrainedModel, n_objectives: int, cfg: PanaceaPPOConfig) -> PeftModel:
     """The base model with a Panacea SVD-LoRA adapter (σ = s = 0 at init: exactly the base model)."""
     return add_panacea_adapter(base, panacea_lora_config(n_objectives, cfg.lora_rank, cfg.lora_alpha,
-                                                         cfg.target_modules))
+                                                         lora_targets(base, cfg.target_modules, cfg.lora_layers)))
 
 
 def step_preferences(cfg: PanaceaPPOConfig, n_objectives: int, seed: int, step: int, n_prompts: int,
