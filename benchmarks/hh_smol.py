@@ -125,9 +125,10 @@ def run_front_per_compute() -> dict[str, Any]:
 
 
 # MORL-GRPO on the online config's data and rewards: one GRPO policy per λ of a 3-point grid (the per-weight online
-# baseline; five policies would not fit the 30-minute budget), each with Panacea-GRPO's settings.
-MORL_GRPO = ["--set", "methods={morl_grpo: {max_steps: 16, prompts_per_step: 4, samples_per_prompt: 4, ppo_epochs: 1, "
-             "minibatches: 2, lr: 1.0e-3, kl_coef: 0.05, max_new_tokens: 64, temperature: 0.8, lora_rank: 8, "
+# baseline; five policies would not fit the 30-minute budget): 12 steps each, Panacea-GRPO's batch and rollouts, plain
+# LoRA at the usual alpha 16 (B = 0 at init) with lr 2e-3.
+MORL_GRPO = ["--set", "methods={morl_grpo: {max_steps: 12, prompts_per_step: 4, samples_per_prompt: 4, ppo_epochs: 1, "
+             "minibatches: 2, lr: 2.0e-3, kl_coef: 0.05, max_new_tokens: 64, temperature: 0.8, lora_rank: 8, "
              "lora_alpha: 16, lora_layers: 10, weights: [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]}}"]
 
 

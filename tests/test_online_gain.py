@@ -21,6 +21,8 @@ from pareto.distributed.ppo import PPORun
 from pareto.models.policy import build_tiny_model, save_model, sft_train, train_tokenizer
 from tests.test_ppo import local_ray  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.slow
+
 METHODS = {
     "panacea_ppo": {"samples_per_prompt": 2, "prompts_per_step": 16, "critic": "scalar"},
     "panacea_grpo": {"samples_per_prompt": 4, "prompts_per_step": 8},
@@ -52,8 +54,8 @@ def test_online_rl_beats_the_sft_policy_at_every_lambda(local_ray, sft_base, tmp
                                                         method: str, seed: int) -> None:
     cfg = config_from_dict({
         "name": "online-gain", "seed": seed, "objectives": ["helpful", "concise"],
-        "methods": {method: {"max_steps": 30, "minibatches": 2, "ppo_epochs": 1, "max_new_tokens": 24,
-                             "lr": 3e-3, "preferences_per_step": 4, **METHODS[method]}},
+        "methods": {method: {"max_steps": 60, "vertex_prob": 0.5, "minibatches": 2, "ppo_epochs": 1,
+                             "max_new_tokens": 24, "lr": 3e-3, "preferences_per_step": 4, **METHODS[method]}},
         "evaluation": {"grid_points": 3, "n_prompts": 90, "max_new_tokens": 24, "do_sample": True},
         "ppo": {"reward_sources": {"helpful": "oracle", "concise": "oracle"}, "checkpoint_every": 1000,
                 "trainer": {"count": 1, "cpus": 0.5}, "rollout": {"count": 1, "cpus": 0.5}},

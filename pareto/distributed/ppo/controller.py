@@ -241,7 +241,8 @@ class PPORun:
         eval_seconds = time.perf_counter() - start
         p.history[-1] = {**p.history[-1], "restarts": float(self.restarts), "resumed_from_step": float(p.resumed_from)}
         return {"method": self.name, "weights": unit.weights, "adapter": self.group.save_policy(unit.weights),
-                "history": p.history, "best_step": p.step, "steps": p.step, "train_seconds": p.seconds,
+                "history": p.history, "best_step": p.step, "steps": p.step,
+                "train_seconds": p.cpu_seconds, "train_wall_seconds": p.seconds,  # CPU-s, as the DPO stages report
                 "tokens_per_second": p.tokens / max(p.seconds, 1e-9), "eval_seconds": eval_seconds,
                 "points": [pt.to_dict() for pt in points], "oracle_rows": oracle_rows,
                 "lambda_schedule": p.schedule, "restarts": self.restarts,
@@ -265,7 +266,8 @@ class PPORun:
                             RunningZScore.from_state_dict(state["reward_stats"]),
                             AdaptiveKLController.from_state_dict(state["kl"]), state["history"],
                             state["lambda_schedule"], step=state["step"], version=state["version"],
-                            seconds=state["seconds"], tokens=state["tokens"], resumed_from=state["step"])
+                            seconds=state["seconds"], cpu_seconds=state.get("cpu_seconds", 0.0),
+                            tokens=state["tokens"], resumed_from=state["step"])
 
     def _train_steps(self, unit: Unit, p: UnitProgress, until_step: int | None) -> bool:
         """Step the unit to `max_steps` (-> True) or to until_step (-> False), checkpointing every
@@ -274,6 +276,7 @@ class PPORun:
         label = "" if unit.weights is None else f" λ={np.round(unit.weights, 2).tolist()}"
         bar = tqdm(total=mcfg.max_steps, initial=p.step, desc=f"{self.name}{label}", unit="step",
                    disable=not self.progress, mininterval=1.0)
+        cpu = self.group.cpu_seconds()
         try:
             while p.step < mcfg.max_steps:
                 if until_step is not None and p.step >= until_step:
@@ -282,6 +285,8 @@ class PPORun:
                 row, lam_step = self._step(unit, p.step, p.stream, p.stats, p.kl_ctl, p.version)
                 p.version = row["version"] + 1
                 p.seconds += row["timing/step"]
+                cpu, before = self.group.cpu_seconds(), cpu
+                p.cpu_seconds += cpu - before
                 p.tokens += int(row["response_tokens"] * mcfg.rows_per_step)
                 p.history.append(row)
                 p.schedule.append(lam_step)

@@ -8,6 +8,7 @@ the driver waiting on a peer stuck in a collective.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -136,6 +137,11 @@ class ActorGroup:
             raise
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
+    def cpu_seconds(self) -> float:
+        """CPU seconds (every thread) the group's actor processes have used so far: differences between two calls
+        are what the steps between them cost, comparable with the DPO stages' CPU-seconds."""
+        return float(sum(get_all([a.__ray_call__.remote(_process_cpu_seconds) for a in self.actors])))
+
     def shutdown(self) -> None:
         # engines first, politely: a vLLM engine stops the server it started (a killed one's server dies with it)
         try:
@@ -226,3 +232,8 @@ class ActorGroup:
 
     def save_policy(self, weights: Sequence[float] | None) -> dict:
         return ray.get(self.engines[0].save_policy.remote(weights))
+
+
+def _process_cpu_seconds(_actor: object) -> float:
+    """Runs inside an actor (`__ray_call__`): its process's CPU time."""
+    return time.process_time()

@@ -65,13 +65,15 @@ class UnitProgress:
     schedule: list[list[list[float]]] = field(default_factory=list)  # the distinct λ of every step: the λ schedule
     step: int = 0
     version: float = 0                   # the weight version the rollout engines hold
-    seconds: float = 0.0
+    seconds: float = 0.0                 # wall seconds of the steps
+    cpu_seconds: float = 0.0             # CPU seconds the actors spent on them
     tokens: int = 0
     resumed_from: int = 0
 
     def checkpoint_state(self) -> dict:
         """The JSON part of a checkpoint (with the trainer's own state and the unit's identity added by the caller)."""
-        return {"version": self.version, "seconds": self.seconds, "tokens": self.tokens, "data": self.stream.state(),
+        return {"version": self.version, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
+                "tokens": self.tokens, "data": self.stream.state(),
                 "reward_stats": self.stats.state_dict(), "kl": self.kl_ctl.state_dict(), "history": self.history,
                 "lambda_schedule": self.schedule}
 
