@@ -20,11 +20,12 @@ def run() -> dict[str, Any]:
 
     previous = RESULTS / "gpu_check.json"
     if not torch.cuda.is_available():
-        if previous.exists():
-            return json.loads(previous.read_text())
-        return {"name": "gpu_check", "rows": [skipped("hh_smol on one GPU (scripts/gpu_check.sh)", "runs, minutes",
-                                                      "not run on a GPU yet: no GPU on the machines that ran this")],
-                "details": {}}
+        kept = json.loads(previous.read_text()) if previous.exists() else None
+        if kept and any(r["verdict"] != "skipped" for r in kept["rows"]):  # a real GPU run's row
+            return kept
+        return {"name": "gpu_check", "rows": [skipped(
+            "hh_smol (Panacea-DPO) and ten Panacea-GRPO steps with vLLM rollouts on one GPU (scripts/gpu_check.sh)",
+            "runs, minutes", "not run on a GPU yet: no GPU on the machines that ran this")], "details": {}}
     with tempfile.TemporaryDirectory(prefix="pareto-gpu-check-") as tmp:
         proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--out", tmp], cwd=ROOT,
                               capture_output=True, text=True)

@@ -316,6 +316,46 @@ def report(args: argparse.Namespace) -> int:
     return 0 if ok_run else 1
 
 
+# ---- online ------------------------------------------------------------------------------------------------------
+ONLINE_METRICS = ("generation_tokens_per_second", "step_tokens_per_second", "timing/generation", "timing/reward",
+                  "timing/reference", "timing/experience", "timing/training", "timing/sync", "timing/step", "kl",
+                  "rollout_logprob_diff", "reward/helpful", "reward/harmless")
+
+
+def online(args: argparse.Namespace) -> int:
+    """The GRPO steps of the online run (configs/hh_smol_online.yaml): per-step metrics' medians (the first step,
+    which compiles and warms up, left out) -> DIR/gpu_check_online.json and .md."""
+    import statistics
+
+    from mlflow.tracking import MlflowClient
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(args.tracking_uri)
+    exp = client.get_experiment_by_name(args.experiment)
+    units = [] if exp is None else client.search_runs([exp.experiment_id], "metrics.`timing/generation` > 0",
+                                                      order_by=["attributes.start_time DESC"], max_results=1)
+    result: dict = {"name": "gpu_check_online", "engine": args.engine, "run_rc": args.run_rc,
+                    "run_seconds": args.run_seconds, "settings": args.settings, "metrics": {}}
+    if units:
+        for name in ONLINE_METRICS:
+            values = [m.value for m in sorted(client.get_metric_history(units[0].info.run_id, name),
+                                              key=lambda m: m.step)][1:]
+            if values:
+                result["metrics"][name] = {"median": statistics.median(values), "max": max(values),
+                                           "steps": len(values) + 1}
+    (out_dir / "gpu_check_online.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"## GRPO steps on the GPU ({args.engine} rollouts; pareto run exit {args.run_rc}, "
+             f"{_fmt(args.run_seconds)} s)", "", f"settings: {args.settings}", "",
+             "| metric (steps 2..n) | median | max |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {_fmt(v['median'])} | {_fmt(v['max'])} |" for k, v in result["metrics"].items()]
+    if not units:
+        lines.append(f"no GRPO steps logged in experiment {args.experiment!r} at {args.tracking_uri}")
+    (out_dir / "gpu_check_online.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if units and args.run_rc == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -331,8 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--run-rc", type=int, default=0)
     rep.add_argument("--budget-seconds", type=float, default=300.0)
     rep.add_argument("--settings", default="")
+    onl = sub.add_parser("online", help="the online run's GRPO steps -> gpu_check_online.md / .json")
+    onl.add_argument("--tracking-uri", required=True)
+    onl.add_argument("--experiment", default="hh_smol_online")
+    onl.add_argument("--out", required=True)
+    onl.add_argument("--engine", default="vllm")
+    onl.add_argument("--run-seconds", type=float, default=None)
+    onl.add_argument("--run-rc", type=int, default=0)
+    onl.add_argument("--settings", default="")
     args = parser.parse_args(argv)
-    return env() if args.command == "env" else report(args)
+    return {"env": env, "report": report, "online": online}[args.command](*([] if args.command == "env" else [args]))
 
 
 if __name__ == "__main__":

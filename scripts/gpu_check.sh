@@ -34,6 +34,10 @@
 #      train_seconds, eval_seconds, tokens_per_second, heldout_accuracy/*, data/*; stage wall times from the nested
 #      runs' timestamps) and writes $OUT_DIR/gpu_check.md (rows in the column layout of benchmarks/RESULTS.md,
 #      the stage table and the front) and $OUT_DIR/gpu_check.json (the shape of benchmarks/results/<name>.json).
+#   5. online RL (GPU_CHECK_ONLINE=0 skips it): `pareto run configs/hh_smol_online.yaml` for ten Panacea-GRPO steps
+#      with its actors sharing the GPU and vLLM rollouts (`ppo.engine: vllm`; transformers generate, said in the
+#      report, when there is no vLLM venv), then $OUT_DIR/gpu_check_online.md / .json: the steps' generation
+#      tokens/s, phase timings, KL, per-objective rewards and rollout_logprob_diff (~1e-6 when the sync is real).
 #
 # Where things go (all private to this check; nothing in the checkout's .pareto/ is touched):
 #   OUT_DIR   = --out, else ${OUT:-/tmp/pareto-gpu-check}: gpu_check.md, gpu_check.json, run.log, gpu_memory.csv,
@@ -45,7 +49,8 @@
 #   Afterwards: PARETO_HOME=$STATE_DIR pareto front latest --json   (or pareto ui, pareto compare, ...)
 #
 # Environment: PYTHON (default python3), GPU_CHECK_TIMEOUT (seconds for `pareto run`, default 540),
-#              GPU_CHECK_BUDGET (the row's target in seconds, default 300).
+#              GPU_CHECK_BUDGET (the row's target in seconds, default 300), GPU_CHECK_ONLINE (1: run step 5),
+#              GPU_CHECK_ONLINE_TIMEOUT (seconds for the online run, default 600), PARETO_VLLM_VENV.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,6 +95,36 @@ GPU_SETTINGS=(
   --set evaluation.n_prompts=400
 )
 SETTINGS=("${GPU_SETTINGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"})
+
+# Step 7: ten Panacea-GRPO steps of configs/hh_smol_online.yaml on the same GPU (its actors share it: trainer,
+# rollout engine, reward and reference workers), all layers adapted, 16 prompts x 4 answers a step; rollouts from a
+# vLLM server (ppo.engine=vllm, taking a quarter of the GPU's memory) when the vLLM venv exists
+# ($PARETO_VLLM_VENV or ~/.cache/pareto/vllm-venv: bash scripts/vllm_env.sh, which needs the network), else from
+# transformers generate (said in the report). GPU_CHECK_ONLINE=0 skips it.
+ONLINE="${GPU_CHECK_ONLINE:-1}"
+ONLINE_CONFIG="configs/hh_smol_online.yaml"
+VLLM_PY="${PARETO_VLLM_VENV:-${HOME:-/root}/.cache/pareto/vllm-venv}/bin/python"
+ONLINE_SETTINGS=(
+  --set resources.gpus_per_task=1
+  --set model.precision=auto
+  --set resources.cpus_per_task=4
+  --set methods.panacea_grpo.max_steps=10
+  --set methods.panacea_grpo.prompts_per_step=16
+  --set methods.panacea_grpo.preferences_per_step=4
+  --set methods.panacea_grpo.lora_layers=null
+  --set ppo.trainer.gpus=0.25
+  --set ppo.rollout.gpus=0.25
+  --set ppo.reward.gpus=0.1
+  --set ppo.reference.gpus=0.1
+  --set evaluation.n_prompts=160
+)
+if [[ -x "$VLLM_PY" ]]; then
+  ENGINE=vllm
+  ONLINE_SETTINGS+=(--set ppo.engine=vllm --set "ppo.vllm.extra_args=[--gpu-memory-utilization, '0.25']")
+else
+  ENGINE=transformers
+fi
+ONLINE_TIMEOUT="${GPU_CHECK_ONLINE_TIMEOUT:-600}"
 TIMEOUT="${GPU_CHECK_TIMEOUT:-540}"
 BUDGET="${GPU_CHECK_BUDGET:-300}"
 
@@ -102,7 +137,8 @@ OUT_DIR="$(realpath -m "$OUT_DIR")"      # absolute before the cd below
 STATE_DIR="$(realpath -m "$STATE_DIR")"
 [[ -z "$WHEELS" ]] || WHEELS="$(realpath -m "$WHEELS")"
 cd "$REPO"
-settings_text() { local s=() i; for ((i = 1; i < ${#SETTINGS[@]}; i += 2)); do s+=("${SETTINGS[i]}"); done; echo "${s[*]}"; }
+settings_text_of() { local a=("$@") s=() i; for ((i = 1; i < ${#a[@]}; i += 2)); do s+=("${a[i]}"); done; echo "${s[*]}"; }
+settings_text() { settings_text_of "${SETTINGS[@]}"; }
 quoted() { printf '%q ' "$@"; }
 
 CMD_ENV=(env "PARETO_HOME=$STATE_DIR" "MLFLOW_TRACKING_URI=sqlite:///$STATE_DIR/mlflow.db" HF_HUB_OFFLINE=1
@@ -110,6 +146,7 @@ CMD_ENV=(env "PARETO_HOME=$STATE_DIR" "MLFLOW_TRACKING_URI=sqlite:///$STATE_DIR/
          RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true)
 GET_CMD=("$PY" -m pareto.cli model get --config "$CONFIG")
 RUN_CMD=("$PY" -m pareto.cli run "$CONFIG" "${SETTINGS[@]}")
+ONLINE_CMD=("$PY" -m pareto.cli run "$ONLINE_CONFIG" "${ONLINE_SETTINGS[@]}")
 
 if [[ "$DRY_RUN" == 1 ]]; then
   echo "gpu_check --dry-run (repo $REPO)"
@@ -127,9 +164,17 @@ if [[ "$DRY_RUN" == 1 ]]; then
   echo "  $PY scripts/gpu_check.py report --tracking-uri sqlite:///$STATE_DIR/mlflow.db --experiment $EXPERIMENT \\"
   echo "    --out $OUT_DIR --gpu-csv $OUT_DIR/gpu_memory.csv --budget-seconds $BUDGET ..."
   echo "settings: $(settings_text)"
+  if [[ "$ONLINE" == 1 ]]; then
+    [[ "$ENGINE" == vllm ]] || echo "  (no vLLM venv at $VLLM_PY: the GRPO rollouts would run on transformers)"
+    echo "  $(quoted "${CMD_ENV[@]}")\\"
+    echo "    timeout $ONLINE_TIMEOUT $(quoted "${ONLINE_CMD[@]}")"
+    echo "  $PY scripts/gpu_check.py online --tracking-uri sqlite:///$STATE_DIR/mlflow.db --out $OUT_DIR --engine $ENGINE ..."
+  fi
   # The settings must validate: a typo in an override fails here, in CI, not on the GPU machine.
   if PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "import pareto.config" >/dev/null 2>&1; then
     PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pareto.cli validate "$CONFIG" --no-plan "${SETTINGS[@]}"
+    [[ "$ONLINE" == 1 ]] && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pareto.cli validate \
+      "$ONLINE_CONFIG" --no-plan "${ONLINE_SETTINGS[@]}"
   else
     echo "(pareto is not importable by $PY here: settings not validated)"
   fi
@@ -165,7 +210,8 @@ rc=0
 
 # ---- 2. a private, empty state folder (the dequantized model is kept between checks) -------------------------------
 find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name models ! -name site ! -name .pareto-gpu-check -exec rm -rf {} +
-rm -f "$OUT_DIR/run.log" "$OUT_DIR/gpu_memory.csv" "$OUT_DIR/gpu_check.md" "$OUT_DIR/gpu_check.json"
+rm -f "$OUT_DIR/run.log" "$OUT_DIR/gpu_memory.csv" "$OUT_DIR/gpu_check.md" "$OUT_DIR/gpu_check.json" \
+  "$OUT_DIR/run_online.log" "$OUT_DIR/gpu_check_online.md" "$OUT_DIR/gpu_check_online.json"
 
 # ---- 3. GPU memory sampler (the pipeline does not log torch.cuda.max_memory_allocated: it runs in Ray workers) ----
 nvidia-smi --query-gpu=memory.used,memory.total,utilization.gpu --format=csv,noheader,nounits -i 0 \
@@ -186,13 +232,21 @@ t0=$(now)
 GET_SECONDS=$(elapsed "$t0" "$(now)")
 
 # ---- 5. the run -----------------------------------------------------------------------------------------------------
-echo "== timeout $TIMEOUT $(quoted "${RUN_CMD[@]}")"
-t0=$(now)
-set +e
-"${CMD_ENV[@]}" timeout -k 30 "$TIMEOUT" "${RUN_CMD[@]}" 2>&1 | tee -a "$OUT_DIR/run.log"
-RUN_RC=${PIPESTATUS[0]}
-set -e
-RUN_SECONDS=$(elapsed "$t0" "$(now)")
+# timed LIMIT LOG CMD...: CMD in the run's environment under a timeout, its output teed to LOG -> LAST_RC, LAST_SECONDS
+timed() {
+  local limit="$1" log="$2" t0
+  shift 2
+  echo "== timeout $limit $(quoted "$@")"
+  t0=$(now)
+  set +e
+  "${CMD_ENV[@]}" timeout -k 30 "$limit" "$@" 2>&1 | tee -a "$log"
+  LAST_RC=${PIPESTATUS[0]}
+  set -e
+  LAST_SECONDS=$(elapsed "$t0" "$(now)")
+}
+timed "$TIMEOUT" "$OUT_DIR/run.log" "${RUN_CMD[@]}"
+RUN_RC=$LAST_RC
+RUN_SECONDS=$LAST_SECONDS
 stop_sampler
 [[ "$RUN_RC" == 124 ]] && echo "gpu_check: pareto run passed GPU_CHECK_TIMEOUT=$TIMEOUT s and was stopped" >&2
 
@@ -203,15 +257,16 @@ echo "== report"
   --model-get-seconds "$GET_SECONDS" --run-seconds "$RUN_SECONDS" --run-rc "$RUN_RC" \
   --budget-seconds "$BUDGET" --settings "$(settings_text)" || REPORT_RC=$?
 echo "gpu_check: wrote $OUT_DIR/gpu_check.md and $OUT_DIR/gpu_check.json (pareto run exit $RUN_RC, ${RUN_SECONDS} s)"
-[[ "$RUN_RC" != 0 ]] && exit "$RUN_RC"
-exit "${REPORT_RC:-0}"   # 1: the run finished but the report found no finished pipeline run in MLflow
 
-# ---- TODO (issue 17, not implemented here): online RL on the GPU ---------------------------------------------------
-# A few GRPO steps (methods panacea_grpo / morl_grpo) with vLLM rollouts belong in this check:
-#   * build the vLLM env (bash scripts/vllm_env.sh: `vllm` on a GPU machine; it needs the network or carried wheels),
-#   * run configs/ppo_quickstart.yaml-style GRPO on hh_smol's task and model with `ppo.engine: vllm`,
-#     `ppo.trainer.gpus` / `ppo.rollout.gpus` shares of the one GPU and `--gpu-memory-utilization` in
-#     `ppo.vllm.extra_args`, for ~10 steps,
-#   * report generation tokens/s (vLLM vs transformers), the per-step phase timings PPO already logs, and
-#     rollout_logprob_diff (engine vs trainer log-probs: ~1e-6 when the weight sync is real).
-# Nothing above runs any of this yet.
+# ---- 7. online RL: a few Panacea-GRPO steps (same data, model and reward model) with vLLM rollouts -------------------
+ONLINE_RC=0
+if [[ "$ONLINE" == 1 ]]; then
+  timed "$ONLINE_TIMEOUT" "$OUT_DIR/run_online.log" "${ONLINE_CMD[@]}"
+  ONLINE_RC=$LAST_RC
+  "${CMD_ENV[@]}" "$PY" scripts/gpu_check.py online --tracking-uri "sqlite:///$STATE_DIR/mlflow.db" --out "$OUT_DIR" \
+    --engine "$ENGINE" --run-seconds "$LAST_SECONDS" --run-rc "$ONLINE_RC" \
+    --settings "$(settings_text_of "${ONLINE_SETTINGS[@]}")" || true
+fi
+[[ "$RUN_RC" != 0 ]] && exit "$RUN_RC"
+[[ "$ONLINE_RC" != 0 ]] && exit "$ONLINE_RC"
+exit "${REPORT_RC:-0}"   # 1: the run finished but the report found no finished pipeline run in MLflow
