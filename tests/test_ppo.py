@@ -131,7 +131,8 @@ def test_run_logs_every_step_phase_and_version(uninterrupted: dict) -> None:
         assert row["generation_tokens_per_second"] > 0 and row["step_tokens_per_second"] > 0
         # the engine's log-probs of its own samples equal the trainer's at the same version: the sync is real
         assert row["rollout_logprob_diff"] < 1e-4
-        assert {"reward/helpful", "reward/concise", "lambda/helpful", "kl", "kl_coef", "policy_loss"} <= row.keys()
+        assert {"reward/helpful", "reward/concise", "reward_std/helpful", "lambda/helpful", "kl", "kl_coef",
+                "policy_loss"} <= row.keys()
     # the λ schedule: 2 preferences per step, each on the simplex, recorded per step
     assert len(out["lambda_schedule"]) == 6
     for lams in out["lambda_schedule"]:

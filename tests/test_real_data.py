@@ -193,8 +193,8 @@ def test_online_hh_smol_job_survives_a_killed_rollout_engine(ray_head: dict, mlf
     method_run = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
                                                          "and attributes.run_name = 'panacea_grpo'")[0]
     (unit,) = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{method_run.info.run_id}'")
-    for metric in ("reward/helpful", "reward/harmless", "kl", "kl_loss", "lambda/helpful", "timing/generation",
-                   "timing/training", "generation_tokens_per_second"):
+    for metric in ("reward/helpful", "reward/harmless", "reward_std/helpful", "reward_std/harmless", "kl", "kl_loss",
+                   "lambda/helpful", "timing/generation", "timing/training", "generation_tokens_per_second"):
         history = client.get_metric_history(unit.info.run_id, metric)
         assert sorted(m.step for m in history) == list(range(1, ONLINE_STEPS + 1)), metric  # each step exactly once
     assert unit.data.metrics["restarts"] == 1

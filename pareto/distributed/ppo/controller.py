@@ -358,6 +358,7 @@ class PPORun:
                "finished_rate": float(np.mean(gen["finished"])),
                "rollout_logprob_diff": logprob_diff,
                **{f"reward/{o}": float(v) for o, v in zip(self.cfg.objectives, raw.mean(0).tolist(), strict=True)},
+               **{f"reward_std/{o}": float(v) for o, v in zip(self.cfg.objectives, raw.std(0).tolist(), strict=True)},
                **{f"lambda/{o}": float(v) for o, v in zip(self.cfg.objectives, lam.mean(0).tolist(), strict=True)},
                **{k: v for k, v in train.items() if k != "seconds"},
                "timing/generation": t_gen, "timing/reward": max(o["seconds"] for o in rewards_out),
