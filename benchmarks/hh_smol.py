@@ -20,6 +20,8 @@ from benchmarks.quickstart import run_measured
 
 CONFIG = ROOT / "configs" / "hh_smol.yaml"
 ONLINE = ROOT / "configs" / "hh_smol_online.yaml"
+ONLINE_BUDGET_S = 1800.0  # issue 17: each online run on hh_smol within 30 minutes on 2 cores
+ONLINE_TARGET = "≤ 1800 s"
 # The baseline trains one LoRA-DPO model per λ of the same grid, each with Panacea's data, steps, batch, NLL term,
 # batches drawn for its λ (batch_by_lambda) and LoRA placement (rank 8 on the top 10 layers), kept at its last step
 # like Panacea; plain LoRA starts from B = 0 with a random A, so it learns at the usual alpha 16 and lr 1e-3
@@ -138,17 +140,16 @@ def _online(name: str, method: str, extra: list[str]) -> dict[str, Any]:
     hypervolume and training seconds next to the offline methods' (the hh_smol_front_per_compute row's run)."""
     measured, fronts = _measure(name, extra, ONLINE)
     if fronts is None:
-        return {"name": name, "rows": [skipped(f"{method} on hh_smol", "≤ 1800 s", f"exit {measured['returncode']}")],
-                "details": measured}
+        rows = [skipped(f"{method} on hh_smol", ONLINE_TARGET, f"exit {measured['returncode']}")]
+        return {"name": name, "rows": rows, "details": measured}
     return online_result(name, method, measured, fronts)
 
 
 def online_result(name: str, method: str, measured: dict[str, Any], fronts: dict[str, Any]) -> dict[str, Any]:
     """The rows of an online run (`_fronts` of its store, `measured` wall seconds and peak memory)."""
-    target = "≤ 1800 s"
     front = fronts[method]
-    rows = [row(f"{method} on hh_smol: wall time, fresh state (s)", measured["wall_seconds"], 1800.0, target,
-                measured["wall_seconds"] <= 1800, "s"),
+    rows = [row(f"{method} on hh_smol: wall time, fresh state (s)", measured["wall_seconds"], ONLINE_BUDGET_S,
+                ONLINE_TARGET, measured["wall_seconds"] <= ONLINE_BUDGET_S, "s"),
             row(f"{method}: peak RSS, process tree (GiB)", measured["peak_rss_gib"], None, "informational", None, "GiB",
                 note="trainer, rollout engine, reference worker and the driver's evaluation each hold SmolLM2"),
             *_front_rows(front, f"{method}: ")]

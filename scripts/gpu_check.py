@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     onl.add_argument("--run-rc", type=int, default=0)
     onl.add_argument("--settings", default="")
     args = parser.parse_args(argv)
-    return {"env": env, "report": report, "online": online}[args.command](*([] if args.command == "env" else [args]))
+    if args.command == "env":
+        return env()
+    return report(args) if args.command == "report" else online(args)
 
 
 if __name__ == "__main__":

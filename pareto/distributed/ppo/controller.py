@@ -285,8 +285,9 @@ class PPORun:
                 row, lam_step = self._step(unit, p.step, p.stream, p.stats, p.kl_ctl, p.version)
                 p.version = row["version"] + 1
                 p.seconds += row["timing/step"]
-                cpu, before = self.group.cpu_seconds(), cpu
-                p.cpu_seconds += cpu - before
+                now = self.group.cpu_seconds()
+                p.cpu_seconds += now - cpu
+                cpu = now
                 p.tokens += int(row["response_tokens"] * mcfg.rows_per_step)
                 p.history.append(row)
                 p.schedule.append(lam_step)
