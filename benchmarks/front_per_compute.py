@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from benchmarks.common import row, skipped
@@ -48,35 +49,88 @@ def rows_for(methods: dict[str, dict], run_id: str = "?") -> list[dict[str, Any]
     return out
 
 
-def all_methods_config(path: Path) -> Path:
+def all_methods_config(path: Path, methods: tuple[str, ...] = METHOD_CONFIGS) -> Path:
     """The quickstart config with the method sections of the other offline methods' configs added."""
     cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
-    for name in METHOD_CONFIGS:
+    for name in methods:
         cfg["methods"][name] = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["methods"][name]
     cfg["name"] = "front-per-compute"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def run() -> dict[str, Any]:
+def measure(overrides: list[str], methods: tuple[str, ...] = METHOD_CONFIGS) -> dict[str, Any]:
+    """One `pareto run` of the quickstart's methods plus `methods` in a fresh PARETO_HOME: its fronts, or the
+    log's tail under "failed"."""
     from benchmarks.common import SUBPROCESS_ENV
     from benchmarks.quickstart import read_fronts, run_measured
 
+    with tempfile.TemporaryDirectory(prefix="pareto-bench-fpc-") as tmp:
+        config = all_methods_config(Path(tmp) / "all_methods.yaml", methods)
+        env = {**os.environ, **SUBPROCESS_ENV, "PARETO_HOME": str(Path(tmp) / "home")}
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        measured = run_measured([sys.executable, "-m", "pareto.cli", "run", str(config), *sets], env,
+                                Path(tmp) / "run.log")
+        if measured["returncode"] != 0:
+            return {"failed": f"exit {measured['returncode']}", "log_tail": (Path(tmp) / "run.log").read_text()[-2000:]}
+        return {**read_fronts(Path(tmp) / "home"), "source": f"one run of {', '.join(methods)} with the quickstart's "
+                                                               "methods", "wall_seconds": measured["wall_seconds"]}
+
+
+def run() -> dict[str, Any]:
     home = os.environ.get("PARETO_BENCH_HOME")
     if home:
+        from benchmarks.quickstart import read_fronts
+
         fronts = {**read_fronts(Path(home)), "source": f"PARETO_HOME {home}"}
     else:
-        with tempfile.TemporaryDirectory(prefix="pareto-bench-fpc-") as tmp:
-            config = all_methods_config(Path(tmp) / "all_methods.yaml")
-            env = {**os.environ, **SUBPROCESS_ENV, "PARETO_HOME": str(Path(tmp) / "home")}
-            measured = run_measured([sys.executable, "-m", "pareto.cli", "run", str(config)], env,
-                                    Path(tmp) / "run.log")
-            if measured["returncode"] != 0:
-                tail = (Path(tmp) / "run.log").read_text()[-2000:]
-                return {"name": "front_per_compute", "rows": [skipped("front per compute", TARGET,
-                                                                      f"exit {measured['returncode']}")],
-                        "details": {"log_tail": tail}}
-            fronts = {**read_fronts(Path(tmp) / "home"), "source": f"one run of {', '.join(METHOD_CONFIGS)} with "
-                                                                   "the quickstart's methods",
-                      "wall_seconds": measured["wall_seconds"]}
+        fronts = measure([])
+        if "failed" in fronts:
+            return {"name": "front_per_compute", "rows": [skipped("front per compute", TARGET, fronts["failed"])],
+                    "details": fronts}
     return {"name": "front_per_compute", "rows": rows_for(fronts["methods"], fronts["run_id"][:8]), "details": fronts}
+
+
+# ---- issue 14: the claim at a useful resolution, across seeds ------------------------------------------------------
+GRID_15 = 15                       # Das-Dennis, 4 partitions, for the quickstart's 3 objectives
+SEEDS_15 = (0, 1, 2, 3, 4)         # $PARETO_BENCH_SEEDS ("0,1") measures fewer
+METHODS_15 = ("ric", "mah_dpo")    # the conditioned methods next to Panacea (per-weight ones cost 15 models a seed)
+TARGETS_15 = {"panacea": "median HV ≥ 1.0× (each seed ≥ 0.95×), CPU-s ≤ 0.10×, median IGD ≤ 0.10, vertex check "
+                         "every seed",
+              "ric": "median HV ≥ 0.95× at CPU-s ≤ 0.3×", "mah_dpo": "median HV ≥ 0.95× at CPU-s ≤ 0.3×"}
+
+
+def rows_15(per_seed: dict[int, dict[str, dict]]) -> list[dict[str, Any]]:
+    """Per method: the median over seeds of HV ÷ the per-weight baseline's, with every seed's ratios in the note."""
+    out = []
+    for name, target in TARGETS_15.items():
+        cells = {seed: (m[name], m[BASELINE]) for seed, m in per_seed.items() if name in m and BASELINE in m}
+        if not cells:
+            out.append(skipped(f"15 λ: {name} HV ÷ {BASELINE} HV, median over seeds", target, "no run finished"))
+            continue
+        hv = {s: a["hypervolume"] / b["hypervolume"] for s, (a, b) in cells.items()}
+        cpu = {s: a["train_seconds"] / b["train_seconds"] for s, (a, b) in cells.items()}
+        igd = {s: a["igd"] for s, (a, _) in cells.items()}
+        vertex = {s: min(a["vertex_separation"]) for s, (a, _) in cells.items()}
+        med = float(np.median(list(hv.values())))
+        if name == "panacea":
+            ok = (med >= 1.0 and min(hv.values()) >= 0.95 and max(cpu.values()) <= 0.10
+                  and float(np.median(list(igd.values()))) <= 0.10 and min(vertex.values()) > 2.0)
+        else:
+            ok = med >= 0.95 and float(np.median(list(cpu.values()))) <= 0.3
+        note = "; ".join(f"seed {s}: HV {hv[s]:.3f}×, CPU-s {cpu[s]:.3f}×, IGD {igd[s]:.3f}, "
+                         f"vertex ≥ {vertex[s]:.1f} SE" for s in sorted(cells))
+        out.append(row(f"15 λ: {name} HV ÷ {BASELINE} HV, median over seeds {sorted(cells)}", med, 1.0, target,
+                       ok if len(cells) == len(SEEDS_15) else None, "×", med, note=note))
+    return out
+
+
+def run_15() -> dict[str, Any]:
+    seeds = [int(s) for s in os.environ.get("PARETO_BENCH_SEEDS", ",".join(map(str, SEEDS_15))).split(",")]
+    per_seed, details = {}, {}
+    for seed in seeds:
+        fronts = measure([f"seed={seed}", f"evaluation.grid_points={GRID_15}"], METHODS_15)
+        details[seed] = fronts
+        if "failed" not in fronts:
+            per_seed[seed] = fronts["methods"]
+    return {"name": "fronts_15", "rows": rows_15(per_seed), "details": details}

@@ -76,7 +76,8 @@ def read_fronts(home: Path) -> dict[str, Any]:
                                          "igd": front.metrics.get("igd"), "points": len(front.points),
                                          "train_seconds": meta.get("train_seconds"),
                                          "models_trained": meta.get("models_trained"),
-                                         "conditioned": meta.get("conditioned")})
+                                         "conditioned": meta.get("conditioned"),
+                                         "vertex_separation": [float(x) for x in front.vertex_separation()]})
     return {"run_id": run.info.run_id, "methods": fronts}
 
 

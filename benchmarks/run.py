@@ -28,6 +28,7 @@ BENCHMARKS = {
     "ray_overhead": "benchmarks.ray_overhead",
     "quickstart": "benchmarks.quickstart",
     "front_per_compute": "benchmarks.front_per_compute",
+    "fronts_15": "benchmarks.front_per_compute:run_15",
     # the real model and data (~20 and ~60 minutes on 2 cores), and the GPU check (a GPU machine only)
     "hh_smol": "benchmarks.hh_smol:run",
     "hh_smol_front_per_compute": "benchmarks.hh_smol:run_front_per_compute",
@@ -37,7 +38,7 @@ BENCHMARKS = {
 }
 ORDER = ["front_per_compute", "dpo_throughput", "switch_latency", "vector_reward", "ray_overhead", "quickstart",
          "generation", "hh_smol", "hh_smol_front_per_compute", "gpu_check", "hh_smol_online",
-         "hh_smol_online_morl"]  # the table follows the issues' numbering
+         "hh_smol_online_morl", "fronts_15"]  # the table follows the issues' numbering
 NOTES = """\
 Every speed figure is a ratio against a baseline measured in the same process (or the same invocation), as a
 median over repeats: the machine these numbers come from was shared and heavily loaded (other engineers' tests

@@ -62,3 +62,28 @@ def test_a_benchmark_that_points_mlflow_elsewhere_does_not_leak_into_the_next(tm
         assert os.environ["MLFLOW_TRACKING_URI"].endswith("sweep.db")
     assert "MLFLOW_TRACKING_URI" not in os.environ and os.environ.get("PARETO_HOME") != str(tmp_path)
     assert "sweep.db" not in mlflow.get_tracking_uri()
+
+
+def test_fronts_15_rows_take_the_median_over_seeds_and_check_every_seed() -> None:
+    """Issue 14's verdicts by hand: Panacea needs the median HV ratio ≥ 1, every seed ≥ 0.95, ≤ 0.10× the
+    baseline's CPU-seconds, median IGD ≤ 0.10 and the vertex check at every seed; one bad seed fails it."""
+    from benchmarks.front_per_compute import SEEDS_15, rows_15
+
+    def fronts(hv: float, cpu: float, igd: float = 0.08, vertex: float = 5.0) -> dict:
+        base = {"hypervolume": 0.5, "train_seconds": 100.0, "igd": 0.2, "vertex_separation": [9.0, 9.0, 9.0]}
+        method = {"hypervolume": 0.5 * hv, "train_seconds": 100.0 * cpu, "igd": igd,
+                  "vertex_separation": [vertex, 7.0, 8.0]}
+        return {"per_weight_dpo": base, "panacea": method, "ric": method, "mah_dpo": method}
+
+    good = {s: fronts(hv, 0.08) for s, hv in zip(SEEDS_15, (1.02, 0.97, 1.05, 1.01, 1.10), strict=True)}
+    rows = {r["figure"].split(":")[1].split()[0]: r for r in rows_15(good)}
+    assert rows["panacea"]["ratio"] == pytest.approx(1.02) and rows["panacea"]["verdict"] == "met"
+    assert "seed 1: HV 0.970×, CPU-s 0.080×" in rows["panacea"]["note"]
+    assert rows["ric"]["verdict"] == "met"
+    one_low = {**good, 4: fronts(0.94, 0.08)}       # the median still passes, seed 4 does not
+    assert {r["figure"].split(":")[1].split()[0]: r for r in rows_15(one_low)}["panacea"]["verdict"] == "missed"
+    no_vertex = {**good, 2: fronts(1.05, 0.08, vertex=1.5)}
+    assert rows_15(no_vertex)[0]["verdict"] == "missed"
+    two_seeds = {s: good[s] for s in (0, 1)}        # fewer seeds than the issue asks: a number, no verdict
+    assert rows_15(two_seeds)[0]["verdict"] == "info"
+    assert rows_15({})[0]["verdict"] == "skipped"

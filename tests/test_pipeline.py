@@ -105,3 +105,25 @@ def test_same_seed_gives_the_same_front_locally(job_run: dict, tmp_path: Path) -
         remote = Front.from_json(Path(path).read_text())
         np.testing.assert_array_equal(local.values(), remote.values())
         np.testing.assert_array_equal(local.stderr(), remote.stderr())
+
+
+def test_workers_run_the_portable_cpu_kernels(job_run: dict) -> None:
+    """`resources.cpu_kernels: avx2` (the default): a Ray worker of a run uses ATen's AVX2 kernels and MKL's AVX2
+    reproducibility mode even on a CPU with AVX-512, so another AVX2 machine computes the same front."""
+    import ray
+
+    from pareto.distributed.pipeline import init_ray
+
+    if "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("not an AVX2 machine")
+
+    @ray.remote
+    def kernels() -> tuple[str, str | None]:
+        import os
+
+        import torch
+        return torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR")
+
+    if not ray.is_initialized():
+        init_ray(load_config(SMALL))
+    assert ray.get(kernels.remote()) == ("AVX2", "AVX2")
