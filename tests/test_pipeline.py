@@ -107,7 +107,7 @@ def test_same_seed_gives_the_same_front_locally(job_run: dict, tmp_path: Path) -
         np.testing.assert_array_equal(local.stderr(), remote.stderr())
 
 
-def test_workers_run_the_portable_cpu_kernels(job_run: dict) -> None:
+def test_workers_run_the_portable_cpu_kernels() -> None:
     """`resources.cpu_kernels: avx2` (the default): a Ray worker of a run uses ATen's AVX2 kernels and MKL's AVX2
     reproducibility mode even on a CPU with AVX-512, so another AVX2 machine computes the same front."""
     import ray
