@@ -10,6 +10,8 @@ the pipeline records in each front's meta. $PARETO_BENCH_HOME reads an existing 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.common import row, skipped
+from benchmarks.common import RESULTS, row, skipped
 
 BASELINE = "per_weight_dpo"
 TARGET = "HV ≥ 0.95× and train s ≤ 0.3× of per-weight DPO"
@@ -125,11 +127,31 @@ def rows_15(per_seed: dict[int, dict[str, dict]]) -> list[dict[str, Any]]:
     return out
 
 
+def seed_digest(overrides: list[str]) -> str:
+    """What one seed's measurement depends on: pareto's source, the merged config and the overrides."""
+    from pareto.cache import source_digest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = all_methods_config(Path(tmp) / "c.yaml", METHODS_15).read_text()
+    return hashlib.sha256("\0".join([source_digest(), text, *overrides]).encode()).hexdigest()[:16]
+
+
 def run_15() -> dict[str, Any]:
+    """One run per seed. Each finished seed is saved to results/fronts_15/seed_N.json as it ends (about 15 minutes
+    a seed); PARETO_BENCH_RESUME=1 reuses a saved seed when it was measured by the same code and configs, so a
+    killed benchmark resumes with the seeds it lacks."""
     seeds = [int(s) for s in os.environ.get("PARETO_BENCH_SEEDS", ",".join(map(str, SEEDS_15))).split(",")]
+    resume = os.environ.get("PARETO_BENCH_RESUME") == "1"
     per_seed, details = {}, {}
     for seed in seeds:
-        fronts = measure([f"seed={seed}", f"evaluation.grid_points={GRID_15}"], METHODS_15)
+        overrides = [f"seed={seed}", f"evaluation.grid_points={GRID_15}"]
+        digest, saved = seed_digest(overrides), RESULTS / "fronts_15" / f"seed_{seed}.json"
+        if resume and saved.exists() and json.loads(saved.read_text()).get("digest") == digest:
+            fronts = json.loads(saved.read_text())
+        else:
+            fronts = {**measure(overrides, METHODS_15), "digest": digest}
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(fronts, indent=1))
         details[seed] = fronts
         if "failed" not in fronts:
             per_seed[seed] = fronts["methods"]

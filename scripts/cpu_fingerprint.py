@@ -3,9 +3,10 @@
     python scripts/cpu_fingerprint.py
 
 Runs the same small float32 computation (a matmul, tanh, log-softmax and its gradient) in fresh processes with the
-kernels pareto's Ray workers get for `resources.cpu_kernels: native` and `avx2`, and prints, for each, torch's ATen
-code path and a sha256 of the results. Two machines whose `avx2` fingerprints match compute the same kernels bit for
-bit, so one config and seed train the same front on both; `native` fingerprints differ wherever the CPUs differ.
+kernels pareto's Ray workers get for `resources.cpu_kernels: native` and `portable`, and prints, for each, torch's
+ATen code path and a sha256 of the results. Two machines whose `portable` fingerprints match compute the same kernels
+bit for bit, so one config and seed train the same front on both; `native` fingerprints differ wherever the CPUs
+differ. The `portable` line says whether it matches the fingerprint measured on an AMD EPYC (docs/fronts.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import subprocess
 import sys
 
 from pareto.distributed.recorder import worker_env
+
+# `portable` on an AMD EPYC (AVX-512, torch 2.13.0+cpu, MKL 2024.2): any x86 CPU with AVX2 should print the same.
+PORTABLE_REFERENCE = "eb6ed4def00abaae"
 
 PROBE = """
 import hashlib, torch
@@ -27,13 +31,16 @@ print(torch.backends.cpu.get_cpu_capability(),
 
 
 def fingerprint(cpu_kernels: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in worker_env(cpu_kernels="avx2")} | worker_env(
+    env = {k: v for k, v in os.environ.items() if k not in worker_env(cpu_kernels="portable")} | worker_env(
         offline=True, cpu_kernels=cpu_kernels)
     return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
 if __name__ == "__main__":
-    for kernels in ("native", "avx2"):
+    for kernels in ("native", "portable"):
         path, digest = fingerprint(kernels).split()
-        print(f"cpu_kernels={kernels:<7} ATen path {path:<7} fingerprint {digest}")
+        verdict = "" if kernels == "native" else (
+            "  = the reference: this machine trains the reference fronts" if digest == PORTABLE_REFERENCE else
+            f"  != the reference {PORTABLE_REFERENCE}: fronts here differ from the reference machine's; please report")
+        print(f"cpu_kernels={kernels:<8} ATen path {path:<7} fingerprint {digest}{verdict}")

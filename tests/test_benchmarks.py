@@ -87,3 +87,27 @@ def test_fronts_15_rows_take_the_median_over_seeds_and_check_every_seed() -> Non
     two_seeds = {s: good[s] for s in (0, 1)}        # fewer seeds than the issue asks: a number, no verdict
     assert rows_15(two_seeds)[0]["verdict"] == "info"
     assert rows_15({})[0]["verdict"] == "skipped"
+
+
+def test_fronts_15_saves_each_seed_and_resumes_only_from_the_same_code(tmp_path, monkeypatch) -> None:
+    """A killed 15-λ benchmark (about 15 minutes a seed) resumes with the seeds it lacks: each finished seed is
+    saved as it ends; PARETO_BENCH_RESUME=1 reuses one only when its digest (code, configs, overrides) matches."""
+    import benchmarks.front_per_compute as fpc
+
+    calls: list[str] = []
+    monkeypatch.setattr(fpc, "RESULTS", tmp_path)
+    monkeypatch.setattr(fpc, "measure", lambda overrides, methods: calls.append(overrides[0]) or {
+        "methods": {"per_weight_dpo": {"seed": overrides[0]}}})
+    monkeypatch.setattr(fpc, "rows_15", lambda per_seed: [])
+    monkeypatch.setenv("PARETO_BENCH_SEEDS", "0,1")
+    fpc.run_15()
+    assert calls == ["seed=0", "seed=1"] and (tmp_path / "fronts_15" / "seed_1.json").exists()
+    monkeypatch.setenv("PARETO_BENCH_RESUME", "1")
+    stale = json.loads((tmp_path / "fronts_15" / "seed_1.json").read_text()) | {"digest": "other code"}
+    (tmp_path / "fronts_15" / "seed_1.json").write_text(json.dumps(stale))
+    details = fpc.run_15()["details"]
+    assert calls == ["seed=0", "seed=1", "seed=1"]     # seed 0 reused, seed 1 measured again (stale digest)
+    assert details[0]["methods"]["per_weight_dpo"]["seed"] == "seed=0"
+    monkeypatch.delenv("PARETO_BENCH_RESUME")
+    fpc.run_15()
+    assert calls[-2:] == ["seed=0", "seed=1"]            # without the opt-in nothing is reused

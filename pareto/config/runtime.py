@@ -111,12 +111,12 @@ class ResourcesConfig(Strict):
                                                            "which a cluster must put on shared storage")
     offline: bool | None = Field(None, description="workers never reach the Hugging Face hub; null = follow "
                                                    "HF_HUB_OFFLINE of the driver's environment")
-    cpu_kernels: Literal["avx2", "native"] = Field(
-        "avx2", description="x86 CPU code paths of torch's kernels in every Ray worker: 'avx2' pins ATen, MKL and "
-                            "oneDNN to AVX2 (the same front from the same config and seed on any AVX2 machine, "
-                            "Intel with AVX-512/AMX or AMD alike); 'native' lets them pick the fastest the CPU has "
-                            "(faster on AVX-512/AMX CPUs, but fronts differ between CPU models). No effect on GPU "
-                            "kernels")
+    cpu_kernels: Literal["portable", "native"] = Field(
+        "portable", description="x86 CPU code paths of torch's kernels in every Ray worker: 'portable' pins ATen "
+                                "and oneDNN to AVX2 and MKL to its vendor-neutral reproducible branch (the same "
+                                "front from the same config and seed on any AVX2 machine, Intel or AMD); 'native' "
+                                "lets them pick the fastest the CPU has (float32 GEMM ~2.5x faster, but fronts "
+                                "differ between CPU models). No effect on GPU kernels")
     cluster: ClusterConfig | None = Field(None, description="the GPU cluster a real-scale recipe is planned for")
 
     @property

@@ -35,20 +35,21 @@ from pareto.io import atomic_write_text, folder_bytes
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-# resources.cpu_kernels: avx2. Each library picks its x86 code path from the CPU it runs on (AVX-512 and AMX on a
-# recent Xeon, AVX2 on many EPYCs), and the paths round differently: two machines then train different fronts from
-# one seed. Pinned to AVX2 (ATen's dispatch, MKL's conditional numerical reproducibility mode, oneDNN's ISA cap),
-# every AVX2 machine runs the same code. Read when torch loads: a fresh worker process gets them.
-_PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
+# resources.cpu_kernels: portable. Each library picks its x86 code path from the CPU it runs on (AVX-512 and AMX on
+# a recent Xeon, other paths on an EPYC), and the paths round differently: two machines then train different fronts
+# from one seed. ATen's dispatch and oneDNN are capped at AVX2; MKL's GEMM runs its COMPATIBLE reproducibility
+# branch, the only one MKL honours on AMD as on Intel (MKL_CBWR=AVX2 is ignored on AMD: measured, docs/fronts.md).
+# Read when torch loads: a fresh worker process gets them.
+_PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "DNNL_MAX_CPU_ISA": "AVX2"}
 
 
-def worker_env(offline: bool | None = None, cpu_kernels: str = "avx2") -> dict[str, str]:
+def worker_env(offline: bool | None = None, cpu_kernels: str = "portable") -> dict[str, str]:
     """Environment of every Ray worker: one thread per CPU share; offline only when the config
     (`resources.offline`) or the driver's environment says so (workers of a cluster with the network download hub
-    models and datasets); CPU kernels pinned to AVX2 unless `resources.cpu_kernels` is native."""
+    models and datasets); CPU kernels pinned to the portable paths unless `resources.cpu_kernels` is native."""
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    return _WORKER_ENV | (_OFFLINE if offline else {}) | (_PORTABLE_KERNELS if cpu_kernels == "avx2" else {})
+    return _WORKER_ENV | (_OFFLINE if offline else {}) | (_PORTABLE_KERNELS if cpu_kernels == "portable" else {})
 
 
 def init_ray(cfg: ExperimentConfig) -> None:
