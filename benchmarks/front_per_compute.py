@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,22 +60,18 @@ def all_methods_config(path: Path, methods: tuple[str, ...] = METHOD_CONFIGS) ->
     return path
 
 
-def measure(overrides: list[str], methods: tuple[str, ...] = METHOD_CONFIGS) -> dict[str, Any]:
-    """One `pareto run` of the quickstart's methods plus `methods` in a fresh PARETO_HOME: its fronts, or the
-    log's tail under "failed"."""
-    from benchmarks.common import SUBPROCESS_ENV
-    from benchmarks.quickstart import read_fronts, run_measured
+def measure(overrides: list[str], methods: tuple[str, ...] = METHOD_CONFIGS, name: str = "fpc") -> dict[str, Any]:
+    """One `pareto run` of the quickstart's methods plus `methods` in a fresh PARETO_HOME ($PARETO_BENCH_KEEP/NAME
+    to keep it): its fronts, or the log's tail under "failed"."""
+    from benchmarks.quickstart import measure_run, read_fronts
 
     with tempfile.TemporaryDirectory(prefix="pareto-bench-fpc-") as tmp:
         config = all_methods_config(Path(tmp) / "all_methods.yaml", methods)
-        env = {**os.environ, **SUBPROCESS_ENV, "PARETO_HOME": str(Path(tmp) / "home")}
-        sets = [arg for o in overrides for arg in ("--set", o)]
-        measured = run_measured([sys.executable, "-m", "pareto.cli", "run", str(config), *sets], env,
-                                Path(tmp) / "run.log")
-        if measured["returncode"] != 0:
-            return {"failed": f"exit {measured['returncode']}", "log_tail": (Path(tmp) / "run.log").read_text()[-2000:]}
-        return {**read_fronts(Path(tmp) / "home"), "source": f"one run of {', '.join(methods)} with the quickstart's "
-                                                               "methods", "wall_seconds": measured["wall_seconds"]}
+        measured, fronts = measure_run(name, config, [arg for o in overrides for arg in ("--set", o)], read_fronts)
+    if fronts is None:
+        return {"failed": f"exit {measured['returncode']}", "log_tail": measured["log_tail"][-2000:]}
+    return {**fronts, "source": f"one run of {', '.join(methods)} with the quickstart's methods",
+            "wall_seconds": measured["wall_seconds"]}
 
 
 def run() -> dict[str, Any]:
@@ -149,10 +144,31 @@ def run_15() -> dict[str, Any]:
         if resume and saved.exists() and json.loads(saved.read_text()).get("digest") == digest:
             fronts = json.loads(saved.read_text())
         else:
-            fronts = {**measure(overrides, METHODS_15), "digest": digest}
+            fronts = {**measure(overrides, METHODS_15, f"fronts_15_seed_{seed}"), "digest": digest}
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(fronts, indent=1))
         details[seed] = fronts
         if "failed" not in fronts:
             per_seed[seed] = fronts["methods"]
     return {"name": "fronts_15", "rows": rows_15(per_seed), "details": details}
+
+
+def per_seed_table(per_seed: dict[int, dict[str, dict]]) -> str:
+    """Markdown: per method × seed, HV, HV ÷ the baseline's, training CPU-s and its ratio, IGD, vertex separation."""
+    lines = ["| method | seed | HV | HV ÷ per-weight | CPU-s | CPU-s ÷ per-weight | IGD | vertex separation (SE) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in (BASELINE, *TARGETS_15):
+        for seed in sorted(per_seed):
+            m, b = per_seed[seed].get(name), per_seed[seed].get(BASELINE)
+            if m is None or b is None:
+                continue
+            lines.append(f"| {name} | {seed} | {m['hypervolume']:.4f} | {m['hypervolume'] / b['hypervolume']:.3f}× | "
+                         f"{m['train_seconds']:.0f} | {m['train_seconds'] / b['train_seconds']:.3f}× | "
+                         f"{m['igd']:.3f} | {min(m['vertex_separation']):.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the per-seed table of the saved 15-λ seeds (results/fronts_15/seed_N.json)
+    saved = sorted((RESULTS / "fronts_15").glob("seed_*.json"))
+    print(per_seed_table({int(p.stem.split("_")[1]): json.loads(p.read_text())["methods"] for p in saved
+                          if "methods" in json.loads(p.read_text())}))

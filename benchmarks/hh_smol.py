@@ -9,14 +9,11 @@ run's MLflow store: reward-model scores on held-out prompts of both subsets, wit
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, ROOT, SUBPROCESS_ENV, row, skipped
-from benchmarks.quickstart import run_measured
+from benchmarks.common import RESULTS, ROOT, row, skipped
+from benchmarks.quickstart import measure_run
 
 CONFIG = ROOT / "configs" / "hh_smol.yaml"
 ONLINE = ROOT / "configs" / "hh_smol_online.yaml"
@@ -58,16 +55,7 @@ def _fronts(home: Path) -> dict[str, Any]:
 
 
 def _measure(name: str, extra: list[str], config: Path = CONFIG) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    keep = os.environ.get("PARETO_BENCH_KEEP")  # keep the run's state under this folder (e.g. for a UI screenshot)
-    with tempfile.TemporaryDirectory(prefix=f"pareto-bench-{name}-") as tmp:
-        home = Path(keep) / name if keep else Path(tmp)
-        if keep:
-            home.mkdir(parents=True)  # a fresh state, as on a fresh clone: an existing folder is refused
-        env = {**os.environ, **SUBPROCESS_ENV, "PARETO_HOME": str(home)}
-        cmd = [sys.executable, "-m", "pareto.cli", "run", str(config), *extra]
-        measured = run_measured(cmd, env, home / "run.log")
-        measured["log_tail"] = (home / "run.log").read_text()[-4000:]
-        return measured, (_fronts(home) if measured["returncode"] == 0 else None)
+    return measure_run(name, config, extra, _fronts)
 
 
 def run() -> dict[str, Any]:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,23 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path, interval: float
         stop.set()
         thread.join()
     return {"returncode": rc, "wall_seconds": time.perf_counter() - start, "peak_rss_gib": peak / 2**30}
+
+
+def measure_run(name: str, config: Path, extra: list[str], read: Callable[[Path], dict[str, Any]]
+                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`pareto run CONFIG EXTRA...` in a fresh state folder, measured (wall seconds, peak RSS, the log's tail), and
+    `read(state folder)` when it succeeded. $PARETO_BENCH_KEEP keeps the state under KEEP/NAME (a UI screenshot, the
+    run's front plots) instead of a temporary folder."""
+    keep = os.environ.get("PARETO_BENCH_KEEP")
+    with tempfile.TemporaryDirectory(prefix=f"pareto-bench-{name}-") as tmp:
+        home = Path(keep) / name if keep else Path(tmp)
+        if keep:
+            home.mkdir(parents=True)  # a fresh state, as on a fresh clone: an existing folder is refused
+        env = {**os.environ, **SUBPROCESS_ENV, "PARETO_HOME": str(home)}
+        measured = run_measured([sys.executable, "-m", "pareto.cli", "run", str(config), *extra], env,
+                                home / "run.log")
+        measured["log_tail"] = (home / "run.log").read_text()[-4000:]
+        return measured, (read(home) if measured["returncode"] == 0 else None)
 
 
 def read_fronts(home: Path) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def test_fronts_15_saves_each_seed_and_resumes_only_from_the_same_code(tmp_path,
 
     calls: list[str] = []
     monkeypatch.setattr(fpc, "RESULTS", tmp_path)
-    monkeypatch.setattr(fpc, "measure", lambda overrides, methods: calls.append(overrides[0]) or {
+    monkeypatch.setattr(fpc, "measure", lambda overrides, methods, name: calls.append(overrides[0]) or {
         "methods": {"per_weight_dpo": {"seed": overrides[0]}}})
     monkeypatch.setattr(fpc, "rows_15", lambda per_seed: [])
     monkeypatch.setenv("PARETO_BENCH_SEEDS", "0,1")

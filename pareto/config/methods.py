@@ -76,9 +76,9 @@ class RiCConfig(MethodConfig):
     lr: float = Field(3e-3, gt=0, description="offline SFT learning rate")
     epochs: int = Field(10, ge=1, description="offline SFT epochs")
     batch_size: int = Field(32, ge=1)
-    lora_rank: int | None = Field(None, ge=1, description="LoRA rank; null = full fine-tuning (the tiny LM must "
-                                                          "learn to read numbers, which a LoRA did not; use LoRA "
-                                                          "for large models)")
+    lora_rank: int | None = Field(None, ge=1, description="LoRA rank; null = full fine-tuning. On the tiny LM a "
+                                                          "rank-8 LoRA at lr 3e-3 never learned to read the reward "
+                                                          "numbers; rank 32, alpha 64, lr 1e-2 does (docs/fronts.md)")
     lora_alpha: float = Field(16.0, gt=0)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
     offline_samples: int | None = Field(1500, ge=2, description="(prompt, response) samples of the training pairs "
