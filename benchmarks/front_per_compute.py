@@ -141,9 +141,8 @@ def run_15() -> dict[str, Any]:
     for seed in seeds:
         overrides = [f"seed={seed}", f"evaluation.grid_points={GRID_15}"]
         digest, saved = seed_digest(overrides), RESULTS / "fronts_15" / f"seed_{seed}.json"
-        if resume and saved.exists() and json.loads(saved.read_text()).get("digest") == digest:
-            fronts = json.loads(saved.read_text())
-        else:
+        fronts = json.loads(saved.read_text()) if resume and saved.exists() else {}
+        if fronts.get("digest") != digest:
             fronts = {**measure(overrides, METHODS_15, f"fronts_15_seed_{seed}"), "digest": digest}
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(fronts, indent=1))
@@ -169,6 +168,5 @@ def per_seed_table(per_seed: dict[int, dict[str, dict]]) -> str:
 
 
 if __name__ == "__main__":  # the per-seed table of the saved 15-λ seeds (results/fronts_15/seed_N.json)
-    saved = sorted((RESULTS / "fronts_15").glob("seed_*.json"))
-    print(per_seed_table({int(p.stem.split("_")[1]): json.loads(p.read_text())["methods"] for p in saved
-                          if "methods" in json.loads(p.read_text())}))
+    saved = {int(p.stem.split("_")[1]): json.loads(p.read_text()) for p in (RESULTS / "fronts_15").glob("seed_*.json")}
+    print(per_seed_table({seed: fronts["methods"] for seed, fronts in saved.items() if "methods" in fronts}))
