@@ -50,14 +50,13 @@ def rows_for(methods: dict[str, dict], run_id: str = "?") -> list[dict[str, Any]
     return out
 
 
-def all_methods_config(path: Path, methods: tuple[str, ...] = METHOD_CONFIGS) -> Path:
-    """The quickstart config with the method sections of the other offline methods' configs added."""
+def all_methods_yaml(methods: tuple[str, ...] = METHOD_CONFIGS) -> str:
+    """The quickstart config with the method sections of the other offline methods' configs added, as YAML."""
     cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     for name in methods:
         cfg["methods"][name] = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["methods"][name]
     cfg["name"] = "front-per-compute"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def measure(overrides: list[str], methods: tuple[str, ...] = METHOD_CONFIGS, name: str = "fpc") -> dict[str, Any]:
@@ -66,7 +65,8 @@ def measure(overrides: list[str], methods: tuple[str, ...] = METHOD_CONFIGS, nam
     from benchmarks.quickstart import measure_run, read_fronts
 
     with tempfile.TemporaryDirectory(prefix="pareto-bench-fpc-") as tmp:
-        config = all_methods_config(Path(tmp) / "all_methods.yaml", methods)
+        config = Path(tmp) / "all_methods.yaml"
+        config.write_text(all_methods_yaml(methods))
         measured, fronts = measure_run(name, config, [arg for o in overrides for arg in ("--set", o)], read_fronts)
     if fronts is None:
         return {"failed": f"exit {measured['returncode']}", "log_tail": measured["log_tail"][-2000:]}
@@ -126,8 +126,7 @@ def seed_digest(overrides: list[str]) -> str:
     """What one seed's measurement depends on: pareto's source, the merged config and the overrides."""
     from pareto.cache import source_digest
 
-    with tempfile.TemporaryDirectory() as tmp:
-        text = all_methods_config(Path(tmp) / "c.yaml", METHODS_15).read_text()
+    text = all_methods_yaml(METHODS_15)
     return hashlib.sha256("\0".join([source_digest(), text, *overrides]).encode()).hexdigest()[:16]
 
 

@@ -471,8 +471,10 @@ def _dpo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
     trainable = None
     if arch:
         trainable = lora_params(arch, mcfg.target_modules, rank)
-        if name == "mah_dpo":
+        if name == "mah_dpo":  # K LM-head deltas, and K deltas per projection of the top head_layers layers
             trainable += k * mcfg.head_rank * (arch.hidden + arch.vocab)
+            heads_per_layer = lora_params(arch, mcfg.target_modules, k * mcfg.head_rank) // arch.layers
+            trainable += min(mcfg.head_layers, arch.layers) * heads_per_layer
     sequences = 2 * mcfg.batch_size  # chosen and rejected; the reference pass (adapter off) shares the weights
     memory = _memory(
         weights=arch.params * BYTES[policy.dtype] if arch else None,

@@ -24,6 +24,7 @@ from pareto.models.multihead import (
     _lm_owner,
     add_multihead,
     head_weights,
+    layer_heads,
     multihead,
 )
 from pareto.models.policy import generate, load_policy
@@ -193,10 +194,16 @@ def test_mah_dpo_loss_hand_computed() -> None:
     assert routing(better).tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 0]] * 2
 
 
-def test_fit_save_and_load_round_trip(tiny_fit_context, tmp_path: Path) -> None:
+@pytest.mark.parametrize("head_layers", [0, 1])
+def test_fit_save_and_load_round_trip(tiny_fit_context, tmp_path: Path, head_layers: int) -> None:
     ctx = tiny_fit_context(n_pairs=24)
-    cfg = MAHDPOConfig(max_steps=4, eval_every=2, batch_size=6, lr=5e-3, target_modules=TARGETS, head_rank=4)
+    cfg = MAHDPOConfig(max_steps=4, eval_every=2, batch_size=6, lr=5e-3, target_modules=TARGETS, head_rank=4,
+                       head_layers=head_layers, keep="last")
     policy, result = load_method("mah_dpo").fit(ctx, cfg)
+    layers = layer_heads(policy.model)
+    assert len(layers) == len(TARGETS) * head_layers
+    for m in layers.values():  # trained: every head's delta moved (B starts at zero)
+        assert all(torch.count_nonzero(m.head_B[h]) > 0 for h in range(K))
     assert result.steps >= 2 and any("dpo_loss/harmless" in h for h in result.history)
     prompts = ["how do i bake bread?", "explain how i can shoplift from a store."]
     lam = np.array([[0.6, 0.4, 0.0], [0.0, 0.0, 1.0]])
@@ -205,8 +212,8 @@ def test_fit_save_and_load_round_trip(tiny_fit_context, tmp_path: Path) -> None:
     loaded = load_conditioned("mah_dpo", ctx.base_dir, tmp_path / "adapter", ctx.objectives)
     assert isinstance(loaded, MultiHeadPolicy)
     assert loaded.generate(prompts, lam, max_new_tokens=10) == before
-    for a, b in zip(loaded.model.parameters(), policy.model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    for (na, a), (nb, b) in zip(loaded.model.named_parameters(), policy.model.named_parameters(), strict=True):
+        assert na == nb and torch.equal(a, b)
     from safetensors.torch import load_file, save_file
 
     save_file({"head_A": load_file(str(tmp_path / "adapter" / HEADS_FILE))["head_A"]},
@@ -242,3 +249,31 @@ def test_per_row_routing_gives_each_row_its_own_head(tiny_lm) -> None:
     general.sum().backward()
     assert torch.allclose(routed_grads[0], head.head_A.grad, atol=1e-4)
     assert torch.allclose(routed_grads[1], head.head_B.grad, atol=1e-4)
+
+
+def test_head_layers_take_the_top_layer_out_of_the_backbone(tiny_lm, pairs) -> None:
+    # head_layers 1: each objective owns a delta on the top decoder layer's q and v projections, which leave the
+    # backbone LoRA (it keeps o_proj: the test LM has one layer); the untouched model is still the base model, and a
+    # tagged example trains only its own head there
+    base, tok = load_policy(tiny_lm)
+    ids = tok(["User: how do i bake bread?\nAssistant: mix flour"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+    top = max(int(n.split(".layers.")[1].split(".")[0]) for n, _ in base.named_modules() if ".layers." in n)
+    model = add_multihead(base, K, 4, 8.0, LoraConfig(r=4, lora_alpha=8, target_modules=[*TARGETS, "o_proj"],
+                                                      task_type="CAUSAL_LM"), head_layers=1, head_modules=TARGETS)
+    layers = layer_heads(model)
+    assert sorted(layers) == sorted(f"model.layers.{top}.self_attn.{t}" for t in TARGETS)
+    lora = {n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n}
+    assert lora == {f"base_model.model.model.layers.{top}.self_attn.o_proj"}  # the heads' projections left it
+    assert all(m.head_A.requires_grad and m.head_B.requires_grad for m in layers.values())
+    with torch.no_grad(), head_weights(np.full(K, 1.0 / K)):
+        assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-6)  # every delta starts at zero
+    with torch.no_grad():
+        for m in layers.values():
+            m.head_B.normal_(0, 0.05)
+    logp = head_pair_logps(model, tok, pairs, [0, 1, 2, 3], [0, 2, 0, 2], K, 256)
+    logp.sum().backward()
+    for m in layers.values():
+        assert torch.count_nonzero(m.head_A.grad[1]) == 0 and torch.count_nonzero(m.head_B.grad[1]) == 0
+        assert m.head_A.grad[0].abs().sum() > 0 and m.head_A.grad[2].abs().sum() > 0

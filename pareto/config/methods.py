@@ -114,6 +114,8 @@ class MAHDPOConfig(DPOConfig):
 
     head_rank: int = Field(8, ge=1, description="rank of each objective's delta on the shared LM head")
     head_alpha: float = Field(16.0, gt=0)
+    head_layers: int = Field(0, ge=0, description="each head also owns a delta on the target_modules of the top N "
+                                                  "decoder layers (they leave the shared backbone); 0 = LM head only")
 
 
 class SoupsConfig(DPOConfig):

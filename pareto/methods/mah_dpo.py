@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from peft import LoraConfig
 
-from pareto.config import MAHDPOConfig
+from pareto.config import DEFAULT_TARGETS, MAHDPOConfig
 from pareto.methods import FitContext
 from pareto.methods.dpo import PairSet, TrainResult, front_validator, train_dpo
 from pareto.methods.panacea import validation_weights
@@ -102,7 +102,8 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
     backbone = (LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                            target_modules=lora_targets(base, cfg.target_modules, cfg.lora_layers),
                            lora_dropout=0.0, task_type="CAUSAL_LM") if cfg.target_modules else None)
-    model = add_multihead(base, k, cfg.head_rank, cfg.head_alpha, backbone)
+    model = add_multihead(base, k, cfg.head_rank, cfg.head_alpha, backbone, cfg.head_layers,
+                          cfg.target_modules or DEFAULT_TARGETS)
     uniform = np.full(k, 1.0 / k)
     # every delta is zero at init: at uniform head weights this is exactly the SFT reference
     prepare_reference(model, tokenizer, pairs, max_length, lambda: head_weights(uniform))

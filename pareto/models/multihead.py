@@ -4,8 +4,11 @@ Each head is a low-rank delta on the shared LM head (W_h = W + s·B_h A_h) inste
 
     logits(λ) = W h + s · Σ_h λ_h B_h A_h h  =  Σ_h λ_h logits_h        (λ on the simplex)
 
-which is the product of experts π ∝ Π_h π_h^{λ_h}. λ is [K] (one preference for the batch) or [B, K] (one per row,
-e.g. a one-hot row per training example routes it to its objective's head; other heads get exactly zero gradient).
+which is the product of experts π ∝ Π_h π_h^{λ_h}. With `head_layers` N, each head also owns such a delta on every
+targeted linear layer of the top N decoder layers (those leave the shared backbone): a head is then the top of the
+network, as in the MAH-DPO paper's figure, and at inference those layers' deltas are mixed by λ the same way (there
+the mix is of weights, not of logits). λ is [K] (one preference for the batch) or [B, K] (one per row, e.g. a one-hot
+row per training example routes it to its objective's head; other heads get exactly zero gradient).
 
 λ is never stored on the model. It lives in a `contextvars.ContextVar` set by `head_weights(λ)` for the duration of
 a call, so requests with different λ can share one loaded model from several threads (each thread has its own
@@ -19,6 +22,7 @@ import contextvars
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +33,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from pareto.models.conditioned import read_policy_meta, write_policy_meta
-from pareto.models.policy import generate, load_policy
+from pareto.models.policy import generate, load_policy, lora_targets
 
 MULTIHEAD_MARKER = "pareto.mah_dpo.multihead.v1"
 HEADS_FILE = "heads.safetensors"
@@ -70,12 +74,13 @@ def set_training_routing(weights: object) -> None:
     _HEAD_WEIGHTS.set(_as_weights(lam, lam.shape[-1]))
 
 
-class MultiHeadLMHead(nn.Module):
-    """The shared LM head plus K low-rank deltas; reads λ from the calling context."""
+class MultiHeadLinear(nn.Module):
+    """A shared linear layer (the LM head, or a top decoder layer's projection) plus K low-rank deltas; reads λ from
+    the calling context."""
 
     def __init__(self, base: nn.Linear, n_heads: int, rank: int, alpha: float) -> None:
         super().__init__()
-        self.base = base  # the shared (possibly tied) LM head; frozen
+        self.base = base  # the shared (possibly tied) LM head or projection; frozen
         self.n_heads, self.rank, self.alpha = n_heads, rank, alpha
         self.scaling = alpha / rank
         d, v = base.in_features, base.out_features
@@ -87,7 +92,7 @@ class MultiHeadLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         lam = _HEAD_WEIGHTS.get()
         if lam is None:
-            raise RuntimeError("MultiHeadLMHead needs preference weights: wrap the call in "
+            raise RuntimeError("MultiHeadLinear needs preference weights: wrap the call in "
                                "`with head_weights(λ):` (pareto.models.multihead)")
         lam = lam.to(hidden.dtype).to(hidden.device)
         if lam.dim() == 2 and lam.shape[0] != hidden.shape[0]:
@@ -123,21 +128,50 @@ def _lm_owner(model: nn.Module) -> nn.Module:
     return inner
 
 
-def multihead(model: nn.Module) -> MultiHeadLMHead:
+def multihead(model: nn.Module) -> MultiHeadLinear:
     head = _lm_owner(model).lm_head
-    if not isinstance(head, MultiHeadLMHead):
+    if not isinstance(head, MultiHeadLinear):
         raise ValueError("model has no multi-head LM head; build it with add_multihead")
     return head
 
 
+def layer_heads(model: nn.Module) -> dict[str, MultiHeadLinear]:
+    """The multi-head projections inside the decoder layers (`head_layers`), by name within the causal LM."""
+    owner = _lm_owner(model)
+    return {name: m for name, m in owner.named_modules() if isinstance(m, MultiHeadLinear) and name != "lm_head"}
+
+
+def _wrap_layers(model: nn.Module, names: Sequence[str], n_heads: int, rank: int, alpha: float) -> None:
+    for name in names:
+        parent, child = name.rsplit(".", 1)
+        owner = model.get_submodule(parent)
+        linear = getattr(owner, child)
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"head layer {name!r} is a {type(linear).__name__}, not nn.Linear")
+        setattr(owner, child, MultiHeadLinear(linear, n_heads, rank, alpha))
+
+
 def add_multihead(model: PreTrainedModel, n_heads: int, head_rank: int, head_alpha: float,
-                  backbone: LoraConfig | None) -> nn.Module:
-    """Freeze the base; add a shared LoRA backbone adapter (if given) and K head deltas on lm_head."""
+                  backbone: LoraConfig | None, head_layers: int = 0,
+                  head_modules: Sequence[str] = ()) -> nn.Module:
+    """Freeze the base; give each of the K heads a delta on lm_head and, with `head_layers` N, on the `head_modules`
+    projections of the top N decoder layers; add the shared LoRA backbone adapter (if given) on the rest."""
     model.requires_grad_(False)
+    wrapped = lora_targets(model, head_modules, head_layers) if head_layers else []
+    _wrap_layers(model, wrapped, n_heads, head_rank, head_alpha)
+    if backbone is not None and wrapped:  # the heads' projections leave the backbone: name the rest explicitly
+        targets = backbone.target_modules
+        inside = {f"{n}.base" for n in wrapped}  # the wrapped projections' own linear layers
+        rest = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside
+                and (n in targets or any(n.endswith("." + t) for t in targets))]
+        backbone = replace(backbone, target_modules=rest) if rest else None
     if backbone is not None:
         model = get_peft_model(model, backbone)
+        for head in layer_heads(model).values():  # PEFT froze every non-LoRA parameter
+            head.head_A.requires_grad_(True)
+            head.head_B.requires_grad_(True)
     owner = _lm_owner(model)
-    owner.lm_head = MultiHeadLMHead(owner.lm_head, n_heads, head_rank, head_alpha)
+    owner.lm_head = MultiHeadLinear(owner.lm_head, n_heads, head_rank, head_alpha)
     return model
 
 
@@ -163,10 +197,13 @@ class MultiHeadPolicy:
         has_backbone = isinstance(self.model, PeftModel)
         if has_backbone:
             self.model.save_pretrained(path)
-        save_file({"head_A": self.head.head_A.detach().contiguous(), "head_B": self.head.head_B.detach().contiguous()},
-                  str(path / HEADS_FILE))
+        layers = layer_heads(self.model)
+        tensors = {f"{prefix}{part}": getattr(m, part).detach().contiguous()
+                   for prefix, m in [("", self.head), *((f"{n}/", m) for n, m in layers.items())]
+                   for part in ("head_A", "head_B")}
+        save_file(tensors, str(path / HEADS_FILE))
         write_policy_meta(path, MULTIHEAD_MARKER, self.objectives, head_rank=self.head.rank,
-                          head_alpha=self.head.alpha, backbone_adapter=has_backbone)
+                          head_alpha=self.head.alpha, backbone_adapter=has_backbone, head_layers=sorted(layers))
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> MultiHeadPolicy:
@@ -175,12 +212,14 @@ class MultiHeadPolicy:
         meta = read_policy_meta(adapter_dir, MULTIHEAD_MARKER, objectives, "MAH-DPO")
         base, tokenizer = load_policy(base_dir)
         base.requires_grad_(False)
+        rank, alpha = int(meta["head_rank"]), float(meta["head_alpha"])
+        _wrap_layers(base, meta.get("head_layers", []), len(objectives), rank, alpha)  # before the backbone, as trained
         model: nn.Module = PeftModel.from_pretrained(base, str(adapter_dir)) if meta["backbone_adapter"] else base
         owner = _lm_owner(model)
-        owner.lm_head = MultiHeadLMHead(owner.lm_head, len(objectives), int(meta["head_rank"]),
-                                        float(meta["head_alpha"]))
+        owner.lm_head = MultiHeadLinear(owner.lm_head, len(objectives), rank, alpha)
         state = load_file(str(adapter_dir / HEADS_FILE))
-        expected = {"head_A": owner.lm_head.head_A, "head_B": owner.lm_head.head_B}
+        heads = [("", owner.lm_head), *((f"{n}/", m) for n, m in layer_heads(model).items())]
+        expected = {f"{prefix}{part}": getattr(m, part) for prefix, m in heads for part in ("head_A", "head_B")}
         if set(state) != set(expected):
             raise ValueError(f"{adapter_dir / HEADS_FILE}: tensors {sorted(state)}, expected {sorted(expected)}")
         with torch.no_grad():
