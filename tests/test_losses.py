@@ -50,6 +50,14 @@ def test_aggregations() -> None:
     losses, lam = torch.tensor([0.2, 0.9, 0.4]), torch.tensor([0.5, 0.25, 0.25])
     assert aggregate_losses(losses, lam, "linear").item() == pytest.approx(0.1 + 0.225 + 0.1)
     assert aggregate_losses(losses, lam, "tchebycheff").item() == pytest.approx(0.225)
+    # smooth Tchebycheff by hand: μ log Σ exp(λ_i L_i / μ) with λL = (0.1, 0.225, 0.1), μ = 0.1
+    by_hand = 0.1 * math.log(2 * math.exp(1.0) + math.exp(2.25))
+    assert aggregate_losses(losses, lam, "smooth_tchebycheff", mu=0.1).item() == pytest.approx(by_hand)
+    assert aggregate_losses(losses, lam, "smooth_tchebycheff", mu=1e-3).item() == pytest.approx(0.225, abs=1e-6)
+    # every objective gets a gradient, the worst one the most; Tchebycheff gives the others none
+    soft = losses.clone().requires_grad_(True)
+    aggregate_losses(soft, lam, "smooth_tchebycheff", mu=0.1).backward()
+    assert (soft.grad > 0).all() and soft.grad.argmax().item() == 1
     with pytest.raises(ValueError, match="unknown loss aggregation"):
         aggregate_losses(losses, lam, "median")
 

@@ -143,3 +143,31 @@ def test_batch_by_lambda_draws_each_pair_slot_for_an_objective_with_probability_
     assert abs(np.mean(share1) - (0.75 + 0.25 * 10 / 40)) < 0.02  # 10 of objective 0's 40 pairs label 1 as well
     vertex = LambdaBatches(better, batch_size=5, vertex_prob=0.0, fixed=np.array([1.0, 0.0]))
     assert all((vertex.sample_batch(rng)[1][:, 0] >= 0).all() for _ in range(50))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero(tiny_lm) -> None:
+    from pareto.methods.dpo import learning_rate
+
+    cfg = PanaceaConfig(lr=4e-3, max_steps=100, lr_schedule="cosine", warmup_ratio=0.05)
+    assert [learning_rate(cfg, s) for s in (1, 5)] == pytest.approx([4e-3 / 5, 4e-3])  # 5 warm-up steps
+    assert learning_rate(cfg, 5 + 95 // 2) == pytest.approx(2e-3, rel=0.02)  # half-way through the decay
+    assert learning_rate(cfg, 100) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(PanaceaConfig(lr=4e-3), 77) == 4e-3  # constant: the default
+    # the trainer applies it: each step's logged rate is the schedule's
+    from pareto.data import load_task
+    from pareto.data.task import TaskOracle
+    from pareto.methods import FitContext
+    from pareto.methods.dpo import PairSet
+
+    task = load_task("tiny-hh", seed=0)
+    names = ("helpful", "harmless", "concise")
+    pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:16], [0, 1, 2])
+    ctx = FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:2],
+                     reward=TaskOracle(task, names), objectives=names, max_length=256, seed=0,
+                     gen={"max_new_tokens": 4, "do_sample": False, "temperature": 1.0})
+    run = PanaceaConfig(lr=1e-2, max_steps=8, eval_every=1000, batch_size=4, lora_rank=4, lr_schedule="cosine",
+                        warmup_ratio=0.25, target_modules=["q_proj", "v_proj"])
+    _, result = load_method("panacea").fit(ctx, run)
+    logged = [h["lr"] for h in result.history if "lr" in h]
+    assert logged == pytest.approx([learning_rate(run, s) for s in range(1, 9)])
+    assert logged[1] == pytest.approx(1e-2) and logged[-1] == pytest.approx(0.0, abs=1e-12)

@@ -34,6 +34,10 @@ class DPOConfig(LoRAMethodConfig):
 
     beta: float = Field(0.5, gt=0)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: linear warm-up over "
+                                                                                "warmup_ratio of max_steps, then "
+                                                                                "cosine decay to 0 at max_steps")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1, description="preference pairs per micro-batch")
@@ -56,7 +60,8 @@ class DPOConfig(LoRAMethodConfig):
 
 
 class PanaceaConfig(DPOConfig):
-    aggregation: Literal["linear", "tchebycheff"] = "linear"
+    aggregation: Literal["linear", "tchebycheff", "smooth_tchebycheff"] = "linear"
+    smooth_mu: float = Field(0.1, gt=0, description="smooth_tchebycheff's temperature μ (→ tchebycheff as μ → 0)")
     vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
     batch_by_lambda: bool = Field(False, description="draw each micro-batch for its λ: a pair slot goes to objective "
                                                      "j with probability λ_j (datasets where each pair labels one "

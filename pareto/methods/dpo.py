@@ -9,6 +9,7 @@ held-out front metric scored by the learned reward model, with degenerate (repet
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -286,7 +287,7 @@ def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
     offset = None if pairs.offset is None else pairs.offset[idx].to(device)
     losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
     per_objective = masked_objective_means(losses, mask)
-    loss = aggregate_losses(per_objective, lam, aggregation)
+    loss = aggregate_losses(per_objective, lam, aggregation, mu=getattr(cfg, "smooth_mu", 0.1))
     if cfg.nll_weight > 0:
         # length-normalised NLL of each objective's chosen response, weighted by λ like the DPO terms
         chosen = better.clamp(min=0)
@@ -352,6 +353,11 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
             result.tokens += tokens
             _add_to_log(logged, objectives, loss, per_objective, weights, cfg.grad_accum)
         torch.nn.utils.clip_grad_norm_(run.trainable, 1.0)
+        lr = learning_rate(cfg, step)
+        for group in run.optim.param_groups:  # a function of the step: a resumed run gets the same rate
+            group["lr"] = lr
+        if cfg.lr_schedule != "constant":
+            logged["lr"] = lr
         run.optim.step()
         result.steps = step
         result.history.append({"step": step, **logged})
@@ -363,6 +369,16 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
             run.save(step, stopped)
     bar.close()
     return run.finish()
+
+
+def learning_rate(cfg: DPOConfig, step: int) -> float:
+    """The step's learning rate (steps count from 1): constant, or warm-up then cosine decay to 0 at max_steps."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    warmup = max(1, round(cfg.warmup_ratio * cfg.max_steps))
+    if step <= warmup:
+        return cfg.lr * step / warmup
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, cfg.max_steps - warmup)))
 
 
 def verified_prefix(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,

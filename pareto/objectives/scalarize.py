@@ -41,15 +41,20 @@ def scalarize(name: str, rewards: torch.Tensor, weights: torch.Tensor, **kwargs:
 
 
 def aggregate_losses(losses: torch.Tensor, weights: torch.Tensor, method: str = "linear",
-                     ideal: torch.Tensor | None = None) -> torch.Tensor:
+                     ideal: torch.Tensor | None = None, mu: float = 0.1) -> torch.Tensor:
     """Aggregate per-objective losses [..., K] by λ into one loss to minimise.
 
-    linear:      Σ_i λ_i L_i
-    tchebycheff: max_i λ_i (L_i − z_i), z = 0 by default (a DPO loss is ≥ 0).
+    linear:             Σ_i λ_i L_i
+    tchebycheff:        max_i λ_i (L_i − z_i), z = 0 by default (a DPO loss is ≥ 0).
+    smooth_tchebycheff: μ log Σ_i exp(λ_i (L_i − z_i) / μ) (Lin et al., ICML 2024): Tchebycheff's max made smooth,
+                        so every objective gets a gradient, in proportion to how close it is to the worst one;
+                        → tchebycheff as μ → 0.
     """
     if method == "linear":
         return (losses * weights).sum(-1)
+    ideal = torch.zeros_like(losses) if ideal is None else ideal
     if method == "tchebycheff":
-        ideal = torch.zeros_like(losses) if ideal is None else ideal
         return (weights * (losses - ideal)).max(-1).values
-    raise ValueError(f"unknown loss aggregation {method!r}; choose 'linear' or 'tchebycheff'")
+    if method == "smooth_tchebycheff":
+        return mu * torch.logsumexp(weights * (losses - ideal) / mu, dim=-1)
+    raise ValueError(f"unknown loss aggregation {method!r}; choose 'linear', 'tchebycheff' or 'smooth_tchebycheff'")
