@@ -251,7 +251,7 @@ def test_per_row_routing_gives_each_row_its_own_head(tiny_lm) -> None:
     assert torch.allclose(routed_grads[1], head.head_B.grad, atol=1e-4)
 
 
-def test_head_layers_take_the_top_layer_out_of_the_backbone(tiny_lm, pairs) -> None:
+def test_head_layers_take_the_top_layer_out_of_the_backbone(tiny_lm, pairs, tmp_path: Path) -> None:
     # head_layers 1: each objective owns a delta on the top decoder layer's q and v projections, which leave the
     # backbone LoRA (it keeps o_proj: the test LM has one layer); the untouched model is still the base model, and a
     # tagged example trains only its own head there
@@ -277,3 +277,10 @@ def test_head_layers_take_the_top_layer_out_of_the_backbone(tiny_lm, pairs) -> N
     for m in layers.values():
         assert torch.count_nonzero(m.head_A.grad[1]) == 0 and torch.count_nonzero(m.head_B.grad[1]) == 0
         assert m.head_A.grad[0].abs().sum() > 0 and m.head_A.grad[2].abs().sum() > 0
+    # saved and loaded with the backbone: the same heads in the same places, the same logits at a mixed λ
+    model.eval()
+    MultiHeadPolicy(model, tok, ("a", "b", "c")).save(tmp_path / "adapter")
+    loaded = MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", ("a", "b", "c"))
+    assert sorted(layer_heads(loaded.model)) == sorted(layers)
+    with torch.no_grad(), head_weights(np.array([0.5, 0.2, 0.3])):
+        assert torch.allclose(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
