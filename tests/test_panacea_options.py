@@ -33,8 +33,8 @@ def test_vertex_oversampling_frequency_matches_vertex_prob(vertex_prob: float) -
         np.testing.assert_allclose(counts, 1 / K, atol=0.03)
 
 
-@pytest.fixture(scope="module")
-def tcheby_run(tiny_lm) -> tuple:
+def _small_context(tiny_lm):
+    """16 tiny-hh pairs on the test LM, scored by the oracle (fits in 60 steps)."""
     from pareto.data import load_task
     from pareto.data.task import TaskOracle
     from pareto.methods import FitContext
@@ -42,10 +42,15 @@ def tcheby_run(tiny_lm) -> tuple:
 
     task = load_task("tiny-hh", seed=0)
     names = ("helpful", "harmless", "concise")
-    pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:16], [0, 1, 2])  # fits in 60 steps
-    ctx = FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:2],
-                     reward=TaskOracle(task, names), objectives=names, max_length=256, seed=0,
-                     gen={"max_new_tokens": 4, "do_sample": False, "temperature": 1.0})
+    pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:16], [0, 1, 2])
+    return FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:2],
+                      reward=TaskOracle(task, names), objectives=names, max_length=256, seed=0,
+                      gen={"max_new_tokens": 4, "do_sample": False, "temperature": 1.0})
+
+
+@pytest.fixture(scope="module")
+def tcheby_run(tiny_lm) -> tuple:
+    ctx = _small_context(tiny_lm)
     cfg = PanaceaConfig(aggregation="tchebycheff", vertex_prob=0.5, nll_weight=0.0, lr=1e-2, max_steps=60,
                         eval_every=1000, batch_size=8, lora_rank=4, target_modules=["q_proj", "v_proj", "down_proj"])
     policy, result = load_method("panacea").fit(ctx, cfg)
@@ -154,17 +159,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero(tiny_lm) -> None:
     assert learning_rate(cfg, 100) == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(PanaceaConfig(lr=4e-3), 77) == 4e-3  # constant: the default
     # the trainer applies it: each step's logged rate is the schedule's
-    from pareto.data import load_task
-    from pareto.data.task import TaskOracle
-    from pareto.methods import FitContext
-    from pareto.methods.dpo import PairSet
-
-    task = load_task("tiny-hh", seed=0)
-    names = ("helpful", "harmless", "concise")
-    pairs = PairSet.from_pairs(task.preference_pairs("train", 4, 0.1, seed=0)[:16], [0, 1, 2])
-    ctx = FitContext(base_dir=tiny_lm, pairs=pairs, val_prompts=[p.text for p in task.prompts("val")][:2],
-                     reward=TaskOracle(task, names), objectives=names, max_length=256, seed=0,
-                     gen={"max_new_tokens": 4, "do_sample": False, "temperature": 1.0})
+    ctx = _small_context(tiny_lm)
     run = PanaceaConfig(lr=1e-2, max_steps=8, eval_every=1000, batch_size=4, lora_rank=4, lr_schedule="cosine",
                         warmup_ratio=0.25, target_modules=["q_proj", "v_proj"])
     _, result = load_method("panacea").fit(ctx, run)
