@@ -246,7 +246,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                "pareto.models.multihead:MultiHeadPolicy", None,
                not_lora="MAH-DPO mixes per-objective output heads by λ (logits = Σ λ_h logits_h), which is not a LoRA "
                         "adapter, so it is served with transformers",
-               title="one model, one LM-head delta per objective (DPO)"),
+               title="one model, one head per objective (an LM-head delta; top layers too with head_layers), DPO"),
     MethodSpec("soups", SoupsConfig, "dpo", True, False, "pareto.methods.soups",
                "pareto.models.soups:SoupsPolicy", "merge",
                title="one LoRA-DPO adapter per objective, merged by λ"),
