@@ -151,18 +151,16 @@ def test_batch_by_lambda_draws_each_pair_slot_for_an_objective_with_probability_
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero(tiny_lm) -> None:
-    from pareto.methods.dpo import learning_rate
-
     cfg = PanaceaConfig(lr=4e-3, max_steps=100, lr_schedule="cosine", warmup_ratio=0.05)
-    assert [learning_rate(cfg, s) for s in (1, 5)] == pytest.approx([4e-3 / 5, 4e-3])  # 5 warm-up steps
-    assert learning_rate(cfg, 5 + 95 // 2) == pytest.approx(2e-3, rel=0.02)  # half-way through the decay
-    assert learning_rate(cfg, 100) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(PanaceaConfig(lr=4e-3), 77) == 4e-3  # constant: the default
+    assert [cfg.learning_rate(s) for s in (1, 5)] == pytest.approx([4e-3 / 5, 4e-3])  # 5 warm-up steps
+    assert cfg.learning_rate(5 + 95 // 2) == pytest.approx(2e-3, rel=0.02)  # half-way through the decay
+    assert cfg.learning_rate(100) == pytest.approx(0.0, abs=1e-12)
+    assert PanaceaConfig(lr=4e-3).learning_rate(77) == 4e-3  # constant: the default
     # the trainer applies it: each step's logged rate is the schedule's
     ctx = _small_context(tiny_lm)
     run = PanaceaConfig(lr=1e-2, max_steps=8, eval_every=1000, batch_size=4, lora_rank=4, lr_schedule="cosine",
                         warmup_ratio=0.25, target_modules=["q_proj", "v_proj"])
     _, result = load_method("panacea").fit(ctx, run)
     logged = [h["lr"] for h in result.history if "lr" in h]
-    assert logged == pytest.approx([learning_rate(run, s) for s in range(1, 9)])
+    assert logged == pytest.approx([run.learning_rate(s) for s in range(1, 9)])
     assert logged[1] == pytest.approx(1e-2) and logged[-1] == pytest.approx(0.0, abs=1e-12)

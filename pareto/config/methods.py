@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,6 +58,15 @@ class DPOConfig(LoRAMethodConfig):
     checkpoint_every: int = Field(50, ge=1, description="steps between trainer checkpoints (state_dir/checkpoints; "
                                                         "a rerun of the same config resumes from the newest)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per trainer (older ones are removed)")
+
+    def learning_rate(self, step: int) -> float:
+        """The step's learning rate (steps count from 1): constant, or warm-up then cosine decay to 0 at max_steps."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        warmup = max(1, round(self.warmup_ratio * self.max_steps))
+        if step <= warmup:
+            return self.lr * step / warmup
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, self.max_steps - warmup)))
 
 
 class PanaceaConfig(DPOConfig):

@@ -9,7 +9,6 @@ held-out front metric scored by the learned reward model, with degenerate (repet
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -353,7 +352,7 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
             result.tokens += tokens
             _add_to_log(logged, objectives, loss, per_objective, weights, cfg.grad_accum)
         torch.nn.utils.clip_grad_norm_(run.trainable, 1.0)
-        lr = learning_rate(cfg, step)
+        lr = cfg.learning_rate(step)
         for group in run.optim.param_groups:  # a function of the step: a resumed run gets the same rate
             group["lr"] = lr
         if cfg.lr_schedule != "constant":
@@ -369,16 +368,6 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
             run.save(step, stopped)
     bar.close()
     return run.finish()
-
-
-def learning_rate(cfg: DPOConfig, step: int) -> float:
-    """The step's learning rate (steps count from 1): constant, or warm-up then cosine decay to 0 at max_steps."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    warmup = max(1, round(cfg.warmup_ratio * cfg.max_steps))
-    if step <= warmup:
-        return cfg.lr * step / warmup
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, cfg.max_steps - warmup)))
 
 
 def verified_prefix(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
