@@ -33,7 +33,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from pareto.models.conditioned import read_policy_meta, write_policy_meta
-from pareto.models.policy import generate, load_policy, lora_targets
+from pareto.models.policy import generate, load_policy, lora_targets, matches_target
 
 MULTIHEAD_MARKER = "pareto.mah_dpo.multihead.v1"
 HEADS_FILE = "heads.safetensors"
@@ -163,7 +163,7 @@ def add_multihead(model: PreTrainedModel, n_heads: int, head_rank: int, head_alp
         targets = backbone.target_modules
         inside = {f"{n}.base" for n in wrapped}  # the wrapped projections' own linear layers
         rest = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside
-                and (n in targets or any(n.endswith("." + t) for t in targets))]
+                and matches_target(n, targets)]
         backbone = replace(backbone, target_modules=rest) if rest else None
     if backbone is not None:
         model = get_peft_model(model, backbone)

@@ -248,6 +248,11 @@ def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, exampl
     return losses
 
 
+def matches_target(name: str, modules: Sequence[str]) -> bool:
+    """Whether module `name` is one of `modules` as PEFT matches target_modules: the full name, or a name suffix."""
+    return any(name == t or name.endswith("." + t) for t in modules)
+
+
 def lora_targets(model: torch.nn.Module, modules: Sequence[str], top_layers: int | None = None) -> list[str]:
     """LoRA target modules: `modules` (name suffixes such as q_proj) everywhere, or only in the top `top_layers`
     decoder layers, as full module names (PEFT matches a name by suffix). Backward then stops below the lowest
@@ -260,7 +265,7 @@ def lora_targets(model: torch.nn.Module, modules: Sequence[str], top_layers: int
         raise ValueError("lora_layers needs a model with numbered decoder layers (.layers.<i>.); set it to null")
     keep = set(layers[-top_layers:])
     return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
-            and any(name.endswith("." + t) or name == t for t in modules)
+            and matches_target(name, modules)
             and (m := re.search(r"\.layers\.(\d+)\.", name)) and int(m.group(1)) in keep]
 
 
