@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pareto.config import METHODS, PPO_METHODS, ExperimentConfig
+from pareto.config import DEFAULT_TARGETS, METHODS, PPO_METHODS, ExperimentConfig
 
 GIB = 1024**3
 CUDA_CONTEXT_GIB = 1.0
@@ -471,10 +471,11 @@ def _dpo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
     trainable = None
     if arch:
         trainable = lora_params(arch, mcfg.target_modules, rank)
-        if name == "mah_dpo":  # K LM-head deltas, and K deltas per projection of the top head_layers layers
+        if name == "mah_dpo":  # K LM-head deltas; the top head_layers layers trade their backbone LoRA for K deltas
             trainable += k * mcfg.head_rank * (arch.hidden + arch.vocab)
-            heads_per_layer = lora_params(arch, mcfg.target_modules, k * mcfg.head_rank) // arch.layers
-            trainable += min(mcfg.head_layers, arch.layers) * heads_per_layer
+            top = min(mcfg.head_layers, arch.layers)
+            heads = lora_params(arch, mcfg.target_modules or DEFAULT_TARGETS, k * mcfg.head_rank) // arch.layers
+            trainable += top * (heads - lora_params(arch, mcfg.target_modules, rank) // arch.layers)
     sequences = 2 * mcfg.batch_size  # chosen and rejected; the reference pass (adapter off) shares the weights
     memory = _memory(
         weights=arch.params * BYTES[policy.dtype] if arch else None,

@@ -79,6 +79,20 @@ def test_plan_numbers_are_the_hand_computed_ones() -> None:
     assert "2,000 optimizer steps" in plan.methods[0].steps and "64,000 pairs" in plan.methods[0].steps
 
 
+def test_mah_dpo_plan_counts_head_layers_instead_of_their_backbone_lora() -> None:
+    # head_layers 2: the top two layers' projections leave the rank-16 backbone and get K rank-4 deltas each
+    path = ROOT / "configs" / "recipes" / "mah-dpo-ultrafeedback.yaml"
+    cfg0 = load_config(path, ["methods.mah_dpo.head_rank=4"])
+    cfg2 = load_config(path, ["methods.mah_dpo.head_rank=4", "methods.mah_dpo.head_layers=2"])
+    arch = resolve_plan(cfg0).models[0]
+    mem0, mem2 = ([a.memory["adapter+optimizer"] for m in resolve_plan(c).methods for a in m.actors][0]
+                  for c in (cfg0, cfg2))
+    targets, m = cfg0.methods.mah_dpo.target_modules, KNOWN_MODELS[arch.name]
+    per_layer = lora_params(m, targets, 1) // m.layers  # parameters of one rank-1 adapter set in one layer
+    k = len(cfg0.objectives)
+    assert k * 4 != 16 and (mem2 - mem0) * 1024**3 / 16 == pytest.approx(2 * per_layer * (k * 4 - 16))
+
+
 def test_plan_reads_a_config_on_disk_and_counts_local_rows(tmp_path: Path) -> None:
     """A local model path: exact parameter count from its config.json (meta device); local rows are counted."""
     from transformers import LlamaConfig
