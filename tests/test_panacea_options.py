@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from pareto.config import ConfigError, PanaceaConfig, config_from_dict, load_config
 from pareto.front.grid import sample_preferences
@@ -156,11 +157,19 @@ def test_cosine_schedule_warms_up_then_decays_to_zero(tiny_lm) -> None:
     assert cfg.learning_rate(5 + 95 // 2) == pytest.approx(2e-3, rel=0.02)  # half-way through the decay
     assert cfg.learning_rate(100) == pytest.approx(0.0, abs=1e-12)
     assert PanaceaConfig(lr=4e-3).learning_rate(77) == 4e-3  # constant: the default
-    # the trainer applies it: each step's logged rate is the schedule's
+    # the trainer applies it: each step's logged rate is the schedule's, and the weights differ from a constant-rate
+    # run of the same seed and data (the optimizer really stepped with the schedule, not only the log)
     ctx = _small_context(tiny_lm)
     run = PanaceaConfig(lr=1e-2, max_steps=8, eval_every=1000, batch_size=4, lora_rank=4, lr_schedule="cosine",
-                        warmup_ratio=0.25, target_modules=["q_proj", "v_proj"])
-    _, result = load_method("panacea").fit(ctx, run)
+                        warmup_ratio=0.25, target_modules=["q_proj", "v_proj"], keep="last")
+    torch.manual_seed(0)  # the adapter's initial singular vectors: the same in both runs
+    cosine, result = load_method("panacea").fit(ctx, run)
     logged = [h["lr"] for h in result.history if "lr" in h]
     assert logged == pytest.approx([run.learning_rate(s) for s in range(1, 9)])
     assert logged[1] == pytest.approx(1e-2) and logged[-1] == pytest.approx(0.0, abs=1e-12)
+    flat = run.model_copy(update={"lr_schedule": "constant"})
+    torch.manual_seed(0)
+    constant, _ = load_method("panacea").fit(_small_context(tiny_lm), flat)
+    moved = [not torch.equal(a, b) for a, b in zip(cosine.model.parameters(), constant.model.parameters(), strict=True)
+             if a.requires_grad]
+    assert moved and all(moved)
