@@ -39,6 +39,7 @@ TARGETS = ["q_proj", "v_proj"]
 def build(tiny_lm: Path, trained: bool = True, seed: int = 0):
     """A multi-head model on the tiny LM; `trained` gives every head a random non-zero delta (B ≠ 0)."""
     base, tok = load_policy(tiny_lm)
+    torch.manual_seed(seed)  # A matrices (heads and backbone) are initialised from the global RNG: not test order
     model = add_multihead(base, K, 4, 8.0, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
                                                       task_type="CAUSAL_LM"))
     if trained:
