@@ -485,7 +485,8 @@ def _dpo_method(cfg: ExperimentConfig, name: str, mcfg: Any, policy: ModelInfo, 
         **{"reward models (evaluation)": _eval_reward_bytes(cfg, rewards)})
     seen = mcfg.max_steps * mcfg.batch_size * mcfg.grad_accum
     steps = (f"≤ {mcfg.max_steps:,} optimizer steps per model × {mcfg.batch_size * mcfg.grad_accum} pairs = "
-             f"{seen:,} pairs{_epochs(seen, _train_pairs(splits))} (early stopping checks every {mcfg.eval_every})")
+             f"{seen:,} pairs{_epochs(seen, _train_pairs(splits))} (early stopping checks every {mcfg.eval_every}"
+             f"{f' from step {mcfg.eval_start}' if mcfg.eval_start else ''})")
     res = cfg.resources
     actor = ActorPlan("trainer", 1, res.cpus_per_task, res.gpus_per_task, memory,
                       note="one Ray task per model (resources.cpus_per_task / gpus_per_task)")

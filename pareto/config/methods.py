@@ -48,6 +48,8 @@ class DPOConfig(LoRAMethodConfig):
                                                           "(their reference log-probs are computed once); "
                                                           "null = all")
     eval_every: int = Field(50, ge=1, description="steps between held-out front checks (early stopping)")
+    eval_start: int = Field(0, ge=0, description="first step of the periodic held-out checks: none (and so no "
+                                                 "early stop) before it; the untouched model is still checked")
     patience: int = Field(3, ge=1, description="checks without improvement before stopping")
     val_prompts: int = Field(24, ge=2)
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
