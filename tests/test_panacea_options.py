@@ -112,6 +112,41 @@ def test_keep_returns_the_best_or_the_last_checkpoint(tiny_fit_context, keep: st
     assert (result.best_step, moved) == ((0, False) if keep == "best" else (6, True))
 
 
+def test_eval_start_skips_the_early_checks_and_cannot_stop_before_it(tiny_fit_context) -> None:
+    """eval_start=6, eval_every=2, max_steps=9: held-out checks at 0 (the fallback), 6, 8 and 9 only. A validator
+    that never beats step 0 stops a run with patience 1 at its first periodic check: step 6, not 2. Skipping checks
+    leaves training untouched: the step losses up to 6 equal those of a run that also checks at 2 and 4."""
+    import torch
+
+    from pareto.methods.dpo import reference_logps, train_dpo
+    from pareto.models.policy import load_policy
+    from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
+
+    ctx = tiny_fit_context(n_pairs=16)
+
+    def run(**overrides: int) -> tuple[list[int], list[float]]:
+        torch.manual_seed(0)
+        model, tok = load_policy(ctx.base_dir)
+        model = add_panacea_adapter(model, panacea_lora_config(K, 4, 16.0, ["q_proj", "v_proj"]))
+        with model.disable_adapter():
+            ctx.pairs.ref_logp = reference_logps(model, tok, ctx.pairs, ctx.max_length)
+        cfg = PanaceaConfig(lr=1e-2, max_steps=9, eval_every=2, batch_size=4, nll_weight=0.0, **overrides)
+        result = train_dpo(model, tok, ctx.pairs, cfg, objectives=ctx.objectives,
+                           sample_weights=lambda rng: np.full(K, 1 / K),
+                           apply_weights=lambda w: set_preference(model, w),
+                           validate=lambda step: (-float(step), {}, True), max_length=ctx.max_length)
+        assert result.best_step == 0
+        return ([h["step"] for h in result.history if "val_metric" in h],
+                [h["loss"] for h in result.history if "loss" in h])
+
+    assert run(eval_start=6, patience=10)[0] == [0, 6, 8, 9]
+    late_checks, late_losses = run(eval_start=6, patience=1)
+    assert late_checks == [0, 6] and len(late_losses) == 6
+    every_checks, every_losses = run(patience=3)  # checks at 2, 4, 6: the third bad one stops it at step 6
+    assert every_checks == [0, 2, 4, 6]
+    assert late_losses == every_losses
+
+
 def test_batch_by_lambda_draws_each_pair_slot_for_an_objective_with_probability_lambda() -> None:
     """`batch_by_lambda`: λ first, then pair slots by λ: a vertex's batch holds only pairs labelled for its objective,
     an interior λ's batch splits in proportion to λ (multinomial), and the trainer is handed the same λ."""
