@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,33 @@ def vllm_python() -> Path:
         return ensure_vllm_env(timeout=float(os.environ.get("PARETO_VLLM_BUILD_TIMEOUT", "1800")))
     except VLLMError as err:
         pytest.skip(f"the vLLM environment could not be built: {err}")
+
+
+SHARED_STAGES = ("base-", "reward-", "base_eval-")  # pareto's stage caches (pareto/cache.py), keyed by content
+
+
+@contextmanager
+def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Let a test's pipeline run take its base model, reward model and base point from the session's earlier runs.
+
+    The entries are pareto's own stage caches, each named by the digest of what makes it (the config sections, the
+    stage version, pareto's source: pareto/cache.py), so a run picks up only the entries its own config and code
+    would build. Copied into `state`/cache before the run; the finished entries it built are shared afterwards.
+    For the tests whose subject is not building those stages: the ones about building or caching them keep their
+    own (test_cache, test_pipeline's reproducibility check, test_resume's killed pipeline)."""
+    shared, cache = factory.getbasetemp() / "shared-stage-caches", state / "cache"
+    shared.mkdir(exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    for entry in shared.iterdir():
+        if not (cache / entry.name).exists():
+            shutil.copytree(entry, cache / entry.name)
+    yield
+    for entry in cache.iterdir():
+        if entry.name.startswith(SHARED_STAGES) and (entry / "DONE").is_file() and not (shared / entry.name).exists():
+            partial = shared / f".{entry.name}.tmp"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(entry, partial)
+            partial.rename(shared / entry.name)
 
 
 @pytest.fixture(scope="session")

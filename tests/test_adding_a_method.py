@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pareto.config import METHODS, load_config
 from pareto.methods import load_method
+from tests.conftest import shared_stage_caches
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "tests" / "configs" / "small.yaml"
@@ -29,7 +31,8 @@ def test_the_table_row_is_the_only_wiring() -> None:
     assert [m.title for m in resolve_plan(cfg).methods] == [spec.title]
 
 
-def test_fixed_dpo_trains_beats_its_base_serves_one_answer_for_every_lambda_and_exports(tmp_path: Path) -> None:
+def test_fixed_dpo_trains_beats_its_base_serves_one_answer_for_every_lambda_and_exports(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     from pareto.distributed.pipeline import run_pipeline
     from pareto.serving import ServedRun
 
@@ -38,7 +41,8 @@ def test_fixed_dpo_trains_beats_its_base_serves_one_answer_for_every_lambda_and_
                               "methods.per_weight_dpo=null", "methods.fixed_dpo.weights=[0.0, 1.0]",
                               "methods.fixed_dpo.lr=0.003", "methods.fixed_dpo.max_steps=100",
                               "methods.fixed_dpo.eval_every=100", "methods.fixed_dpo.val_prompts=6"])
-    result = run_pipeline(cfg, progress=False)
+    with shared_stage_caches(tmp_path, tmp_path_factory):
+        result = run_pipeline(cfg, progress=False)
     front = result.fronts["fixed_dpo"]
     values = front.values()
     assert len(values) == 3 and front.meta["conditioned"] and front.meta["policy_kind"] == "fixed_dpo"

@@ -44,6 +44,7 @@ from pareto.models.svd_lora import (
     save_panacea,
     set_preference,
 )
+from tests.conftest import shared_stage_caches
 
 TOL = 1e-5
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -293,7 +294,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         f"state_dir={state}", f"tracking.uri=sqlite:///{state / 'mlflow.db'}", "tracking.registry=false",
         "methods.panacea.max_steps=40", "methods.soups={max_steps: 10, eval_every: 10, val_prompts: 6}",
         "evaluation.n_prompts=4", "evaluation.max_new_tokens=16"])
-    result = run_pipeline(cfg, progress=False)
+    with shared_stage_caches(state, tmp_path_factory):
+        result = run_pipeline(cfg, progress=False)
     return {"result": result, "uri": result.tracking_uri, "state": state, "cfg": cfg}
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _exe, free_port, wait_http
+from conftest import _exe, free_port, shared_stage_caches, wait_http
 
 from pareto.io import StateDirError, atomic_dir, atomic_write_bytes, ensure_writable_dir
 
@@ -100,7 +100,7 @@ def test_metrics_survive_a_tracking_server_outage(restartable_mlflow: Restartabl
 
 
 def test_a_tracking_outage_mid_run_keeps_the_outputs_and_a_rerun_logs_each_step_once(
-        restartable_mlflow: RestartableServer, tmp_path: Path) -> None:
+        restartable_mlflow: RestartableServer, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """`pareto run` against a real MLflow server that is stopped while the methods train and does not come back:
     the run ends with one line saying nothing of its fronts was logged and where they are on disk. The server
     starts again; the same command logs everything from the caches and checkpoints, every metric step exactly once,
@@ -116,12 +116,13 @@ def test_a_tracking_outage_mid_run_keeps_the_outputs_and_a_rerun_logs_each_step_
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "PARETO_HOME")}
     # MLflow's own retry loop (minutes of backoff) is the grace period a real run gets; the test does not wait it
     quick = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    proc = subprocess.Popen(cmd, env=quick, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 900
-    while not list((state / "checkpoints").rglob("step-*")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    server.stop()
-    _, err = proc.communicate(timeout=900)
+    with shared_stage_caches(state, tmp_path_factory):
+        proc = subprocess.Popen(cmd, env=quick, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 900
+        while not list((state / "checkpoints").rglob("step-*")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        server.stop()
+        _, err = proc.communicate(timeout=900)
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1, err[-3000:]
     assert "stopped answering before run" in lines[0] and "nothing of them was logged" in lines[0]

@@ -1,8 +1,10 @@
 """The conditioned fronts really respond to λ, for several seeds (the product's headline claim).
 
 For seeds 0, 1 and 2: every objective is higher at its own simplex vertex than at each other vertex by more than
-two standard errors (oracle scores), and the text stays fluent. The quickstart's Panacea runs in CI; the other
-conditioned methods (RiC, MAH-DPO, Rewarded Soups: 3-6 minutes a run on 2 cores) run with PARETO_TEST_ALL_SEEDS=1.
+two standard errors (oracle scores), and the text stays fluent. The quickstart's Panacea at seed 0 runs in CI;
+seeds 1 and 2, and the other conditioned methods (RiC, MAH-DPO, Rewarded Soups: 3-6 minutes a run on 2 cores), run
+with PARETO_TEST_ALL_SEEDS=1. The fronts_15 benchmark trains the same Panacea (its training does not depend on the
+grid) at seeds 0-4 and reports the vertex check of each (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def assert_vertices_separate(config: str, method: str, seed: int, tmp_path: Path
     assert front.metrics["hypervolume"] > 0.3
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=ALL_SEEDS), pytest.param(2, marks=ALL_SEEDS)])
 def test_panacea_vertices_separate_by_two_standard_errors(seed: int, tmp_path: Path) -> None:
     assert_vertices_separate("quickstart.yaml", "panacea", seed, tmp_path, "methods.per_weight_dpo=null")
 

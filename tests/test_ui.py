@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from pareto import serving, tracking
 from pareto.front.types import Front, FrontPoint
 from pareto.ui import explorer as ex
-from tests.conftest import ROOT, _exe
+from tests.conftest import ROOT, _exe, shared_stage_caches
 
 APP = str(ROOT / "pareto" / "ui" / "app.py")
 SMALL = ROOT / "tests" / "configs" / "small.yaml"
@@ -40,9 +40,10 @@ def small_store(factory: pytest.TempPathFactory) -> dict:
         root.mkdir(exist_ok=True)
         uri = f"sqlite:///{root / 'mlflow.db'}"
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        proc = subprocess.run([_exe("pareto"), "run", str(SMALL), "--set", f"state_dir={root / 'state'}",
-                               "--set", f"tracking.uri={uri}"], capture_output=True, text=True, timeout=1200,
-                              env=env, cwd=ROOT)
+        with shared_stage_caches(root / "state", factory):
+            proc = subprocess.run([_exe("pareto"), "run", str(SMALL), "--set", f"state_dir={root / 'state'}",
+                                   "--set", f"tracking.uri={uri}"], capture_output=True, text=True, timeout=1200,
+                                  env=env, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         run = tracking.find_run("latest", uri)
         marker.write_text(json.dumps({"uri": uri, "run_id": run.info.run_id}))

@@ -18,7 +18,7 @@ import pytest
 from pareto.config import ServingConfig
 from pareto.generation.hf import HFGenerator
 from pareto.generation.vllm_server import VLLMServer, load_tokenizer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_stage_caches
 
 pytestmark = [
     pytest.mark.vllm,
@@ -43,7 +43,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = load_config(ROOT / "tests" / "configs" / "small.yaml", [
         f"state_dir={state}", f"tracking.uri=sqlite:///{state / 'mlflow.db'}", "tracking.registry=false",
         "evaluation.n_prompts=4", "evaluation.max_new_tokens=16"])
-    result = run_pipeline(cfg, progress=False)
+    with shared_stage_caches(state, tmp_path_factory):
+        result = run_pipeline(cfg, progress=False)
     manifest = export_run(result.run_id, state / "export", result.tracking_uri)
     return {"dir": state / "export", "manifest": manifest, "run_id": result.run_id, "uri": result.tracking_uri}
 
