@@ -170,6 +170,8 @@ class TrainResult:
 
 # validate(step) -> (metric, info, eligible): higher metric is better; ineligible checkpoints are never kept.
 Validator = Callable[[int], tuple[float, dict, bool]]
+# per-objective losses [K], λ [K] -> the one loss to minimise (pareto.objectives.aggregate_losses and its options)
+LossAggregate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # sample_batch(rng) -> (pair indices [B], labels [B, K]) of one micro-batch; default: uniform pairs, all labels.
 BatchSampler = Callable[[np.random.Generator], tuple[np.ndarray, torch.Tensor]]
 
@@ -274,7 +276,7 @@ class _DPORun:
 
 
 def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
-                      idx: np.ndarray, better: torch.Tensor, lam: torch.Tensor, aggregation: str,
+                      idx: np.ndarray, better: torch.Tensor, lam: torch.Tensor, aggregate: LossAggregate,
                       max_length: int, prefix: FrozenPrefix | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(loss, per-objective DPO losses [K], tokens) of one micro-batch: aggregate_λ(DPO losses) + the λ-weighted NLL
     term. With `prefix`, the forward starts from the pairs' cached hidden states at its first trainable layer."""
@@ -286,7 +288,7 @@ def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
     offset = None if pairs.offset is None else pairs.offset[idx].to(device)
     losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
     per_objective = masked_objective_means(losses, mask)
-    loss = aggregate_losses(per_objective, lam, aggregation, mu=getattr(cfg, "smooth_mu", 0.1))
+    loss = aggregate(per_objective, lam)
     if cfg.nll_weight > 0:
         # length-normalised NLL of each objective's chosen response, weighted by λ like the DPO terms
         chosen = better.clamp(min=0)
@@ -307,8 +309,8 @@ def _add_to_log(logged: dict[str, float], objectives: Sequence[str], loss: torch
 
 def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, cfg: DPOConfig,
               *, objectives: Sequence[str], sample_weights: Callable[[np.random.Generator], np.ndarray],
-              apply_weights: Callable[[np.ndarray], None], validate: Validator, aggregation: str = "linear",
-              max_length: int = 128, seed: int = 0, desc: str = "dpo",
+              apply_weights: Callable[[np.ndarray], None], validate: Validator,
+              aggregate: LossAggregate = aggregate_losses, max_length: int = 128, seed: int = 0, desc: str = "dpo",
               sample_batch: BatchSampler | None = None, checkpoints: Checkpoints | None = None,
               sampler_state: Stateful | None = None) -> TrainResult:
     """Minimise aggregate_λ(per-objective DPO losses) + nll_weight · NLL(λ-preferred response).
@@ -347,7 +349,7 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
                 prefix, unverified = verified_prefix(model, tokenizer, pairs, max_length), False
             lam = torch.tensor(weights, dtype=torch.float32, device=run.device)
             loss, per_objective, tokens = _micro_batch_loss(model, tokenizer, pairs, cfg, idx, better, lam,
-                                                            aggregation, max_length, prefix)
+                                                            aggregate, max_length, prefix)
             (loss / cfg.grad_accum).backward()
             result.tokens += tokens
             _add_to_log(logged, objectives, loss, per_objective, weights, cfg.grad_accum)

@@ -56,7 +56,7 @@ def fit(ctx: FitContext, cfg: FixedDPOConfig, weights: Sequence[float] | None = 
                                ctx.reward, cfg.max_repetition)
     result = train_dpo(
         model, tokenizer, ctx.pairs, cfg, objectives=ctx.objectives, sample_weights=lambda rng: lam,
-        apply_weights=lambda w: None, validate=validate, aggregation="linear", max_length=ctx.max_length,
+        apply_weights=lambda w: None, validate=validate, max_length=ctx.max_length,
         seed=ctx.seed, desc=f"fixed λ={np.round(lam, 2).tolist()}", checkpoints=ctx.checkpoints(cfg),
     )
     return policy, result

@@ -122,7 +122,7 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
             model, tokenizer, pairs, cfg, objectives=objectives,
             # α_h = 1/K: with every objective in every batch this is the mean of the per-head DPO losses
             sample_weights=lambda rng: uniform, apply_weights=lambda w: None, validate=validate,
-            aggregation="linear", max_length=max_length, seed=ctx.seed, desc="mah-dpo", sample_batch=sample_batch,
+            max_length=max_length, seed=ctx.seed, desc="mah-dpo", sample_batch=sample_batch,
             checkpoints=ctx.checkpoints(cfg), sampler_state=sampler,
         )
     result.history.append({"step": result.steps, **{f"passes/{objectives[h]}": float(n)

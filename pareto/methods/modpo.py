@@ -77,7 +77,7 @@ def fit(ctx: FitContext, cfg: MODPOConfig, weights: Sequence[float] | None = Non
     result = train_dpo(
         model, tokenizer, train_pairs, cfg.model_copy(update={"beta": cfg.beta / lam[k]}),  # ρ's 1/w_k scaling
         objectives=objectives, sample_weights=lambda rng: vertex, apply_weights=lambda w: None, validate=validate,
-        aggregation="linear", max_length=max_length, seed=ctx.seed,
+        max_length=max_length, seed=ctx.seed,
         desc=f"modpo λ={np.round(lam, 2).tolist()} on {objectives[k]}", checkpoints=ctx.checkpoints(cfg),
     )
     result.history.append({"step": result.steps, "trained_objective": float(k)})

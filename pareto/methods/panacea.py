@@ -9,6 +9,7 @@ inference writes K numbers per layer: no reload, no merge.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from pareto.methods.reference import prepare_reference
 from pareto.models.conditioned import PanaceaPolicy
 from pareto.models.policy import lora_targets
 from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
+from pareto.objectives import aggregate_losses
 
 
 def validation_weights(k: int) -> np.ndarray:
@@ -45,7 +47,8 @@ def fit(ctx: FitContext, cfg: PanaceaConfig,
         sample_weights=batches.sample_weights if batches else (
             lambda rng: sample_preferences(rng, k, 1, cfg.vertex_prob)[0]),
         apply_weights=lambda w: set_preference(model, w), validate=validate,
-        aggregation=cfg.aggregation, max_length=max_length, seed=ctx.seed, desc="panacea",
+        aggregate=partial(aggregate_losses, method=cfg.aggregation, mu=cfg.smooth_mu),
+        max_length=max_length, seed=ctx.seed, desc="panacea",
         checkpoints=ctx.checkpoints(cfg), sample_batch=batches.sample_batch if batches else None,
     )
     return policy, result

@@ -45,7 +45,7 @@ def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None =
     batches = LambdaBatches(pairs.better, cfg.batch_size, 0.0, fixed=lam) if cfg.batch_by_lambda else None
     result = train_dpo(
         model, tokenizer, pairs, cfg, objectives=objectives, sample_weights=lambda rng: lam,
-        apply_weights=lambda w: None, validate=validate, aggregation="linear", max_length=max_length, seed=ctx.seed,
+        apply_weights=lambda w: None, validate=validate, max_length=max_length, seed=ctx.seed,
         desc=f"per-weight λ={np.round(lam, 2).tolist()}", checkpoints=ctx.checkpoints(cfg),
         sample_batch=batches.sample_batch if batches else None,
     )

@@ -41,7 +41,7 @@ def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = Non
         validate = front_validator(lambda p, w: generate(model, tokenizer, p, **ctx.gen), ctx.val_prompts,
                                    vertex[None, :], ctx.reward, cfg.max_repetition)
         result = train_dpo(model, tokenizer, pairs, cfg, objectives=objectives, sample_weights=lambda rng, v=vertex: v,
-                           apply_weights=lambda w: None, validate=validate, aggregation="linear",
+                           apply_weights=lambda w: None, validate=validate,
                            max_length=max_length, seed=ctx.seed + i, desc=f"soups {objective}",
                            checkpoints=ctx.checkpoints(cfg, name))
         # one history, steps continued across adapters; keys say which adapter a value belongs to
