@@ -156,6 +156,14 @@ def vllm_python() -> Path:
         pytest.skip(f"the vLLM environment could not be built: {err}")
 
 
+def checkpoint_steps(folder: Path) -> list[int]:
+    """The steps of the finished trainer checkpoints under `folder` (any depth), read while a trainer may write."""
+    try:
+        return sorted(int(p.name.split("-")[1]) for p in folder.rglob("step-*") if (p / "state.json").is_file())
+    except FileNotFoundError:  # the scan met a `.step-*.tmp` folder just as the trainer renamed it into place
+        return []
+
+
 SHARED_STAGES = ("base-", "reward-", "base_eval-")  # pareto's stage caches (pareto/cache.py), keyed by content
 
 

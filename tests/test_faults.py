@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _exe, free_port, shared_stage_caches, wait_http
+from conftest import _exe, checkpoint_steps, free_port, shared_stage_caches, wait_http
 
 from pareto.io import StateDirError, atomic_dir, atomic_write_bytes, ensure_writable_dir
 
@@ -119,7 +119,7 @@ def test_a_tracking_outage_mid_run_keeps_the_outputs_and_a_rerun_logs_each_step_
     with shared_stage_caches(state, tmp_path_factory):
         proc = subprocess.Popen(cmd, env=quick, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 900
-        while not list((state / "checkpoints").rglob("step-*")) and proc.poll() is None and time.time() < deadline:
+        while not checkpoint_steps(state / "checkpoints") and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         server.stop()
         _, err = proc.communicate(timeout=900)

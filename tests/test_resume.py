@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, checkpoint_steps
 
 METHODS = ["panacea", "per_weight_dpo", "mah_dpo", "soups", "modpo", "ric"]
 KILL_AFTER = {"ric": 2}  # checkpoint step to wait for before the kill: RiC's are phases (offline pass, rounds)
@@ -31,13 +31,6 @@ def _finish(proc: subprocess.Popen, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def _steps(folder: Path) -> list[int]:
-    try:
-        return sorted(int(p.name.split("-")[1]) for p in folder.rglob("step-*") if (p / "state.json").is_file())
-    except FileNotFoundError:  # the scan met a `.step-*.tmp` folder just as the trainer renamed it into place
-        return []
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_a_killed_trainer_resumes_bit_identical(method: str, tiny_lm: Path, tmp_path: Path) -> None:
     whole = _finish(_start(method, tiny_lm, tmp_path / "whole", tmp_path / "whole.json"), tmp_path / "whole.json")
@@ -50,7 +43,7 @@ def test_a_killed_trainer_resumes_bit_identical(method: str, tiny_lm: Path, tmp_
     ckpt, out = tmp_path / "killed", tmp_path / "killed.json"
     proc = _start(method, tiny_lm, ckpt, out)
     deadline = time.time() + 600
-    while not [s for s in _steps(ckpt) if s >= after] and proc.poll() is None and time.time() < deadline:
+    while not [s for s in checkpoint_steps(ckpt) if s >= after] and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)  # a real kill: no exception handler, no atexit, maybe mid-write
     proc.wait()
@@ -85,7 +78,7 @@ def test_a_killed_pipeline_resumes_and_fails_the_dead_run(ray_head: dict, tmp_pa
         return bool(list((state / "cache").glob("base_eval-*/DONE")))
 
     def inside_panacea() -> bool:
-        return any(_steps(folder) for folder in (state / "checkpoints").glob("panacea-*"))
+        return any(checkpoint_steps(folder) for folder in (state / "checkpoints").glob("panacea-*"))
 
     for reached in (between_stages, inside_panacea):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
