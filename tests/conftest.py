@@ -164,9 +164,6 @@ def checkpoint_steps(folder: Path) -> list[int]:
         return []
 
 
-SHARED_STAGES = ("base-", "reward-", "base_eval-")  # pareto's stage caches (pareto/cache.py), keyed by content
-
-
 @contextmanager
 def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterator[None]:
     """Let a test's pipeline run take its base model, reward model and base point from the session's earlier runs.
@@ -176,6 +173,10 @@ def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterato
     would build. Copied into `state`/cache before the run; the finished entries it built are shared afterwards.
     For the tests whose subject is not building those stages: the ones about building or caching them keep their
     own (test_cache, test_pipeline's reproducibility check, test_resume's killed pipeline)."""
+    from pareto.cache import STAGE_SECTIONS
+    from pareto.io import atomic_dir
+
+    stages = tuple(f"{stage}-" for stage in STAGE_SECTIONS)  # base, reward, base_eval: the config-keyed stages
     shared, cache = factory.getbasetemp() / "shared-stage-caches", state / "cache"
     shared.mkdir(exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -184,11 +185,9 @@ def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterato
             shutil.copytree(entry, cache / entry.name)
     yield
     for entry in cache.iterdir():
-        if entry.name.startswith(SHARED_STAGES) and (entry / "DONE").is_file() and not (shared / entry.name).exists():
-            partial = shared / f".{entry.name}.tmp"
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(entry, partial)
-            partial.rename(shared / entry.name)
+        if entry.name.startswith(stages) and (entry / "DONE").is_file() and not (shared / entry.name).exists():
+            with atomic_dir(shared / entry.name) as tmp:
+                shutil.copytree(entry, tmp, dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="session")

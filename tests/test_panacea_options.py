@@ -91,8 +91,6 @@ def test_options_are_validated() -> None:
 def test_keep_returns_the_best_or_the_last_checkpoint(tiny_fit_context, keep: str) -> None:
     """keep=best restores the state of the best validation check (here the untouched model: a validator that only
     ever likes step 0); keep=last returns the trained weights."""
-    import torch
-
     from pareto.methods.dpo import reference_logps, train_dpo
     from pareto.models.policy import load_policy
     from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
@@ -116,8 +114,6 @@ def test_eval_start_skips_the_early_checks_and_cannot_stop_before_it(tiny_fit_co
     """eval_start=6, eval_every=2, max_steps=9: held-out checks at 0 (the fallback), 6, 8 and 9 only. A validator
     that never beats step 0 stops a run with patience 1 at its first periodic check: step 6, not 2. Skipping checks
     leaves training untouched: the step losses up to 6 equal those of a run that also checks at 2 and 4."""
-    import torch
-
     from pareto.methods.dpo import reference_logps, train_dpo
     from pareto.models.policy import load_policy
     from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
@@ -150,8 +146,6 @@ def test_eval_start_skips_the_early_checks_and_cannot_stop_before_it(tiny_fit_co
 def test_batch_by_lambda_draws_each_pair_slot_for_an_objective_with_probability_lambda() -> None:
     """`batch_by_lambda`: λ first, then pair slots by λ: a vertex's batch holds only pairs labelled for its objective,
     an interior λ's batch splits in proportion to λ (multinomial), and the trainer is handed the same λ."""
-    import torch
-
     from pareto.methods.dpo import LambdaBatches
 
     # 30 pairs label objective 0 only, 20 label objective 1 only, 10 label both (-1: no label)
