@@ -172,7 +172,10 @@ def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterato
     stage version, pareto's source: pareto/cache.py), so a run picks up only the entries its own config and code
     would build. Copied into `state`/cache before the run; the finished entries it built are shared afterwards.
     For the tests whose subject is not building those stages: the ones about building or caching them keep their
-    own (test_cache, test_pipeline's reproducibility check, test_resume's killed pipeline)."""
+    own (test_cache, test_pipeline's reproducibility check, test_resume's killed pipeline).
+
+    $PARETO_TEST_STAGE_CACHES names a folder of such entries made before the session (.ci/run keeps those of the
+    `pareto quickstart` it runs): they are offered too, on the same terms."""
     from pareto.cache import STAGE_SECTIONS
     from pareto.io import atomic_dir
 
@@ -180,7 +183,11 @@ def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterato
     shared, cache = factory.getbasetemp() / "shared-stage-caches", state / "cache"
     shared.mkdir(exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    for entry in shared.iterdir():
+    offered = list(shared.iterdir())
+    earlier = os.environ.get("PARETO_TEST_STAGE_CACHES")
+    if earlier and Path(earlier).is_dir():
+        offered += [e for e in Path(earlier).iterdir() if e.name.startswith(stages) and (e / "DONE").is_file()]
+    for entry in offered:
         if not (cache / entry.name).exists():
             shutil.copytree(entry, cache / entry.name)
     yield
