@@ -11,7 +11,6 @@ models from pareto's stage caches where an earlier run of the same config and co
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,9 @@ import pytest
 
 from pareto.config import load_config
 from pareto.distributed.pipeline import run_pipeline
-from tests.conftest import ROOT, shared_stage_caches
+from tests.conftest import ALL_SEEDS, ROOT, shared_stage_caches
 
 pytestmark = pytest.mark.slow
-ALL_SEEDS = pytest.mark.skipif(os.environ.get("PARETO_TEST_ALL_SEEDS") != "1",
-                               reason="set PARETO_TEST_ALL_SEEDS=1 (about 40 minutes on 2 cores)")
 
 
 def assert_vertices_separate(config: str, method: str, seed: int, tmp_path: Path,
