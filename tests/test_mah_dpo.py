@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from pareto.config import MAHDPOConfig, load_config
 from pareto.methods import load_method
 from pareto.methods.dpo import PairSet
 from pareto.methods.mah_dpo import BalancedObjectiveSampler, head_pair_logps, routing
-from pareto.models.conditioned import load_conditioned
+from pareto.models.conditioned import POLICY_META, load_conditioned
 from pareto.models.multihead import (
     HEADS_FILE,
     MultiHeadPolicy,
@@ -120,6 +121,40 @@ def test_mixing_is_the_lambda_weighted_sum_of_head_logits(tiny_lm) -> None:
     assert torch.allclose(mixed, expected, atol=1e-5)
     with torch.no_grad(), head_weights(2 * lam):  # weights are normalised: w̄ = w / Σw
         assert torch.allclose(model(input_ids=ids).logits, mixed, atol=1e-6)
+
+
+def test_max_mix_adds_each_heads_delta_scaled_by_its_share_of_the_largest_weight(tiny_lm, tmp_path: Path) -> None:
+    """head_mix max: logits = shared + Σ_h (λ_h / max λ)·Δ_h, so the leading head's delta is whole; a saved policy
+    keeps its mix, and one saved before the option (no head_mix in its meta) loads as the mean."""
+    model, tok = build(tiny_lm)
+    ids = tok(["User: how do i fix a flat tire?\nAssistant:"], return_tensors="pt")["input_ids"]
+    lam = np.array([0.2, 0.3, 0.5])
+    with torch.no_grad():
+        per_head = []
+        for h in range(K):
+            with head_weights(np.eye(K)[h]):
+                per_head.append(model(input_ids=ids).logits)
+        saved_b = multihead(model).head_B.clone()
+        multihead(model).head_B.zero_()
+        with head_weights(lam):
+            shared = model(input_ids=ids).logits
+        multihead(model).head_B.copy_(saved_b)
+        with head_weights(lam, mix="max"):
+            mixed = model(input_ids=ids).logits
+    expected = shared + sum(w / lam.max() * (lg - shared) for w, lg in zip(lam, per_head, strict=True))
+    assert torch.allclose(mixed, expected, atol=1e-5)
+    with torch.no_grad(), head_weights(lam):
+        assert not torch.allclose(model(input_ids=ids).logits, mixed, atol=1e-3)  # the mean is another model
+    policy = MultiHeadPolicy(model, tok, ("helpful", "harmless", "concise"), mix="max")
+    policy.save(tmp_path / "adapter")
+    assert MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", policy.objectives).mix == "max"
+    meta_file = tmp_path / "adapter" / POLICY_META
+    meta = json.loads(meta_file.read_text())
+    del meta["head_mix"]
+    meta_file.write_text(json.dumps(meta))
+    assert MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", policy.objectives).mix == "mean"
+    with pytest.raises(ValueError, match="head mix 'sum'"):
+        MultiHeadPolicy(model, tok, policy.objectives, mix="sum")
 
 
 def test_forward_without_weights_fails_loudly(tiny_lm) -> None:

@@ -133,6 +133,10 @@ class MAHDPOConfig(DPOConfig):
     head_alpha: float = Field(16.0, gt=0)
     head_layers: int = Field(0, ge=0, description="each head also owns a delta on the target_modules of the top N "
                                                   "decoder layers (they leave the shared backbone); 0 = LM head only")
+    head_mix: Literal["mean", "max"] = Field("mean", description="how λ scales the heads' deltas at inference: "
+                                                               "mean = λ / Σλ (the paper's logit average); max = "
+                                                               "λ / max λ (the leading objective's head whole: a "
+                                                               "larger front at 15 λ, docs/fronts.md)")
 
 
 class SoupsConfig(DPOConfig):
@@ -256,8 +260,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                title="one LoRA-DPO model per λ (baseline)"),
     MethodSpec("mah_dpo", MAHDPOConfig, "dpo", True, False, "pareto.methods.mah_dpo",
                "pareto.models.multihead:MultiHeadPolicy", None,
-               not_lora="MAH-DPO mixes per-objective output heads by λ (logits = Σ λ_h logits_h), which is not a LoRA "
-                        "adapter, so it is served with transformers",
+               not_lora="MAH-DPO mixes per-objective output heads by λ (the shared head plus each head's delta "
+                        "scaled by λ), which is not a LoRA adapter, so it is served with transformers",
                title="one model, one head per objective (an LM-head delta; top layers too with head_layers), DPO"),
     MethodSpec("soups", SoupsConfig, "dpo", True, False, "pareto.methods.soups",
                "pareto.models.soups:SoupsPolicy", "merge",

@@ -5,7 +5,9 @@ h is scored only by head h's DPO loss (its forward pass is routed to head h with
 backbone learns from all of them: L = Σ_h α_h mean_{B_h} L_h with α_h = 1/K. Batches are balanced across
 objectives without discarding data: each objective draws its share of every batch from its own shuffled pool and
 reshuffles when the pool is used up (the reference code truncates every objective to the smallest one).
-At inference the heads' logits are mixed by λ (`MultiHeadPolicy`), without mutating the shared model.
+At inference the heads are mixed by λ (`MultiHeadPolicy`), without mutating the shared model: the shared head plus
+each head's delta scaled by λ / Σλ (`head_mix: mean`, the paper's average of the heads' logits) or by λ / max λ
+(`max`: the leading objective's delta whole).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
     uniform = np.full(k, 1.0 / k)
     # every delta is zero at init: at uniform head weights this is exactly the SFT reference
     prepare_reference(model, tokenizer, pairs, max_length, lambda: head_weights(uniform))
-    policy = MultiHeadPolicy(model, tokenizer, objectives)
+    policy = MultiHeadPolicy(model, tokenizer, objectives, cfg.head_mix)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)
     sampler = BalancedObjectiveSampler(pairs.better, cfg.batch_size, np.random.default_rng(ctx.seed + 7))

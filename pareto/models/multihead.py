@@ -2,13 +2,18 @@
 
 Each head is a low-rank delta on the shared LM head (W_h = W + s·B_h A_h) instead of a full V×d copy, so
 
-    logits(λ) = W h + s · Σ_h λ_h B_h A_h h  =  Σ_h λ_h logits_h        (λ on the simplex)
+    logits(λ) = W h + s · Σ_h w̄_h B_h A_h h
 
-which is the product of experts π ∝ Π_h π_h^{λ_h}. With `head_layers` N, each head also owns such a delta on every
-targeted linear layer of the top N decoder layers (those leave the shared backbone): a head is then the top of the
-network, as in the MAH-DPO paper's figure, and at inference those layers' deltas are mixed by λ the same way (there
-the mix is of weights, not of logits). λ is [K] (one preference for the batch) or [B, K] (one per row, e.g. a one-hot
-row per training example routes it to its objective's head; other heads get exactly zero gradient).
+With `mix="mean"` (w̄ = λ / Σλ, the paper's EnsembleHead) that is Σ_h w̄_h logits_h, the product of experts
+π ∝ Π_h π_h^{w̄_h}: at λ = (½, ½) each objective gets half its head's delta. With `mix="max"` (w̄ = λ / max λ) the
+leading objective keeps its whole delta and the others add theirs in proportion (at the centre, every delta whole):
+the interior of the front is no longer a dilution of its vertices (docs/fronts.md, MAH-DPO).
+
+With `head_layers` N, each head also owns such a delta on every targeted linear layer of the top N decoder layers
+(those leave the shared backbone): a head is then the top of the network, as in the MAH-DPO paper's figure, and at
+inference those layers' deltas are mixed by λ the same way (there the mix is of weights, not of logits). λ is [K]
+(one preference for the batch) or [B, K] (one per row, e.g. a one-hot row per training example routes it to its
+objective's head; other heads get exactly zero gradient).
 
 λ is never stored on the model. It lives in a `contextvars.ContextVar` set by `head_weights(λ)` for the duration of
 a call, so requests with different λ can share one loaded model from several threads (each thread has its own
@@ -42,7 +47,10 @@ _HEAD_WEIGHTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.Context
                                                                                     default=None)
 
 
-def _as_weights(weights: object, n_heads: int) -> torch.Tensor:
+HEAD_MIXES = ("mean", "max")
+
+
+def _as_weights(weights: object, n_heads: int, mix: str = "mean") -> torch.Tensor:
     lam = torch.as_tensor(np.asarray(weights, dtype=np.float32))
     if lam.dim() not in (1, 2) or lam.shape[-1] != n_heads:
         raise ValueError(f"head weights have shape {tuple(lam.shape)}; expected [{n_heads}] or [B, {n_heads}]")
@@ -51,13 +59,16 @@ def _as_weights(weights: object, n_heads: int) -> torch.Tensor:
     total = lam.sum(-1, keepdim=True)
     if (total <= 0).any():
         raise ValueError("head weights must not be all zero")
-    return lam / total  # normalised: mixing logits by w̄ = w / Σw (MAH-DPO's EnsembleHead)
+    if mix not in HEAD_MIXES:
+        raise ValueError(f"head mix {mix!r} is not one of {HEAD_MIXES}")
+    return lam / (total if mix == "mean" else lam.amax(-1, keepdim=True))
 
 
 @contextmanager
-def head_weights(weights: object, n_heads: int | None = None) -> Iterator[torch.Tensor]:
-    """Mix the heads by λ ([K] or [B, K]) for every forward pass inside the block, in this thread/context only."""
-    lam = _as_weights(weights, n_heads if n_heads is not None else np.asarray(weights).shape[-1])
+def head_weights(weights: object, n_heads: int | None = None, mix: str = "mean") -> Iterator[torch.Tensor]:
+    """Mix the heads by λ ([K] or [B, K]) for every forward pass inside the block, in this thread/context only;
+    `mix` normalises λ by its sum (mean) or its largest entry (max)."""
+    lam = _as_weights(weights, n_heads if n_heads is not None else np.asarray(weights).shape[-1], mix)
     token = _HEAD_WEIGHTS.set(lam)
     try:
         yield lam
@@ -180,15 +191,17 @@ class MultiHeadPolicy:
 
     kind = "mah_dpo"
 
-    def __init__(self, model: nn.Module, tokenizer, objectives: Sequence[str]) -> None:
-        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
+    def __init__(self, model: nn.Module, tokenizer, objectives: Sequence[str], mix: str = "mean") -> None:
+        if mix not in HEAD_MIXES:
+            raise ValueError(f"head mix {mix!r} is not one of {HEAD_MIXES}")
+        self.model, self.tokenizer, self.objectives, self.mix = model, tokenizer, tuple(objectives), mix
         self.head = multihead(model)
         if self.head.n_heads != len(self.objectives):
             raise ValueError(f"model has {self.head.n_heads} heads but {len(self.objectives)} objectives")
 
     def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
         weights = np.asarray(weights, dtype=np.float64)
-        with head_weights(weights, len(self.objectives)):
+        with head_weights(weights, len(self.objectives), self.mix):
             return generate(self.model, self.tokenizer, list(prompts), **gen)
 
     def save(self, path: str | Path) -> None:
@@ -203,7 +216,8 @@ class MultiHeadPolicy:
                    for part in ("head_A", "head_B")}
         save_file(tensors, str(path / HEADS_FILE))
         write_policy_meta(path, MULTIHEAD_MARKER, self.objectives, head_rank=self.head.rank,
-                          head_alpha=self.head.alpha, backbone_adapter=has_backbone, head_layers=sorted(layers))
+                          head_alpha=self.head.alpha, backbone_adapter=has_backbone, head_layers=sorted(layers),
+                          head_mix=self.mix)
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> MultiHeadPolicy:
@@ -229,4 +243,4 @@ class MultiHeadPolicy:
                                      f"expected {tuple(param.shape)}")
                 param.copy_(state[name])
         model.eval()
-        return cls(model, tokenizer, objectives)
+        return cls(model, tokenizer, objectives, meta.get("head_mix", "mean"))  # saved before head_mix: the mean
