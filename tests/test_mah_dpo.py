@@ -124,8 +124,8 @@ def test_mixing_is_the_lambda_weighted_sum_of_head_logits(tiny_lm) -> None:
 
 
 def test_max_mix_adds_each_heads_delta_scaled_by_its_share_of_the_largest_weight(tiny_lm, tmp_path: Path) -> None:
-    """head_mix max: logits = shared + Σ_h (λ_h / max λ)·Δ_h, so the leading head's delta is whole; a saved policy
-    keeps its mix, and one saved before the option (no head_mix in its meta) loads as the mean."""
+    """head_mix max: logits = shared + Σ_h (λ_h / max λ)^p·Δ_h, so the leading head's delta is whole; a saved
+    policy keeps its mix, and one saved before the option (no head_mix in its meta) loads as the mean."""
     model, tok = build(tiny_lm)
     ids = tok(["User: how do i fix a flat tire?\nAssistant:"], return_tensors="pt")["input_ids"]
     lam = np.array([0.2, 0.3, 0.5])
@@ -141,20 +141,27 @@ def test_max_mix_adds_each_heads_delta_scaled_by_its_share_of_the_largest_weight
         multihead(model).head_B.copy_(saved_b)
         with head_weights(lam, mix="max"):
             mixed = model(input_ids=ids).logits
+        with head_weights(lam, mix="max", power=0.5):
+            lifted = model(input_ids=ids).logits
     expected = shared + sum(w / lam.max() * (lg - shared) for w, lg in zip(lam, per_head, strict=True))
     assert torch.allclose(mixed, expected, atol=1e-5)
+    expected = shared + sum((w / lam.max()) ** 0.5 * (lg - shared) for w, lg in zip(lam, per_head, strict=True))
+    assert torch.allclose(lifted, expected, atol=1e-5)
     with torch.no_grad(), head_weights(lam):
         assert not torch.allclose(model(input_ids=ids).logits, mixed, atol=1e-3)  # the mean is another model
-    policy = MultiHeadPolicy(model, tok, ("helpful", "harmless", "concise"), mix="max")
+    policy = MultiHeadPolicy(model, tok, ("helpful", "harmless", "concise"), mix="max", mix_power=0.5)
     policy.save(tmp_path / "adapter")
-    assert MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", policy.objectives).mix == "max"
+    loaded = MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", policy.objectives)
+    assert (loaded.mix, loaded.mix_power) == ("max", 0.5)
     meta_file = tmp_path / "adapter" / POLICY_META
     meta = json.loads(meta_file.read_text())
-    del meta["head_mix"]
+    del meta["head_mix"], meta["head_mix_power"]
     meta_file.write_text(json.dumps(meta))
     assert MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", policy.objectives).mix == "mean"
     with pytest.raises(ValueError, match="head mix 'sum'"):
         MultiHeadPolicy(model, tok, policy.objectives, mix="sum")
+    with pytest.raises(ValueError, match="head_mix_power applies to head_mix: max"):
+        MAHDPOConfig(head_mix="mean", head_mix_power=0.5)
 
 
 def test_forward_without_weights_fails_loudly(tiny_lm) -> None:

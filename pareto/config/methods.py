@@ -137,6 +137,15 @@ class MAHDPOConfig(DPOConfig):
                                                                "mean = λ / Σλ (the paper's logit average); max = "
                                                                "λ / max λ (the leading objective's head whole: a "
                                                                "larger front at 15 λ, docs/fronts.md)")
+    head_mix_power: float = Field(1.0, gt=0, le=1, description="with head_mix max: each head's delta scaled by "
+                                                               "(λ_h / max λ)^p; p < 1 lifts the other objectives' "
+                                                               "heads toward whole (1 with mean)")
+
+    @model_validator(mode="after")
+    def _power_with_max(self) -> MAHDPOConfig:
+        if self.head_mix == "mean" and self.head_mix_power != 1:
+            raise ValueError("head_mix_power applies to head_mix: max; set head_mix: max or drop head_mix_power")
+        return self
 
 
 class SoupsConfig(DPOConfig):

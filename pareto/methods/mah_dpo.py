@@ -7,7 +7,7 @@ objectives without discarding data: each objective draws its share of every batc
 reshuffles when the pool is used up (the reference code truncates every objective to the smallest one).
 At inference the heads are mixed by λ (`MultiHeadPolicy`), without mutating the shared model: the shared head plus
 each head's delta scaled by λ / Σλ (`head_mix: mean`, the paper's average of the heads' logits) or by λ / max λ
-(`max`: the leading objective's delta whole).
+(`max`: the leading objective's delta whole; with `head_mix_power` p, (λ / max λ)^p).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
     uniform = np.full(k, 1.0 / k)
     # every delta is zero at init: at uniform head weights this is exactly the SFT reference
     prepare_reference(model, tokenizer, pairs, max_length, lambda: head_weights(uniform))
-    policy = MultiHeadPolicy(model, tokenizer, objectives, cfg.head_mix)
+    policy = MultiHeadPolicy(model, tokenizer, objectives, cfg.head_mix, cfg.head_mix_power)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)
     sampler = BalancedObjectiveSampler(pairs.better, cfg.batch_size, np.random.default_rng(ctx.seed + 7))

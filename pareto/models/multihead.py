@@ -7,7 +7,8 @@ Each head is a low-rank delta on the shared LM head (W_h = W + s·B_h A_h) inste
 With `mix="mean"` (w̄ = λ / Σλ, the paper's EnsembleHead) that is Σ_h w̄_h logits_h, the product of experts
 π ∝ Π_h π_h^{w̄_h}: at λ = (½, ½) each objective gets half its head's delta. With `mix="max"` (w̄ = λ / max λ) the
 leading objective keeps its whole delta and the others add theirs in proportion (at the centre, every delta whole):
-the interior of the front is no longer a dilution of its vertices (docs/fronts.md, MAH-DPO).
+the interior of the front is no longer a dilution of its vertices (docs/fronts.md, MAH-DPO); `power` p < 1 takes
+w̄ = (λ / max λ)^p, lifting the other objectives' deltas toward whole.
 
 With `head_layers` N, each head also owns such a delta on every targeted linear layer of the top N decoder layers
 (those leave the shared backbone): a head is then the top of the network, as in the MAH-DPO paper's figure, and at
@@ -50,7 +51,7 @@ _HEAD_WEIGHTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.Context
 HEAD_MIXES = ("mean", "max")
 
 
-def _as_weights(weights: object, n_heads: int, mix: str = "mean") -> torch.Tensor:
+def _as_weights(weights: object, n_heads: int, mix: str = "mean", power: float = 1.0) -> torch.Tensor:
     lam = torch.as_tensor(np.asarray(weights, dtype=np.float32))
     if lam.dim() not in (1, 2) or lam.shape[-1] != n_heads:
         raise ValueError(f"head weights have shape {tuple(lam.shape)}; expected [{n_heads}] or [B, {n_heads}]")
@@ -59,16 +60,23 @@ def _as_weights(weights: object, n_heads: int, mix: str = "mean") -> torch.Tenso
     total = lam.sum(-1, keepdim=True)
     if (total <= 0).any():
         raise ValueError("head weights must not be all zero")
+    _check_mix(mix, power)
+    return lam / total if mix == "mean" else (lam / lam.amax(-1, keepdim=True)) ** power
+
+
+def _check_mix(mix: str, power: float) -> None:
     if mix not in HEAD_MIXES:
         raise ValueError(f"head mix {mix!r} is not one of {HEAD_MIXES}")
-    return lam / (total if mix == "mean" else lam.amax(-1, keepdim=True))
+    if not 0 < power <= 1 or (mix == "mean" and power != 1):
+        raise ValueError(f"head mix power {power} must be in (0, 1], and 1 with the mean mix")
 
 
 @contextmanager
-def head_weights(weights: object, n_heads: int | None = None, mix: str = "mean") -> Iterator[torch.Tensor]:
+def head_weights(weights: object, n_heads: int | None = None, mix: str = "mean",
+                 power: float = 1.0) -> Iterator[torch.Tensor]:
     """Mix the heads by λ ([K] or [B, K]) for every forward pass inside the block, in this thread/context only;
-    `mix` normalises λ by its sum (mean) or its largest entry (max)."""
-    lam = _as_weights(weights, n_heads if n_heads is not None else np.asarray(weights).shape[-1], mix)
+    `mix` normalises λ by its sum (mean) or its largest entry (max, then raised to `power`)."""
+    lam = _as_weights(weights, n_heads if n_heads is not None else np.asarray(weights).shape[-1], mix, power)
     token = _HEAD_WEIGHTS.set(lam)
     try:
         yield lam
@@ -191,17 +199,18 @@ class MultiHeadPolicy:
 
     kind = "mah_dpo"
 
-    def __init__(self, model: nn.Module, tokenizer, objectives: Sequence[str], mix: str = "mean") -> None:
-        if mix not in HEAD_MIXES:
-            raise ValueError(f"head mix {mix!r} is not one of {HEAD_MIXES}")
-        self.model, self.tokenizer, self.objectives, self.mix = model, tokenizer, tuple(objectives), mix
+    def __init__(self, model: nn.Module, tokenizer, objectives: Sequence[str], mix: str = "mean",
+                 mix_power: float = 1.0) -> None:
+        _check_mix(mix, mix_power)
+        self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
+        self.mix, self.mix_power = mix, mix_power
         self.head = multihead(model)
         if self.head.n_heads != len(self.objectives):
             raise ValueError(f"model has {self.head.n_heads} heads but {len(self.objectives)} objectives")
 
     def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
         weights = np.asarray(weights, dtype=np.float64)
-        with head_weights(weights, len(self.objectives), self.mix):
+        with head_weights(weights, len(self.objectives), self.mix, self.mix_power):
             return generate(self.model, self.tokenizer, list(prompts), **gen)
 
     def save(self, path: str | Path) -> None:
@@ -217,7 +226,7 @@ class MultiHeadPolicy:
         save_file(tensors, str(path / HEADS_FILE))
         write_policy_meta(path, MULTIHEAD_MARKER, self.objectives, head_rank=self.head.rank,
                           head_alpha=self.head.alpha, backbone_adapter=has_backbone, head_layers=sorted(layers),
-                          head_mix=self.mix)
+                          head_mix=self.mix, head_mix_power=self.mix_power)
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> MultiHeadPolicy:
@@ -243,4 +252,5 @@ class MultiHeadPolicy:
                                      f"expected {tuple(param.shape)}")
                 param.copy_(state[name])
         model.eval()
-        return cls(model, tokenizer, objectives, meta.get("head_mix", "mean"))  # saved before head_mix: the mean
+        # saved before head_mix existed: the mean
+        return cls(model, tokenizer, objectives, meta.get("head_mix", "mean"), float(meta.get("head_mix_power", 1.0)))
