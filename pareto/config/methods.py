@@ -135,8 +135,8 @@ class MAHDPOConfig(DPOConfig):
                                                   "decoder layers (they leave the shared backbone); 0 = LM head only")
     head_mix: Literal["mean", "max"] = Field("mean", description="how λ scales the heads' deltas at inference: "
                                                                "mean = λ / Σλ (the paper's logit average); max = "
-                                                               "λ / max λ (the leading objective's head whole: a "
-                                                               "larger front at 15 λ, docs/fronts.md)")
+                                                               "λ / max λ (the leading objective's head whole; "
+                                                               "measured in docs/fronts.md)")
     head_mix_power: float = Field(1.0, gt=0, le=1, description="with head_mix max: each head's delta scaled by "
                                                                "(λ_h / max λ)^p; p < 1 lifts the other objectives' "
                                                                "heads toward whole (1 with mean)")
