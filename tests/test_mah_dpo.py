@@ -158,6 +158,9 @@ def test_max_mix_adds_each_heads_delta_scaled_by_its_share_of_the_largest_weight
     del meta["head_mix"], meta["head_mix_power"]
     meta_file.write_text(json.dumps(meta))
     assert MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", policy.objectives).mix == "mean"
+    meta_file.write_text(json.dumps({**meta, "head_mix": "sum"}))
+    with pytest.raises(ValueError, match=f"{POLICY_META}: head mix 'sum'"):  # a bad saved mix names its file
+        MultiHeadPolicy.load(tiny_lm, tmp_path / "adapter", policy.objectives)
     with pytest.raises(ValueError, match="head mix 'sum'"):
         MultiHeadPolicy(model, tok, policy.objectives, mix="sum")
     with pytest.raises(ValueError, match="head_mix_power applies to head_mix: max"):

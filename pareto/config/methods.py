@@ -126,6 +126,9 @@ class FixedDPOConfig(DPOConfig):
     weights: list[float] | None = Field(None, description="the one λ it trains at; default: equal weights")
 
 
+HeadMix = Literal["mean", "max"]  # how MAH-DPO scales its heads by λ (pareto.models.multihead)
+
+
 class MAHDPOConfig(DPOConfig):
     """Multi-action-head DPO: a shared LoRA backbone (target_modules) and one LoRA delta per objective on lm_head."""
 
@@ -133,7 +136,7 @@ class MAHDPOConfig(DPOConfig):
     head_alpha: float = Field(16.0, gt=0)
     head_layers: int = Field(0, ge=0, description="each head also owns a delta on the target_modules of the top N "
                                                   "decoder layers (they leave the shared backbone); 0 = LM head only")
-    head_mix: Literal["mean", "max"] = Field("mean", description="how λ scales the heads' deltas at inference: "
+    head_mix: HeadMix = Field("mean", description="how λ scales the heads' deltas at inference: "
                                                                "mean = λ / Σλ (the paper's logit average); max = "
                                                                "λ / max λ (the leading objective's head whole; "
                                                                "measured in docs/fronts.md)")

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -38,7 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from pareto.models.conditioned import read_policy_meta, write_policy_meta
+from pareto.config.methods import HeadMix
+from pareto.models.conditioned import POLICY_META, read_policy_meta, write_policy_meta
 from pareto.models.policy import generate, load_policy, lora_targets, matches_target
 
 MULTIHEAD_MARKER = "pareto.mah_dpo.multihead.v1"
@@ -48,7 +50,7 @@ _HEAD_WEIGHTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.Context
                                                                                     default=None)
 
 
-HEAD_MIXES = ("mean", "max")
+HEAD_MIXES = get_args(HeadMix)
 
 
 def _as_weights(weights: object, n_heads: int, mix: str = "mean", power: float = 1.0) -> torch.Tensor:
@@ -252,5 +254,8 @@ class MultiHeadPolicy:
                                      f"expected {tuple(param.shape)}")
                 param.copy_(state[name])
         model.eval()
-        # saved before head_mix existed: the mean
-        return cls(model, tokenizer, objectives, meta.get("head_mix", "mean"), float(meta.get("head_mix_power", 1.0)))
+        try:  # saved before head_mix existed: the mean
+            return cls(model, tokenizer, objectives, meta.get("head_mix", "mean"),
+                       float(meta.get("head_mix_power", 1.0)))
+        except ValueError as err:
+            raise ValueError(f"{adapter_dir / POLICY_META}: {err}; re-save the policy or fix head_mix there") from None
