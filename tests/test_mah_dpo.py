@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import threading
@@ -266,6 +267,29 @@ def test_fit_save_and_load_round_trip(tiny_fit_context, tmp_path: Path, head_lay
               str(tmp_path / "adapter" / HEADS_FILE))  # head_B missing: must not load as random heads
     with pytest.raises(ValueError, match="head_B"):
         load_conditioned("mah_dpo", ctx.base_dir, tmp_path / "adapter", ctx.objectives)
+
+
+@pytest.mark.parametrize("mix_prob", [0.0, 0.99])
+def test_mixed_batches_train_every_head_at_a_drawn_lambda(tiny_fit_context, mix_prob: float) -> None:
+    """One step on one pair that labels two objectives (a tie on the third), every delta zero at the start (the model
+    is the reference: each labelled DPO loss is log 2). Tagged batches route the pair to each labelling objective's
+    head at λ = 1/K, so the third head gets nothing and the loss is log 2 · 2/K; a mixed batch routes it through
+    every head at a drawn λ and weighs each label's loss by it: every head moves, the loss is log 2 · Σ λ_labelled."""
+    ctx = tiny_fit_context(n_pairs=48)
+    tied = next(i for i in range(len(ctx.pairs)) if (ctx.pairs.better[i] < 0).sum() == 1)
+    ctx = dataclasses.replace(ctx, pairs=ctx.pairs.subset([tied]))
+    labelled = (ctx.pairs.better[0] >= 0).numpy()
+    cfg = MAHDPOConfig(max_steps=1, batch_size=1, lr=5e-3, nll_weight=0.0, target_modules=TARGETS, head_rank=4,
+                       keep="last", mix_prob=mix_prob)
+    policy, result = load_method("mah_dpo").fit(ctx, cfg)
+    moved = np.array([bool(torch.count_nonzero(multihead(policy.model).head_B[h])) for h in range(K)])
+    lam = np.array([result.history[0][f"lambda/{o}"] for o in ctx.objectives])
+    if mix_prob == 0:
+        assert moved.tolist() == labelled.tolist() and np.allclose(lam, 1 / K)
+        assert result.history[0]["loss"] == pytest.approx(math.log(2) * 2 / K, abs=1e-5)
+    else:
+        assert moved.all() and not np.allclose(lam, 1 / K) and lam.sum() == pytest.approx(1.0)
+        assert result.history[0]["loss"] == pytest.approx(math.log(2) * lam[labelled].sum(), abs=1e-5)
 
 
 def test_config_file_validates() -> None:

@@ -143,6 +143,10 @@ class MAHDPOConfig(DPOConfig):
     head_mix_power: float = Field(1.0, gt=0, le=1, description="with head_mix max: each head's delta scaled by "
                                                                "(λ_h / max λ)^p; p < 1 lifts the other objectives' "
                                                                "heads toward whole (1 with mean)")
+    mix_prob: float = Field(0.0, ge=0, lt=1, description="share of batches trained at a drawn λ through the mixed "
+                                                         "heads, on every objective's label (the per-weight loss at "
+                                                         "that λ), so the heads learn to combine; 0 = the paper's "
+                                                         "objective-tagged batches only (docs/fronts.md)")
 
     @model_validator(mode="after")
     def _power_with_max(self) -> MAHDPOConfig:

@@ -5,6 +5,10 @@ h is scored only by head h's DPO loss (its forward pass is routed to head h with
 backbone learns from all of them: L = Σ_h α_h mean_{B_h} L_h with α_h = 1/K. Batches are balanced across
 objectives without discarding data: each objective draws its share of every batch from its own shuffled pool and
 reshuffles when the pool is used up (the reference code truncates every objective to the smallest one).
+With `mix_prob` q > 0, a share q of the batches instead draws λ from the simplex and routes every example through
+the heads mixed by λ, trained on every objective's label with the per-weight loss at that λ (Σ_h λ_h L_h): the
+paper's heads are trained apart and only mixed at inference, so an interior λ is a dilution of its vertices; these
+batches teach the mixture itself (docs/fronts.md, "MAH-DPO: training the mix").
 At inference the heads are mixed by λ (`MultiHeadPolicy`), without mutating the shared model: the shared head plus
 each head's delta scaled by λ / Σλ (`head_mix: mean`, the paper's average of the heads' logits) or by λ / max λ
 (`max`: the leading objective's delta whole; with `head_mix_power` p, (λ / max λ)^p).
@@ -19,6 +23,7 @@ import torch
 from peft import LoraConfig
 
 from pareto.config import DEFAULT_TARGETS, MAHDPOConfig
+from pareto.front import sample_preferences
 from pareto.methods import FitContext
 from pareto.methods.dpo import PairSet, TrainResult, front_validator, train_dpo
 from pareto.methods.panacea import validation_weights
@@ -113,8 +118,15 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
                                validation_weights(k), ctx.reward, cfg.max_repetition)
     sampler = BalancedObjectiveSampler(pairs.better, cfg.batch_size, np.random.default_rng(ctx.seed + 7))
+    batch_lam = [uniform]  # the λ of the batch just drawn: the loss weighs its objectives by it
 
     def sample_batch(rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        if cfg.mix_prob and rng.random() < cfg.mix_prob:  # no draw at 0: the tagged batches alone, as before
+            batch_lam[0] = sample_preferences(rng, k, 1)[0]
+            idx = rng.choice(len(pairs), size=min(cfg.batch_size, len(pairs)), replace=False)
+            set_training_routing(np.tile(batch_lam[0], (2 * len(idx), 1)), cfg.head_mix, cfg.head_mix_power)
+            return idx, pairs.better[idx]
+        batch_lam[0] = uniform
         idx, better = sampler(rng)
         set_training_routing(routing(better))
         return idx, better
@@ -122,8 +134,9 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
     with head_weights(uniform):  # the block's exit drops the training routing again
         result = train_dpo(
             model, tokenizer, pairs, cfg, objectives=objectives,
-            # α_h = 1/K: with every objective in every batch this is the mean of the per-head DPO losses
-            sample_weights=lambda rng: uniform, apply_weights=lambda w: None, validate=validate,
+            # tagged batches: α_h = 1/K, the mean of the per-head DPO losses (every objective is in every batch);
+            # mixed ones: Σ_h λ_h L_h, the per-weight loss at their λ
+            sample_weights=lambda rng: batch_lam[0], apply_weights=lambda w: None, validate=validate,
             max_length=max_length, seed=ctx.seed, desc="mah-dpo", sample_batch=sample_batch,
             checkpoints=ctx.checkpoints(cfg), sampler_state=sampler,
         )

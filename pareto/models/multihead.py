@@ -86,13 +86,14 @@ def head_weights(weights: object, n_heads: int | None = None, mix: str = "mean",
         _HEAD_WEIGHTS.reset(token)
 
 
-def set_training_routing(weights: object) -> None:
-    """Training only: route the next forward passes by λ rows (e.g. one-hot objective tags) until changed.
+def set_training_routing(weights: object, mix: str = "mean", power: float = 1.0) -> None:
+    """Training only: route the next forward passes by λ rows (one-hot objective tags, or a drawn λ mixed as at
+    inference) until changed.
 
     Call it inside a `head_weights(...)` block, whose exit restores the previous value.
     """
     lam = torch.as_tensor(np.asarray(weights, dtype=np.float32))
-    _HEAD_WEIGHTS.set(_as_weights(lam, lam.shape[-1]))
+    _HEAD_WEIGHTS.set(_as_weights(lam, lam.shape[-1], mix, power))
 
 
 class MultiHeadLinear(nn.Module):
