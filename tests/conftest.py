@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -171,8 +172,25 @@ def checkpoint_steps(folder: Path) -> list[int]:
         return []
 
 
+def session_temp(factory: pytest.TempPathFactory) -> Path:
+    """The whole session's base temp: under pytest-xdist each worker's basetemp is a `popen-gwN` folder of it."""
+    root = factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @contextmanager
-def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterator[None]:
+def session_lock(factory: pytest.TempPathFactory, name: str) -> Iterator[None]:
+    """An exclusive lock for the whole session (every xdist worker): one builds a shared artefact, others wait."""
+    with open(session_temp(factory) / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def shared_stage_caches(state: Path, factory: pytest.TempPathFactory, take: bool = True) -> Iterator[None]:
     """Let a test's pipeline run take its base model, reward model and base point from the session's earlier runs.
 
     The entries are pareto's own stage caches, each named by the digest of what makes it (the config sections, the
@@ -182,21 +200,27 @@ def shared_stage_caches(state: Path, factory: pytest.TempPathFactory) -> Iterato
     own (test_cache, test_pipeline's reproducibility check, test_resume's killed pipeline).
 
     $PARETO_TEST_STAGE_CACHES names a folder of such entries made before the session (.ci/run keeps those of the
-    `pareto quickstart` it runs): they are offered too, on the same terms."""
+    `pareto quickstart` it runs): they are offered too, on the same terms. `take=False`: the run builds its own and
+    only shares them (a run whose stages must be built from scratch)."""
     from pareto.cache import STAGE_SECTIONS
     from pareto.io import atomic_dir
 
     stages = tuple(f"{stage}-" for stage in STAGE_SECTIONS)  # base, reward, base_eval: the config-keyed stages
-    shared, cache = factory.getbasetemp() / "shared-stage-caches", state / "cache"
+    shared, cache = session_temp(factory) / "shared-stage-caches", state / "cache"  # one folder for every worker
     shared.mkdir(exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    offered = list(shared.iterdir())
+    offered = [shared] if take else []
     earlier = os.environ.get("PARETO_TEST_STAGE_CACHES")
-    if earlier and Path(earlier).is_dir():
-        offered += [e for e in Path(earlier).iterdir() if e.name.startswith(stages) and (e / "DONE").is_file()]
-    for entry in offered:
-        if not (cache / entry.name).exists():
-            shutil.copytree(entry, cache / entry.name)
+    if take and earlier and Path(earlier).is_dir():
+        offered.append(Path(earlier))
+    for folder in offered:
+        for entry in folder.iterdir():
+            if not entry.name.startswith(stages) or not (entry / "DONE").is_file() or (cache / entry.name).exists():
+                continue
+            try:
+                shutil.copytree(entry, cache / entry.name)
+            except (OSError, shutil.Error):  # the other worker replaced it meanwhile: the run builds its own
+                shutil.rmtree(cache / entry.name, ignore_errors=True)
     yield
     for entry in cache.iterdir():
         if entry.name.startswith(stages) and (entry / "DONE").is_file() and not (shared / entry.name).exists():

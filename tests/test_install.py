@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, stop_group, wait_http
+from tests.conftest import ROOT, free_port, shared_stage_caches, stop_group, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -110,9 +110,10 @@ def test_pareto_ui_help(installed: dict) -> None:
     assert "--tracking-uri" in proc.stdout
 
 
-def test_quickstart_then_the_ui_on_its_store(installed: dict) -> None:
+def test_quickstart_then_the_ui_on_its_store(installed: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
     args = [installed["pareto"], "quickstart"] + [a for kv in QUICK for a in ("--set", kv)]
-    proc = run(installed, args, timeout=1200)
+    with shared_stage_caches(installed["home"], tmp_path_factory):  # the quickstart's reward model, when built before
+        proc = run(installed, args, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== panacea" in proc.stdout and "== per_weight_dpo" in proc.stdout
     assert (installed["home"] / "mlflow.db").is_file()  # the state went to this test's PARETO_HOME

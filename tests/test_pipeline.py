@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pareto.config import load_config
 from pareto.front.metrics import hypervolume
 from pareto.front.types import Front
-from tests.conftest import ROOT, _exe
+from tests.conftest import ROOT, _exe, shared_stage_caches
 
 SMALL = ROOT / "tests" / "configs" / "small.yaml"
 pytestmark = pytest.mark.slow
@@ -28,7 +28,10 @@ def job_run(ray_head: dict, mlflow_server: str, tmp_path_factory: pytest.TempPat
     cmd = [_exe("ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT), "--",
            "python", "ray_jobs/train.py", "--config", "tests/configs/small.yaml",
            "--set", f"tracking.uri={mlflow_server}", "--set", f"state_dir={state}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # the base and reward models may come from another run of this config; test_same_seed_gives_the_same_front_locally
+    # builds its own and must match this job's front
+    with shared_stage_caches(state, tmp_path_factory):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "hypervolume=" in proc.stdout and "pareto front latest --json" in proc.stdout
     mlflow.set_tracking_uri(mlflow_server)
@@ -93,18 +96,23 @@ def test_cli_front_json_reads_the_run_back(job_run: dict) -> None:
         assert f["hypervolume"] >= 0 and f["igd"] >= 0 and len(f["points"]) == 3
 
 
-def test_same_seed_gives_the_same_front_locally(job_run: dict, tmp_path: Path) -> None:
-    """A fresh local run (new caches, local Ray) reproduces the cluster job's front exactly."""
-    from pareto.distributed.pipeline import run_pipeline
+def test_same_seed_gives_the_same_front_locally(job_run: dict, tmp_path: Path,
+                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A fresh local run (`pareto run` with its own local Ray, every stage built anew: the UI tests' store)
+    reproduces the cluster job's front exactly."""
+    from pareto import tracking
+    from tests.test_ui import small_store
 
-    cfg = load_config(SMALL, [f"state_dir={tmp_path}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
-    result = run_pipeline(cfg, progress=False)
+    local_store = small_store(tmp_path_factory)
+    local = {f.method: f for f in tracking.load_fronts(tracking.find_run(local_store["run_id"], local_store["uri"]),
+                                                       local_store["uri"])}
     client = MlflowClient(job_run["uri"])
-    for method, local in result.fronts.items():
+    assert set(local) == {"panacea", "per_weight_dpo"}
+    for method, front in local.items():
         path = client.download_artifacts(job_run["parent"].info.run_id, f"fronts/{method}.json", str(tmp_path))
         remote = Front.from_json(Path(path).read_text())
-        np.testing.assert_array_equal(local.values(), remote.values())
-        np.testing.assert_array_equal(local.stderr(), remote.stderr())
+        np.testing.assert_array_equal(front.values(), remote.values())
+        np.testing.assert_array_equal(front.stderr(), remote.stderr())
 
 
 def test_workers_run_the_portable_cpu_kernels() -> None:

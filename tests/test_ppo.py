@@ -31,7 +31,7 @@ from pareto.distributed.ppo.controller import compare_to_base
 from pareto.distributed.ppo.group import NAMESPACE, ActorGroup, get_all
 from pareto.distributed.recorder import worker_env
 from pareto.models.policy import build_tiny_model, save_model, train_tokenizer
-from tests.conftest import ROOT, _exe
+from tests.conftest import ROOT, _exe, shared_stage_caches
 from tests.test_hf_reward import gpt2_rm  # noqa: F401 (fixture: a tiny GPT-2 reward model saved locally)
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "vocab_size": 512}
@@ -313,7 +313,8 @@ while time.time() < deadline:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_with_a_killed_actor(ray_head: dict, mlflow_server: str, tmp_path: Path) -> None:
+def test_ray_job_submit_with_a_killed_actor(ray_head: dict, mlflow_server: str, tmp_path: Path,
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     config = tmp_path / "ppo_job.yaml"
     config.write_text(json.dumps(JOB_CONFIG))  # JSON is YAML
     state = tmp_path / "state"
@@ -323,7 +324,8 @@ def test_ray_job_submit_with_a_killed_actor(ray_head: dict, mlflow_server: str, 
     cmd = [_exe("ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT), "--",
            "python", "ray_jobs/train.py", "--config", str(config), "--set", f"tracking.uri={mlflow_server}",
            "--set", f"state_dir={state}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    with shared_stage_caches(state, tmp_path_factory):  # the subject is the PPO actors, not the base or reward model
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     killer_out = killer.communicate(timeout=120)[0]
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     assert "killed ppo-" in killer_out, killer_out

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from pareto import serving, tracking
 from pareto.front.types import Front, FrontPoint
 from pareto.ui import explorer as ex
-from tests.conftest import ROOT, _exe, shared_stage_caches
+from tests.conftest import ROOT, _exe, session_lock, session_temp, shared_stage_caches
 
 APP = str(ROOT / "pareto" / "ui" / "app.py")
 SMALL = ROOT / "tests" / "configs" / "small.yaml"
@@ -30,23 +30,26 @@ TIMEOUT = 240  # seconds per AppTest run: the first one imports torch/peft and m
 
 # ------------------------------------------------------------------------------------------------ fixtures
 def small_store(factory: pytest.TempPathFactory) -> dict:
-    """A tracking store filled by one real run of tests/configs/small.yaml (`pareto run`, ~1-3 min).
+    """A tracking store filled by one real, fresh run of tests/configs/small.yaml (`pareto run` with a local Ray and
+    no cached stages, ~1-3 min).
 
-    Kept under the session's base temp with a marker, so this module and the browser test share one run.
+    Kept under the session's base temp with a marker, so every module (on any xdist worker) shares one run: the UI
+    tests read it, and test_pipeline and test_resume compare their runs of the same config with its front.
     """
-    root = factory.getbasetemp() / "ui-small-store"
+    root = session_temp(factory) / "ui-small-store"
     marker = root / "run.json"
-    if not marker.is_file():
-        root.mkdir(exist_ok=True)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        with shared_stage_caches(root / "state", factory):
-            proc = subprocess.run([_exe("pareto"), "run", str(SMALL), "--set", f"state_dir={root / 'state'}",
-                                   "--set", f"tracking.uri={uri}"], capture_output=True, text=True, timeout=1200,
-                                  env=env, cwd=ROOT)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        run = tracking.find_run("latest", uri)
-        marker.write_text(json.dumps({"uri": uri, "run_id": run.info.run_id}))
+    with session_lock(factory, "ui-small-store"):
+        if not marker.is_file():
+            root.mkdir(exist_ok=True)
+            uri = f"sqlite:///{root / 'mlflow.db'}"
+            env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+            with shared_stage_caches(root / "state", factory, take=False):  # built here; shared with later runs
+                proc = subprocess.run([_exe("pareto"), "run", str(SMALL), "--set", f"state_dir={root / 'state'}",
+                                       "--set", f"tracking.uri={uri}"], capture_output=True, text=True,
+                                      timeout=1200, env=env, cwd=ROOT)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            run = tracking.find_run("latest", uri)
+            marker.write_text(json.dumps({"uri": uri, "run_id": run.info.run_id}))
     return json.loads(marker.read_text())
 
 
