@@ -113,8 +113,9 @@ def test_killed_sweep_resumes_with_no_trial_lost_and_none_run_twice(killed: dict
     assert [t.state for t in trials] == [complete] * N_TRIALS  # exactly the configured number, nothing failed
     for n in done_before:  # finished trials were not run again
         assert trials[n].datetime_complete == before[n].datetime_complete and trials[n].values == before[n].values
-    for n in interrupted:  # interrupted trials finished under their own number, with their own parameters
-        assert trials[n].params == before[n].params
+    for n in interrupted:  # interrupted trials finished under their own number, with the parameters they drew
+        assert before[n].params.items() <= trials[n].params.items()  # (a kill inside `ask` left some undrawn)
+        assert set(trials[n].params) == set(trials[0].params)
     ran = N_TRIALS - len(done_before)
     assert f"this run ran {ran} trial(s), resumed {len(interrupted)} interrupted, 0 failed" in killed["stdout"]
     assert study.user_attrs["sampler"] == "nsga2"
@@ -282,6 +283,25 @@ def test_optuna_driver_reuses_orphans_by_number(local_ray, tmp_path: Path) -> No
     assert set(stats.resumed) == running and set(stats.resumed) <= set(second)
     assert len(study.trials) == 7 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert len(first) + len(second) - len(running & set(first)) == 7  # each trial ran to completion exactly once
+
+
+def test_a_trial_killed_inside_ask_keeps_what_it_drew_and_draws_the_rest(tmp_path: Path) -> None:
+    """A driver killed inside `study.ask` (the trial created, some parameters not yet suggested) leaves a RUNNING
+    trial with part of its parameters: resumed, it keeps those and draws the others, so its λ can be read."""
+    from pareto.config import SearchRange
+
+    space = sweep.SearchSpace(("a", "b"), {"beta": SearchRange(low=0.1, high=1.0, log=True)}, set())
+    study = optuna.create_study(study_name="k", storage=f"sqlite:///{tmp_path / 'k.db'}",
+                                directions=["maximize", "maximize"])
+    trial_id = study._storage.create_new_trial(study._study_id)  # what `ask` does first
+    first = next(iter(space.distributions()))
+    optuna.trial.Trial(study, trial_id)._suggest(first, space.distributions()[first])  # ... then killed
+    orphan = study.trials[0]
+    assert orphan.state.name == "RUNNING" and set(orphan.params) == {first}
+    resumed = sweep.resume_orphan(study, orphan, space)
+    assert resumed.number == orphan.number and set(resumed.params) == set(space.distributions())
+    assert resumed.params[first] == orphan.params[first]
+    assert sum(space.weights(resumed.params)) == pytest.approx(1.0)
 
 
 def test_conditioned_sweep_is_a_grid_evaluation(killed: dict, local_ray, tmp_path: Path) -> None:

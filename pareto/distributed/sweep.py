@@ -53,6 +53,7 @@ from pareto.distributed.sweep_drive import (  # noqa: F401
     drive_pymoo,
     pymoo_algorithm,
     pymoo_initial,
+    resume_orphan,
 )
 from pareto.distributed.sweep_record import SWEEP_TAG_VALUE, sweep_front  # noqa: F401
 from pareto.distributed.sweep_space import SearchSpace, search_space  # noqa: F401

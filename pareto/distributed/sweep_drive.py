@@ -41,8 +41,15 @@ class DriveStats:
     failed: list[int] = field(default_factory=list)
 
 
-def _as_trial(study: optuna.Study, t: FrozenTrial) -> optuna.Trial:
-    return optuna.trial.Trial(study, t._trial_id)
+def resume_orphan(study: optuna.Study, t: FrozenTrial, space: SearchSpace) -> optuna.Trial:
+    """A trial a killed driver left RUNNING, to run again under its number with the parameters it drew. A kill
+    inside `study.ask` (between creating the trial and suggesting its last parameter) leaves some undrawn: they are
+    drawn now, as `ask` would have (it never reached Ray, so nothing of it ran)."""
+    trial = optuna.trial.Trial(study, t._trial_id)
+    for name, distribution in space.distributions().items():
+        if name not in t.params:
+            trial._suggest(name, distribution)  # what Study.ask does for each fixed distribution
+    return trial
 
 
 def _settle(study: optuna.Study, trial: optuna.Trial, params: dict, ref: Any, finish: Finish, stats: DriveStats,
@@ -82,7 +89,7 @@ def drive_optuna(study: optuna.Study, space: SearchSpace, submit: Submit, finish
     while True:
         while len(inflight) < concurrency and done + len(inflight) < n_trials:
             if orphans:
-                trial = _as_trial(study, orphans.pop(0))
+                trial = resume_orphan(study, orphans.pop(0), space)
                 stats.resumed.append(trial.number)
             else:
                 trial = study.ask(space.distributions())
@@ -207,5 +214,5 @@ def _replay_generation(study: optuna.Study, space: SearchSpace, X: np.ndarray,
         orphan = next((t for t in previous if t.state == TrialState.RUNNING), None)
         if orphan is not None:
             stats.resumed.append(orphan.number)
-        queue.append((i, _as_trial(study, orphan) if orphan is not None else None, params))
+        queue.append((i, resume_orphan(study, orphan, space) if orphan is not None else None, params))
     return queue
