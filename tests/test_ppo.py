@@ -119,6 +119,20 @@ def uninterrupted(local_ray, base, tmp_path_factory: pytest.TempPathFactory) -> 
     return {"cfg": cfg, "root": state / "A", "out": out["panacea_ppo"]}
 
 
+def test_an_actor_process_does_not_import_the_driver() -> None:
+    """Every PPO actor is a new process that imports its class's module: the rollout engines, the reward and
+    reference workers and the trainer ranks must not pull in the controller's MLflow and pipeline stages."""
+    code = ("import sys, pareto.distributed.ppo.workers, pareto.distributed.ppo.trainer, "
+            "pareto.distributed.ppo.transformers_engine, pareto.distributed.ppo.vllm_engine; "
+            "bad = [m for m in ('mlflow', 'pareto.distributed.ppo.controller', 'pareto.distributed.stages', "
+            "'pareto.distributed.recorder') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    from pareto.distributed.ppo import PPORun, run_ppo_method  # the driver's names still resolve, lazily
+
+    assert PPORun.__module__ == run_ppo_method.__module__ == "pareto.distributed.ppo.controller"
+
+
 def test_run_logs_every_step_phase_and_version(uninterrupted: dict) -> None:
     out = uninterrupted["out"]
     steps = [row["step"] for row in out["history"]]

@@ -11,6 +11,14 @@ advantage step, syncs weights to the engines with a version, checkpoints atomica
 actor failure.
 """
 
-from pareto.distributed.ppo.controller import PPORun, checkpoint_root, run_ppo_method
-
 __all__ = ["PPORun", "checkpoint_root", "run_ppo_method"]
+
+
+def __getattr__(name: str) -> object:
+    # The controller (MLflow, the pipeline stages) is the driver's; an actor process imports this package for its
+    # class's module (workers, trainer, rollout engines) and must not pay for it: ~2 s of imports per actor.
+    if name in __all__:
+        from pareto.distributed.ppo import controller
+
+        return getattr(controller, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
