@@ -292,6 +292,16 @@ def test_mixed_batches_train_every_head_at_a_drawn_lambda(tiny_fit_context, mix_
         assert result.history[0]["loss"] == pytest.approx(math.log(2) * lam[labelled].sum(), abs=1e-5)
 
 
+def test_validation_lambdas_add_the_edge_midpoints_on_request() -> None:
+    from pareto.methods.panacea import validation_weights
+
+    assert validation_weights(3).tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1 / 3, 1 / 3, 1 / 3]]
+    assert validation_weights(3, edges=True).tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0],
+                                                          [0.5, 0, 0.5], [0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]]
+    assert validation_weights(2, edges=True).tolist() == [[1, 0], [0, 1], [0.5, 0.5]]  # the midpoint is the centre
+    assert MAHDPOConfig().val_edges is False and MAHDPOConfig(val_edges=True).val_edges
+
+
 def test_config_file_validates() -> None:
     cfg = load_config(ROOT / "configs" / "mah_dpo.yaml")
     assert list(cfg.methods.enabled()) == ["mah_dpo"] and isinstance(cfg.methods.mah_dpo, MAHDPOConfig)

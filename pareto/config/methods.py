@@ -147,6 +147,9 @@ class MAHDPOConfig(DPOConfig):
                                                          "heads, on every objective's label (the per-weight loss at "
                                                          "that λ), so the heads learn to combine; 0 = the paper's "
                                                          "objective-tagged batches only (docs/fronts.md)")
+    val_edges: bool = Field(False, description="the held-out checks also answer at every edge midpoint of the simplex "
+                                               "(7 λ for 3 objectives instead of the vertices and the centre), so the "
+                                               "checkpoint kept is chosen on mixtures of two objectives too")
 
     @model_validator(mode="after")
     def _power_with_max(self) -> MAHDPOConfig:

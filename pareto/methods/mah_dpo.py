@@ -116,7 +116,7 @@ def fit(ctx: FitContext, cfg: MAHDPOConfig, weights: Sequence[float] | None = No
     prepare_reference(model, tokenizer, pairs, max_length, lambda: head_weights(uniform))
     policy = MultiHeadPolicy(model, tokenizer, objectives, cfg.head_mix, cfg.head_mix_power)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts,
-                               validation_weights(k), ctx.reward, cfg.max_repetition)
+                               validation_weights(k, cfg.val_edges), ctx.reward, cfg.max_repetition)
     sampler = BalancedObjectiveSampler(pairs.better, cfg.batch_size, np.random.default_rng(ctx.seed + 7))
     batch_lam = [uniform]  # the λ of the batch just drawn: the loss weighs its objectives by it
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from itertools import combinations
 
 import numpy as np
 
@@ -24,9 +25,12 @@ from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set
 from pareto.objectives import aggregate_losses
 
 
-def validation_weights(k: int) -> np.ndarray:
-    """The K vertices and the centre of the simplex: cheap, and they span the front."""
-    return np.vstack([np.eye(k), np.full((1, k), 1.0 / k)])
+def validation_weights(k: int, edges: bool = False) -> np.ndarray:
+    """The K vertices and the centre of the simplex: cheap, and they span the front; with `edges`, also every edge's
+    midpoint (vertices, midpoints, centre: 7 λ for 3 objectives), where two objectives must combine."""
+    eye = np.eye(k)
+    midpoints = [(eye[i] + eye[j]) / 2 for i, j in combinations(range(k), 2)] if edges and k > 2 else []
+    return np.vstack([eye, *midpoints, np.full((1, k), 1.0 / k)])  # (for 2 objectives the midpoint is the centre)
 
 
 def fit(ctx: FitContext, cfg: PanaceaConfig,
