@@ -197,7 +197,8 @@ def shared_stage_caches(state: Path, factory: pytest.TempPathFactory, take: bool
     stage version, pareto's source: pareto/cache.py), so a run picks up only the entries its own config and code
     would build. Copied into `state`/cache before the run; the finished entries it built are shared afterwards.
     For the tests whose subject is not building those stages: the ones about building or caching them keep their
-    own (test_cache, test_pipeline's reproducibility check, test_resume's killed pipeline).
+    own (test_cache, test_resume's killed pipeline, and test_ui's small store with `take=False`, which
+    test_pipeline's reproducibility check compares with).
 
     $PARETO_TEST_STAGE_CACHES names a folder of such entries made before the session (.ci/run keeps those of the
     `pareto quickstart` it runs): they are offered too, on the same terms. `take=False`: the run builds its own and

@@ -28,8 +28,8 @@ def job_run(ray_head: dict, mlflow_server: str, tmp_path_factory: pytest.TempPat
     cmd = [_exe("ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT), "--",
            "python", "ray_jobs/train.py", "--config", "tests/configs/small.yaml",
            "--set", f"tracking.uri={mlflow_server}", "--set", f"state_dir={state}"]
-    # the base and reward models may come from another run of this config; test_same_seed_gives_the_same_front_locally
-    # builds its own and must match this job's front
+    # the base and reward models may come from another run of this config; the local run that
+    # test_same_seed_gives_the_same_front_locally compares with (test_ui's small store) builds its own
     with shared_stage_caches(state, tmp_path_factory):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -100,12 +100,9 @@ def test_same_seed_gives_the_same_front_locally(job_run: dict, tmp_path: Path,
                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
     """A fresh local run (`pareto run` with its own local Ray, every stage built anew: the UI tests' store)
     reproduces the cluster job's front exactly."""
-    from pareto import tracking
-    from tests.test_ui import small_store
+    from tests.test_ui import small_store, small_store_fronts
 
-    local_store = small_store(tmp_path_factory)
-    local = {f.method: f for f in tracking.load_fronts(tracking.find_run(local_store["run_id"], local_store["uri"]),
-                                                       local_store["uri"])}
+    local = small_store_fronts(small_store(tmp_path_factory))
     client = MlflowClient(job_run["uri"])
     assert set(local) == {"panacea", "per_weight_dpo"}
     for method, front in local.items():

@@ -53,11 +53,15 @@ def small_store(factory: pytest.TempPathFactory) -> dict:
     return json.loads(marker.read_text())
 
 
+def small_store_fronts(info: dict) -> dict[str, Front]:
+    """The small store's logged fronts, by method."""
+    return {f.method: f for f in tracking.load_fronts(tracking.find_run(info["run_id"], info["uri"]), info["uri"])}
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> dict:
     info = small_store(tmp_path_factory)
-    info["fronts"] = {f.method: f for f in tracking.load_fronts(tracking.find_run(info["run_id"], info["uri"]),
-                                                                 info["uri"])}
+    info["fronts"] = small_store_fronts(info)
     return info
 
 
