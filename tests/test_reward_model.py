@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pareto.models.encoder import EMBEDDINGS_FILE
 from pareto.models.reward import (
     LearnedVectorReward,
     MultiHeadRewardModel,
@@ -306,6 +307,39 @@ def test_save_load_round_trip_gives_identical_scores(
     assert loaded.normalizer.state_dict() == reward.normalizer.state_dict()
     assert torch.equal(loaded.raw(prompts, responses), reward.raw(prompts, responses))
     assert torch.equal(loaded(prompts, responses), reward(prompts, responses))
+
+
+def test_shared_embeddings_travel_with_the_saved_reward(
+    trained: RewardTrainResult, split: tuple[list[Pair], list[Pair]], tmp_path: Path
+) -> None:
+    """The reward stage shares its training texts' embeddings: a process that loads the reward scores those texts
+    without running MiniLM (RiC's offline scoring), with the very vectors the heads were trained on. A saved copy
+    (base_eval's refit reward) carries them on; an encoder of another truncation ignores them."""
+    train, _ = split
+    prompts, responses = [p.prompt for p in train[:30]], [p.response_0 for p in train[:30]]
+    texts = [pair_text(p, r) for p, r in zip(prompts, responses, strict=True)]
+    writer = TextEncoder(max_length=128)
+    writer.share(texts)
+    reward = LearnedVectorReward(writer, trained.model, NAMES)
+    path = reward.save(tmp_path / "rm")
+
+    def no_minilm(batch: list[str]) -> torch.Tensor:
+        raise AssertionError(f"MiniLM ran again on {len(batch)} shared texts")
+
+    reader = TextEncoder(max_length=128)
+    reader._encode_batch = no_minilm
+    loaded = LearnedVectorReward.load(path, encoder=reader, names=NAMES)
+    assert torch.equal(loaded.raw(prompts, responses), reward.raw(prompts, responses))
+    assert reader.shared == list(dict.fromkeys(texts))
+    with pytest.raises(AssertionError, match="MiniLM ran again"):  # an unshared text is encoded as before
+        loaded.raw(["something new"], ["never seen"])
+    loaded.save(tmp_path / "refit")
+    again = TextEncoder(max_length=128)
+    again.load_embeddings(tmp_path / "refit" / EMBEDDINGS_FILE)
+    assert again.shared == reader.shared and torch.equal(again.encode(texts), writer.encode(texts))
+    shorter = TextEncoder(max_length=64)
+    shorter.load_embeddings(path / EMBEDDINGS_FILE)
+    assert len(shorter) == 0 and shorter.shared == []
 
 
 def test_load_rejects_mismatches(encoder: TextEncoder, trained: RewardTrainResult, tmp_path: Path) -> None:

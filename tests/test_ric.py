@@ -12,7 +12,7 @@ from pareto.config import RiCConfig, load_config
 from pareto.methods import load_method
 from pareto.methods.ric import above_quantile, offline_samples, sample_targets
 from pareto.models.conditioned import load_conditioned
-from pareto.models.policy import encode_pairs, load_policy, token_logprobs
+from pareto.models.policy import encode_pairs, load_policy, response_logprobs, token_logprobs
 from pareto.models.rewards_in_context import (
     MAPPINGS,
     RiCPolicy,
@@ -35,9 +35,10 @@ NAMES = ("helpful", "harmless", "concise")
     "",
 ])
 @pytest.mark.parametrize("rewards", [(1.26, -0.04, 0.0), (-2.35, 2.35, 10.04), (0.0, -0.0, 0.05)])
-def test_prompt_format_round_trip(prompt: str, rewards: tuple[float, ...]) -> None:
-    text = format_prompt(prompt, NAMES, rewards)
-    back, values = parse_prompt(text, NAMES)
+@pytest.mark.parametrize("style", ["named", "values"])
+def test_prompt_format_round_trip(prompt: str, rewards: tuple[float, ...], style: str) -> None:
+    text = format_prompt(prompt, NAMES, rewards, style)
+    back, values = parse_prompt(text, NAMES, style)
     assert back == prompt
     assert values == tuple(float(format_value(r)) for r in rewards)
     assert all(abs(v - r) <= 0.05 + 1e-9 for v, r in zip(values, rewards, strict=True))  # rounded to 0.1
@@ -45,6 +46,11 @@ def test_prompt_format_round_trip(prompt: str, rewards: tuple[float, ...]) -> No
 
 def test_format_is_fixed_width_and_has_no_negative_zero() -> None:
     assert format_prompt("hi", NAMES, (1.26, -0.04, -2.0)) == "hi <helpful> +1.3 <harmless> +0.0 <concise> -2.0"
+    assert format_prompt("hi", NAMES, (1.26, -0.04, -2.0), "values") == "hi [+1.3 +0.0 -2.0]"
+    with pytest.raises(ValueError, match="no reward tags"):  # one style's prompt is not the other's
+        parse_prompt("hi <helpful> +1.3 <harmless> +0.0 <concise> -2.0", NAMES, "values")
+    with pytest.raises(ValueError, match="unknown tag style"):
+        format_prompt("hi", NAMES, (0.0, 0.0, 0.0), "json")
     assert [format_value(v) for v in (0.05, -0.05, 0.15, -1.25)] == ["+0.1", "-0.1", "+0.1", "-1.2"]  # Python round()
 
 
@@ -154,6 +160,35 @@ def test_ric_loss_is_the_nll_of_the_response_tokens_only(tiny_lm) -> None:
     assert batch.response_mask[0, :n_prompt].sum() == 0 and len(tags) > 0
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_response_only_logits_give_the_full_paths_loss_and_gradients(tiny_lm, lora: bool) -> None:
+    """RiC trains with the LM head applied at response tokens only: per row the same sums and token counts as
+    `token_logprobs`, and the same gradients, whether the model is fully trained or a LoRA (whose deltas must be
+    in the decoder path the shortcut runs)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_policy(tiny_lm)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                 task_type="CAUSAL_LM"))
+        with torch.no_grad():  # non-zero B: the adapters change the log-probs
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    prompts = [format_prompt(q, NAMES, r) for q, r in (("how do i bake bread?", (1.0, -0.5, 0.3)),
+                                                       ("hi", (0.0, 2.0, -1.0)), ("a longer question here", (1, 1, 1)))]
+    batch = encode_pairs(tok, prompts, ["mix flour and water.", "hello there friend", "no"], 256)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    full, short = token_logprobs(model, batch), response_logprobs(model, batch)
+    torch.testing.assert_close(short[0], full[0], atol=1e-4, rtol=0)
+    assert torch.equal(short[1], full[1]) and full[1].tolist() == batch.response_mask[:, 1:].sum(1).tolist()
+    base = load_policy(tiny_lm)[0]
+    assert lora is not torch.allclose(full[0], token_logprobs(base, batch)[0], atol=1e-3)  # the LoRA is live
+    grads = [torch.autograd.grad(-logp.sum() / n.sum(), trainable) for logp, n in (full, short)]
+    for full_grad, short_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(short_grad, full_grad, atol=1e-5, rtol=1e-4)
+
+
 def test_fit_offline_and_one_online_round_then_round_trip(tiny_fit_context, tmp_path: Path) -> None:
     ctx = tiny_fit_context(n_pairs=40)
     cfg = RiCConfig(epochs=1, batch_size=8, lr=5e-3, offline_samples=48, online_rounds=1, online_prompts=8,
@@ -185,14 +220,17 @@ def test_fit_offline_and_one_online_round_then_round_trip(tiny_fit_context, tmp_
         load_conditioned("ric", ctx.base_dir, tmp_path / "adapter", ("helpful", "concise"))
 
 
-def test_fully_fine_tuned_policy_round_trips(tiny_lm, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tags", ["named", "values"])
+def test_fully_fine_tuned_policy_round_trips(tiny_lm, tmp_path: Path, tags: str) -> None:
     model, tok = load_policy(tiny_lm)
-    policy = RiCPolicy(model, tok, NAMES, low=[-1.0, -2.0, -1.5], high=[1.0, 2.0, 1.5], mapping="l2")
+    policy = RiCPolicy(model, tok, NAMES, low=[-1.0, -2.0, -1.5], high=[1.0, 2.0, 1.5], mapping="l2", tags=tags)
     lam = np.array([0.2, 0.3, 0.5])
     before = policy.generate(["how do i bake bread?"], lam, max_new_tokens=8)
     policy.save(tmp_path / "ric")
     loaded = load_conditioned("ric", "/nonexistent-base-is-not-needed", tmp_path / "ric", NAMES)
     assert loaded.mapping == "l2" and loaded.generate(["how do i bake bread?"], lam, max_new_tokens=8) == before
+    prompt = loaded.conditioned_prompts(["how do i bake bread?"], lam)[0]
+    assert loaded.tags == tags and parse_prompt(prompt, NAMES, tags)[0] == "how do i bake bread?"
 
 
 def test_config_file_validates() -> None:

@@ -112,6 +112,10 @@ class RiCConfig(MethodConfig):
                             "or front: the mean of the observed reward vectors best under λ; auto: the one whose "
                             "held-out front (reward model, validation prompts) keeps each objective highest at its "
                             "own vertex, with the largest hypervolume")
+    tags: Literal["named", "values"] = Field("named", description="how the rewards are written into the prompt: "
+                                                                 "'<helpful> +1.3 <harmless> -0.2' (the paper's) or "
+                                                                 "'[+1.3 -0.2]' (the same numbers in the objectives' "
+                                                                 "order; half the tokens on the tiny LM)")
     val_prompts: int = Field(24, ge=2)
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (one after the offline pass and after each "

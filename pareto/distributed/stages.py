@@ -191,6 +191,7 @@ def reward_stage(cfg: ExperimentConfig) -> dict:
                                      length_feature=rm_cfg.length_feature, tie_weight=rm_cfg.tie_weight)
         learned = LearnedVectorReward(encoder, trained.model, names)
         learned.fit_normalizer(prompts, responses)
+        encoder.share([pair_text(p, r) for p, r in zip(prompts, responses, strict=True)])  # RiC scores them again
         accuracy = {k: v for k, v in trained.accuracy.items() if sources[k] == "learned"}
         history = trained.history
     reward = SourcedReward(names, sources, learned, rm_cfg.hf, device=device)

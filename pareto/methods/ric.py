@@ -109,8 +109,8 @@ class _RiCRun:
         self.online: list[tuple[str, str, np.ndarray]] = []
         self.labels_seen = [z]
         self.phase = 0
-        self.offline = [(format_prompt(p, self.objectives, zi), r) for p, r, zi in zip(prompts, responses, z,
-                                                                                        strict=True)]
+        self.offline = [(format_prompt(p, self.objectives, zi, cfg.tags), r)
+                        for p, r, zi in zip(prompts, responses, z, strict=True)]
         self.origin = np.flatnonzero(above_quantile(z, cfg.quantile))  # offline rows the online rounds mix in
         self.unique_prompts = list(dict.fromkeys(prompts))
 
@@ -138,7 +138,7 @@ class _RiCRun:
             result.history.append({"step": step + i, "sft_loss": loss, f"{phase}_loss": loss})
 
         losses = sft_train(self.model, tokenizer, examples, epochs, lr, self.cfg.batch_size, self.ctx.max_length,
-                           self.ctx.seed + step, on_step=log)
+                           self.ctx.seed + step, on_step=log, response_logits_only=True)
         self.step += len(losses)
         result.tokens += epochs * sum(len(tokenizer(p + " " + r)["input_ids"]) for p, r in examples)
 
@@ -208,7 +208,7 @@ class _RiCRun:
         seen = np.vstack(self.labels_seen)
         policy.low, policy.high, policy.observed = seen.min(0).tolist(), seen.max(0).tolist(), seen
         mixed = rng.choice(self.origin, size=min(cfg.origin_samples, len(self.origin)), replace=False)
-        examples = [self.offline[i] for i in mixed] + [(format_prompt(p, objectives, o), t)
+        examples = [self.offline[i] for i in mixed] + [(format_prompt(p, objectives, o, cfg.tags), t)
                                                        for p, t, o in self.online]
         self.result.history.append({
             "step": self.step, "online_round": float(r + 1), "online_generated": float(len(texts)),
@@ -222,7 +222,8 @@ class _RiCRun:
     def generate_for(self, prompts: list[str], targets: np.ndarray, r: int) -> list[str]:
         """Sampled generations of round `r` for the prompts conditioned on the target rewards."""
         self.model.eval()
-        conditioned = [format_prompt(p, self.objectives, t) for p, t in zip(prompts, targets, strict=True)]
+        conditioned = [format_prompt(p, self.objectives, t, self.cfg.tags)
+                       for p, t in zip(prompts, targets, strict=True)]
         return generate(self.model, self.tokenizer, conditioned,
                         max_new_tokens=int(self.ctx.gen.get("max_new_tokens", 48)), do_sample=True,
                         temperature=self.cfg.temperature, seed=self.ctx.seed + 1000 + r)
@@ -256,7 +257,8 @@ def _conditioned_model(ctx: FitContext, cfg: RiCConfig, normalizer: RunningZScor
         model = get_peft_model(model, lora)
     mapping = "linf" if cfg.mapping == "auto" else cfg.mapping
     low, high = z.min(0), z.max(0)  # the observed range the λ → reward mapping works in
-    policy = RiCPolicy(model, tokenizer, ctx.objectives, low, high, mapping, normalizer.state_dict(), observed=z)
+    policy = RiCPolicy(model, tokenizer, ctx.objectives, low, high, mapping, normalizer.state_dict(), observed=z,
+                       tags=cfg.tags)
     return model, tokenizer, policy
 
 

@@ -4,18 +4,22 @@ dialogue-shaped text per (prompt, response), its embedding, and a log-length fea
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pareto.data.chat import last_user_turn
 from pareto.models.device import no_autocast
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_DIM = 384
+EMBEDDINGS_FILE = "embeddings.safetensors"  # beside a saved reward model: the shared texts' embeddings
 
 
 def minilm_path() -> str:
@@ -71,6 +75,7 @@ class TextEncoder:
         self.model.requires_grad_(False)
         self.dim: int = int(self.model.config.hidden_size)
         self._cache: dict[str, torch.Tensor] = {}
+        self.shared: list[str] = []  # texts whose embeddings travel with a saved reward model
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -109,6 +114,35 @@ class TextEncoder:
         out = torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, self.dim)
         self._evict()
         return out
+
+    def share(self, texts: Sequence[str]) -> None:
+        """Encode `texts` and save their embeddings with the reward model (`save_embeddings`), so the stages that
+        load it never encode them again: the reward model's training pairs, which RiC scores once more."""
+        self.shared = list(dict.fromkeys(texts))
+        self.encode(self.shared)
+
+    def save_embeddings(self, path: str | Path) -> None:
+        """The shared texts' embeddings as safetensors (texts, encoder and truncation in its metadata)."""
+        texts = [t for t in self.shared if t in self._cache]
+        if not texts:
+            return
+        save_file({"embeddings": torch.stack([self._cache[t] for t in texts])}, str(path),
+                  metadata={"texts": json.dumps(texts), "encoder": self.model_id, "max_length": str(self.max_length)})
+
+    def load_embeddings(self, path: str | Path) -> None:
+        """Prime the cache from `save_embeddings`' file; a file of another encoder or truncation is ignored (its
+        vectors would not be this encoder's)."""
+        if not Path(path).is_file():
+            return
+        with safe_open(str(path), framework="pt") as f:
+            meta, embeddings = f.metadata() or {}, f.get_tensor("embeddings")
+        if meta.get("encoder") != self.model_id or meta.get("max_length") != str(self.max_length):
+            return
+        texts = json.loads(meta["texts"])
+        for text, emb in zip(texts, embeddings, strict=True):
+            self._cache.setdefault(text, emb)
+        self.shared = texts
+        self._evict()
 
     def _evict(self) -> None:
         if self.max_cache is None or len(self._cache) <= self.max_cache:

@@ -210,11 +210,34 @@ def token_logprobs(model: PreTrainedModel, batch: Batch,
     return (logp * mask).sum(-1), mask.sum(-1)
 
 
+# config fields of models whose forward changes the LM head's output (Gemma 2's softcap, Cohere's and Granite's
+# scales): `response_logprobs` cannot apply the head itself for them
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def response_logprobs(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` with the LM head applied at the response tokens only: the same sums (to float noise) for
+    less compute where prompts are most of the tokens (the tiny LM's reward-tagged RiC prompts: 3/4 of them, the
+    step 30 % cheaper). Models that post-process their logits take `token_logprobs`' full path."""
+    if any(getattr(model.config, name, None) not in (None, 1.0) for name in _LOGIT_POSTPROCESSING):
+        return token_logprobs(model, batch)
+    batch = batch.to(model_device(model))
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    mask = batch.response_mask[:, 1:].bool()
+    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()  # [response tokens, vocab]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:][mask].unsqueeze(-1)).squeeze(-1)
+    rows = mask.nonzero()[:, 0]
+    return torch.zeros(mask.shape[0], device=logp.device).index_add_(0, rows, logp), mask.sum(-1).float()
+
+
 def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, examples: Sequence[tuple[str, str]],
               epochs: int, lr: float, batch_size: int, max_length: int, seed: int,
-              on_step: Callable[[int, float], None] | None = None) -> list[float]:
+              on_step: Callable[[int, float], None] | None = None, response_logits_only: bool = False) -> list[float]:
     """Supervised fine-tuning on responses only (prompt tokens are context, not targets), on the model's device
-    (batches follow it; run it inside `Placement.context()` for autocast)."""
+    (batches follow it; run it inside `Placement.context()` for autocast). `response_logits_only` computes the
+    loss with `response_logprobs` (the same loss, cheaper; the base model's SFT keeps the full path, whose cached
+    weights every recorded front was trained from)."""
+    logprobs = response_logprobs if response_logits_only else token_logprobs
     rng = random.Random(seed)
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     order = list(range(len(examples)))
@@ -231,7 +254,7 @@ def sft_train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, exampl
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
             batch = pad_batch(tokenizer, [encoded[i] for i in order[start:start + batch_size]])
-            logp, n = token_logprobs(model, batch)
+            logp, n = logprobs(model, batch)
             loss = -(logp.sum() / n.sum())
             optim.zero_grad()
             loss.backward()

@@ -25,6 +25,7 @@ from pareto.io import read_safetensors
 from pareto.models.device import no_autocast
 from pareto.models.encoder import (
     EMBED_DIM,
+    EMBEDDINGS_FILE,
     MINILM_ID,
     TextEncoder,
     length_features,
@@ -327,6 +328,8 @@ class LearnedVectorReward(ZScoredReward):
             "normalizer": self.normalizer.state_dict(),
         }
         (path / "meta.json").write_text(json.dumps(meta, indent=2))
+        if isinstance(self.encoder, TextEncoder):
+            self.encoder.save_embeddings(path / EMBEDDINGS_FILE)
         return path
 
     @classmethod
@@ -376,6 +379,8 @@ class LearnedVectorReward(ZScoredReward):
             raise ValueError(f"{path}: trained on encoder {meta.get('encoder')!r}, given {enc_id!r}")
         if getattr(encoder, "dim", model.embed_dim) != model.embed_dim:
             raise ValueError(f"{path}: heads want {model.embed_dim}-d embeddings, encoder has {encoder.dim}")
+        if isinstance(encoder, TextEncoder):
+            encoder.load_embeddings(path / EMBEDDINGS_FILE)
         normalizer = RunningZScore.from_state_dict(norm_state) if norm_state is not None else None
         model.to(getattr(encoder, "device", "cpu"))  # the heads score where the encoder runs
         return cls(encoder, model, saved_names, normalizer)

@@ -6,6 +6,10 @@ keeps every number the same width):
 
     "How do I bake bread? <helpful> +1.3 <harmless> -0.2 <concise> +0.5"
 
+or, with `tags: values`, the numbers alone in the objectives' order, `"How do I bake bread? [+1.3 -0.2 +0.5]"`: the
+names carry nothing the order does not, and a small tokenizer spells them letter by letter (the tiny LM's BPE
+takes 38 tokens for the named tags of three objectives, more than half of a training sequence, and 17 for these).
+
 A dialogue prompt (an HH-RLHF transcript ending in "\n\nAssistant:", as real datasets give them) gets its tags at the
 end of the last Human turn, before the "\n\nAssistant:" that asks for the reply, as RiC writes them; appended after
 it they would read as an Assistant turn of their own once the prompt becomes chat messages.
@@ -33,6 +37,7 @@ from pareto.models.policy import generate, load_policy
 
 RIC_MARKER = "pareto.ric.v1"
 MAPPINGS = ("linf", "l2", "linear", "front")
+TAG_STYLES = ("named", "values")  # `<helpful> +1.3 <harmless> -0.2` or `[+1.3 -0.2]`
 FRONT_TOP = 0.02  # the `front` mapping averages this top fraction of the observed vectors under λ
 
 
@@ -42,9 +47,13 @@ def format_value(value: float) -> str:
     return f"{round(float(value), 1) + 0.0:+.1f}"
 
 
-def reward_tags(objectives: Sequence[str], rewards: Sequence[float]) -> str:
+def reward_tags(objectives: Sequence[str], rewards: Sequence[float], style: str = "named") -> str:
     if len(objectives) != len(rewards):
         raise ValueError(f"{len(rewards)} rewards for {len(objectives)} objectives")
+    if style == "values":
+        return "[" + " ".join(format_value(r) for r in rewards) + "]"
+    if style != "named":
+        raise ValueError(f"unknown tag style {style!r}; choose one of {TAG_STYLES}")
     return " ".join(f"<{name}> {format_value(r)}" for name, r in zip(objectives, rewards, strict=True))
 
 
@@ -52,19 +61,22 @@ def _is_dialogue(prompt: str) -> bool:
     return is_transcript(prompt) and prompt.endswith(ASSISTANT)
 
 
-def format_prompt(prompt: str, objectives: Sequence[str], rewards: Sequence[float]) -> str:
+def format_prompt(prompt: str, objectives: Sequence[str], rewards: Sequence[float], style: str = "named") -> str:
     """The prompt with its reward tags appended (the model is trained and queried on this text); a dialogue's tags
     close its last Human turn, before the final "\n\nAssistant:"."""
-    tags = reward_tags(objectives, rewards)
+    tags = reward_tags(objectives, rewards, style)
     if _is_dialogue(prompt):
         return f"{prompt.removesuffix(ASSISTANT)} {tags}{ASSISTANT}"
     return f"{prompt} {tags}"
 
 
-def parse_prompt(text: str, objectives: Sequence[str]) -> tuple[str, tuple[float, ...]]:
+def parse_prompt(text: str, objectives: Sequence[str], style: str = "named") -> tuple[str, tuple[float, ...]]:
     """Split a conditioned prompt back into (prompt, rewards); ValueError if the tags are not there."""
     number = r"([+-]\d+\.\d)"
-    tags = r" " + " ".join(rf"<{re.escape(name)}> {number}" for name in objectives)
+    if style == "values":
+        tags = r" \[" + " ".join(number for _ in objectives) + r"\]"
+    else:
+        tags = r" " + " ".join(rf"<{re.escape(name)}> {number}" for name in objectives)
     dialogue = re.search(tags + re.escape(ASSISTANT) + r"$", text) if _is_dialogue(text) else None
     if dialogue is not None:
         suffix = text[dialogue.start():]
@@ -124,9 +136,12 @@ class RiCPolicy:
 
     def __init__(self, model, tokenizer, objectives: Sequence[str], low: Sequence[float], high: Sequence[float],
                  mapping: str = "linf", normalizer: dict | None = None,
-                 observed: np.ndarray | Sequence[Sequence[float]] | None = None) -> None:
+                 observed: np.ndarray | Sequence[Sequence[float]] | None = None, tags: str = "named") -> None:
         if mapping not in MAPPINGS:
             raise ValueError(f"unknown mapping {mapping!r}; choose one of {MAPPINGS}")
+        if tags not in TAG_STYLES:
+            raise ValueError(f"unknown tag style {tags!r}; choose one of {TAG_STYLES}")
+        self.tags = tags  # how the rewards are written into the prompt (the style the model was trained on)
         self.model, self.tokenizer, self.objectives = model, tokenizer, tuple(objectives)
         self.low, self.high = [float(x) for x in low], [float(x) for x in high]
         self.mapping = mapping
@@ -141,7 +156,7 @@ class RiCPolicy:
         weights = np.asarray(weights, dtype=np.float64)
         rows = np.tile(weights, (len(prompts), 1)) if weights.ndim == 1 else weights
         targets = self.desired_rewards(rows)
-        return [format_prompt(p, self.objectives, t) for p, t in zip(prompts, targets, strict=True)]
+        return [format_prompt(p, self.objectives, t, self.tags) for p, t in zip(prompts, targets, strict=True)]
 
     def generate(self, prompts: Sequence[str], weights: np.ndarray, **gen: object) -> list[str]:
         return generate(self.model, self.tokenizer, self.conditioned_prompts(prompts, weights), **gen)
@@ -154,7 +169,8 @@ class RiCPolicy:
         write_policy_meta(path, RIC_MARKER, self.objectives, low=self.low, high=self.high, mapping=self.mapping,
                           normalizer=self.normalizer,
                           observed=None if self.observed is None else self.observed.tolist(),
-                          format=format_prompt("{prompt}", self.objectives, [0.0] * len(self.objectives)))
+                          tags=self.tags,
+                          format=format_prompt("{prompt}", self.objectives, [0.0] * len(self.objectives), self.tags))
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path, objectives: Sequence[str]) -> RiCPolicy:
@@ -167,4 +183,4 @@ class RiCPolicy:
             model, tokenizer = load_policy(adapter_dir)
         model.eval()
         return cls(model, tokenizer, objectives, meta["low"], meta["high"], meta["mapping"], meta.get("normalizer"),
-                   meta.get("observed"))
+                   meta.get("observed"), meta.get("tags", "named"))
