@@ -131,7 +131,7 @@ def seed_digest(overrides: list[str]) -> str:
 
 
 def run_15() -> dict[str, Any]:
-    """One run per seed. Each finished seed is saved to results/fronts_15/seed_N.json as it ends (about 15 minutes
+    """One run per seed. Each finished seed is saved to results/fronts_15/seed_N.json as it ends (about 8 minutes
     a seed); PARETO_BENCH_RESUME=1 reuses a saved seed when it was measured by the same code and configs, so a
     killed benchmark resumes with the seeds it lacks."""
     seeds = [int(s) for s in os.environ.get("PARETO_BENCH_SEEDS", ",".join(map(str, SEEDS_15))).split(",")]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pareto.io import CheckpointError
 from pareto.models.encoder import EMBEDDINGS_FILE
 from pareto.models.reward import (
     LearnedVectorReward,
@@ -340,6 +341,11 @@ def test_shared_embeddings_travel_with_the_saved_reward(
     shorter = TextEncoder(max_length=64)
     shorter.load_embeddings(path / EMBEDDINGS_FILE)
     assert len(shorter) == 0 and shorter.shared == []
+    # a damaged file is one line naming it and the fix, and the heads are not loaded half-primed
+    (path / EMBEDDINGS_FILE).write_bytes((path / EMBEDDINGS_FILE).read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=f"{EMBEDDINGS_FILE}.*delete it") as err:
+        LearnedVectorReward.load(path, encoder=TextEncoder(max_length=128), names=NAMES)
+    assert "\n" not in str(err.value)
 
 
 def test_load_rejects_mismatches(encoder: TextEncoder, trained: RewardTrainResult, tmp_path: Path) -> None:

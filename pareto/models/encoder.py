@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pareto.data.chat import last_user_turn
+from pareto.io import CheckpointError, read_safetensors
 from pareto.models.device import no_autocast
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -131,14 +132,22 @@ class TextEncoder:
 
     def load_embeddings(self, path: str | Path) -> None:
         """Prime the cache from `save_embeddings`' file; a file of another encoder or truncation is ignored (its
-        vectors would not be this encoder's)."""
-        if not Path(path).is_file():
+        vectors would not be this encoder's), a damaged one is a one-line `CheckpointError`."""
+        path = Path(path)
+        if not path.is_file():
             return
-        with safe_open(str(path), framework="pt") as f:
-            meta, embeddings = f.metadata() or {}, f.get_tensor("embeddings")
+        fix = "delete it (the reward model then encodes those texts again)"
+        try:
+            embeddings = read_safetensors(path)["embeddings"]
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            texts = json.loads(meta["texts"]) if "texts" in meta else None
+        except (CheckpointError, KeyError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: unreadable shared embeddings ({str(exc)[:100]}); {fix}") from None
         if meta.get("encoder") != self.model_id or meta.get("max_length") != str(self.max_length):
             return
-        texts = json.loads(meta["texts"])
+        if not isinstance(texts, list) or tuple(embeddings.shape) != (len(texts), self.dim):
+            raise CheckpointError(f"{path}: its texts and embeddings do not match; {fix}")
         for text, emb in zip(texts, embeddings, strict=True):
             self._cache.setdefault(text, emb)
         self.shared = texts
