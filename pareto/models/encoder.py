@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pareto.data.chat import last_user_turn
-from pareto.io import CheckpointError, read_safetensors
+from pareto.io import CheckpointError
 from pareto.models.device import no_autocast
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -137,12 +137,11 @@ class TextEncoder:
         if not path.is_file():
             return
         fix = "delete it (the reward model then encodes those texts again)"
-        try:
-            embeddings = read_safetensors(path)["embeddings"]
+        try:  # one read; safetensors never unpickles, so a pickle here is just an unreadable file
             with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
+                meta, embeddings = f.metadata() or {}, f.get_tensor("embeddings")
             texts = json.loads(meta["texts"]) if "texts" in meta else None
-        except (CheckpointError, KeyError, json.JSONDecodeError) as exc:
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{path}: unreadable shared embeddings ({str(exc)[:100]}); {fix}") from None
         if meta.get("encoder") != self.model_id or meta.get("max_length") != str(self.max_length):
             return
