@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from pareto.objectives import aggregate_losses, scalarize
-from pareto.objectives.losses import dpo_loss, masked_objective_means, per_objective_dpo_losses
+from pareto.objectives.losses import (
+    dpo_loss,
+    masked_objective_means,
+    per_objective_dpo_losses,
+    per_objective_tie_losses,
+    tie_nll,
+)
 
 
 def _nls(x: float) -> float:  # -log sigmoid(x) by hand
@@ -38,6 +44,21 @@ def test_per_objective_labels_flip_the_margin_and_ties_are_masked() -> None:
     # the standard form agrees with the vectorised one
     std = dpo_loss(policy[:, 1], policy[:, 0], ref[:, 1], ref[:, 0], 0.5)
     assert torch.allclose(losses[:, 1], std)
+
+
+def test_tie_term_by_hand_and_only_on_ties() -> None:
+    policy = torch.tensor([[-10.0, -12.0], [-5.0, -5.0]])
+    ref = torch.tensor([[-11.0, -11.5], [-6.0, -6.0]])
+    better = torch.tensor([[0, -1], [-1, 1]])
+    losses, ties = per_objective_tie_losses(policy, ref, better, beta=0.5)
+    assert ties.tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    # pair 0: implicit-reward logit β·margin = 0.5 · -1.5; its tie loss is the cross-entropy to 50/50
+    x = -0.75
+    by_hand = 0.5 * (math.log1p(math.exp(x)) + math.log1p(math.exp(-x))) - math.log(2.0)
+    assert losses[0, 1].item() == pytest.approx(by_hand, abs=1e-6) and by_hand > 0
+    assert losses[1, 0].item() == pytest.approx(0.0, abs=1e-7)  # both log-ratios moved alike: still indifferent
+    assert losses[0, 0].item() == 0.0 and losses[1, 1].item() == 0.0  # labelled entries: the DPO term's job
+    assert tie_nll(torch.tensor(2.0)).item() == pytest.approx(tie_nll(torch.tensor(-2.0)).item())  # symmetric
 
 
 def test_masked_means_ignore_unlabelled_examples() -> None:

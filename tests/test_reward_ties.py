@@ -6,13 +6,16 @@ those pairs and may score their two responses far apart; the tie term fits them 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the encoder must never need the hub
 
 import pytest
 import torch
+import yaml
 
 from pareto.config import config_from_dict
 from pareto.data import load_task
@@ -64,3 +67,60 @@ def test_tie_term_makes_the_harmless_head_indifferent_on_safe_prompts() -> None:
     tied_gap, tied_acc = gap(1.0)
     assert tied_gap < 0.5 * masked_gap  # held-out safe-prompt pairs now score (nearly) alike
     assert tied_acc > masked_acc - 0.05  # without costing the labelled pairs' accuracy
+
+
+def test_dpo_tie_weight_is_left_out_of_cache_keys_and_refused_on_a_dataset() -> None:
+    cfg = {"objectives": ["helpful", "harmless", "concise"], "methods": {"panacea": {}}}
+    plain = config_from_dict(cfg)
+    tied = config_from_dict({**cfg, "methods": {"panacea": {"tie_weight": 1.0}}})
+    assert "tie_weight" not in plain.model_dump()["methods"]["panacea"]
+    assert plain.digest("methods") != tied.digest("methods")
+    # a dataset's -1 is also a missing label (HH-RLHF's helpful pairs have no harmless label): refused, by field
+    data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "hh_smol.yaml").read_text())
+    config_from_dict(data)  # as shipped: valid
+    for section, field in (("methods", "methods.panacea.tie_weight"), ("reward_model", "reward_model.tie_weight")):
+        bad = copy.deepcopy(data)
+        target = bad["methods"]["panacea"] if section == "methods" else bad["reward_model"]
+        target["tie_weight"] = 0.5
+        with pytest.raises(ValueError, match="missing labels") as err:
+            config_from_dict(bad)
+        assert field in str(err.value) or getattr(err.value, "field", None) == field
+    # MAH-DPO's objective-tagged batches set the other objectives' labels to -1: refused there too
+    with pytest.raises(ValueError, match="tie_weight: MAH-DPO"):
+        config_from_dict({**cfg, "methods": {"mah_dpo": {"tie_weight": 1.0}}})
+
+
+def test_dpo_tie_term_keeps_the_policy_indifferent_where_an_objective_is(tiny_fit_context) -> None:
+    """Trained at the harmless vertex, DPO refuses risky requests; without the tie term that lesson spills over to the
+    safe ones (whose two responses harmless rates the same), with it the implicit rewards of held-out safe-prompt pairs
+    stay close, while the risky pairs are learned as well as before."""
+    from pareto.config import PerWeightConfig
+    from pareto.methods import per_weight
+    from pareto.methods.dpo import PairSet, pair_logps
+
+    task = load_task("tiny-hh", seed=0)
+    h = list(task.objectives).index("harmless")
+    held_out = PairSet.from_pairs(task.preference_pairs("val", 4, 0.0)[:160], [0, 1, 2])
+    tied = (held_out.better[:, h] < 0).nonzero().flatten().tolist()
+    labelled = (held_out.better[:, h] >= 0).nonzero().flatten().tolist()
+    assert len(tied) > 20 and len(labelled) > 20
+
+    def trained(tie_weight: float) -> tuple[float, float]:
+        cfg = PerWeightConfig(lr=1e-2, max_steps=40, batch_size=8, eval_every=1000, nll_weight=0.0, keep="last",
+                              tie_weight=tie_weight)
+        policy, _ = per_weight.fit(tiny_fit_context(n_pairs=160, seed=0), cfg, weights=[0.0, 1.0, 0.0])
+        model, tok = policy.model, policy.tokenizer
+        with torch.no_grad():
+            logp, _, _ = pair_logps(model, tok, held_out.prompts, held_out.responses, 256)
+            with model.disable_adapter():
+                ref, _, _ = pair_logps(model, tok, held_out.prompts, held_out.responses, 256)
+        margin = (logp[:, 1] - ref[:, 1]) - (logp[:, 0] - ref[:, 0])  # implicit reward of response_1 over 0
+        drift = margin[tied].abs().mean().item()
+        sign = torch.where(held_out.better[labelled, h] == 1, 1.0, -1.0)
+        accuracy = ((margin[labelled] * sign) > 0).float().mean().item()
+        return drift, accuracy
+
+    masked_drift, masked_acc = trained(0.0)
+    tied_drift, tied_acc = trained(4.0)
+    assert tied_drift < 0.2 * masked_drift  # measured: 0.7 against 24 nats
+    assert tied_acc > masked_acc - 0.1 and tied_acc > 0.6  # measured: 0.71 against 0.73 (chance: 0.5)

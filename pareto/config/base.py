@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
 KNOWN_TASKS: dict[str, tuple[str, ...]] = {"tiny-hh": ("helpful", "harmless", "concise")}
 Z_REFERENCE = -3.0  # hypervolume reference of z-scored reward-model fronts (pareto.front.metrics re-exports it)
@@ -18,6 +18,23 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TieWeighted(Strict):
+    """A section whose preference loss can fit ties (the reward model's Bradley–Terry loss, every DPO loss)."""
+
+    tie_weight: float = Field(0.0, ge=0, description="weight of a tie term: pairs tied on an objective (label -1) are "
+                                                     "fit to a 50/50 preference (equal reward-model scores, or equal "
+                                                     "DPO implicit rewards); only where -1 is a real tie (tiny-hh: "
+                                                     "harmless on safe prompts), not a missing label")
+
+    @model_serializer(mode="wrap")
+    def _without_default_tie(self, handler: Any) -> dict:
+        # left out at its default, so the cache keys (digests) of configs that do not use it stay as they were
+        data = handler(self)
+        if self.tie_weight == 0.0:
+            data.pop("tie_weight", None)
+        return data
 
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, model_validator
 
-from pareto.config.base import KNOWN_TASKS, FieldError, Strict
+from pareto.config.base import KNOWN_TASKS, FieldError, Strict, TieWeighted
 
 # ---- real-scale sections: a dataset next to tiny-hh, reward models from HF ids, the cluster a recipe plans for ----
 DATASET_FORMATS = ("pku_saferlhf", "hh_rlhf", "helpsteer2", "ultrafeedback", "jsonl")
@@ -172,7 +172,7 @@ class ModelConfig(Strict):
         return self.sft == "always" or (self.sft == "auto" and self.base == "tiny")
 
 
-class RewardModelConfig(Strict):
+class RewardModelConfig(TieWeighted):
     encoder: str = Field("sentence-transformers/all-MiniLM-L6-v2",
                          description="sentence encoder; the MiniLM one is loaded offline from its PyPI package")
     hidden_size: int = Field(256, ge=8)
@@ -195,16 +195,4 @@ class RewardModelConfig(Strict):
     rules: dict[str, Literal["length"]] = Field(default_factory=dict,
                                                 description="objective -> rule-based score (length: shorter is "
                                                             "better) instead of a learned head")
-    tie_weight: float = Field(0.0, ge=0, description="weight of a tie term in the Bradley–Terry loss: pairs tied on "
-                                                     "an objective (label -1) are fit to equal scores; only where -1 "
-                                                     "is a real tie (tiny-hh: harmless on safe prompts), not a "
-                                                     "missing label")
-
-    @model_serializer(mode="wrap")
-    def _without_default_tie(self, handler: Any) -> dict:
-        # left out at its default, so the cache keys (digests) of configs that do not use it stay as they were
-        data = handler(self)
-        if self.tie_weight == 0.0:
-            data.pop("tie_weight", None)
-        return data
 

@@ -82,11 +82,25 @@ class ExperimentConfig(Strict):
                 if problem:
                     raise FieldError(f"methods.per_weight_dpo.weights.{i}", problem)
         self._check_modpo()
+        self._check_ties()
         res = self.resources
         if res.num_cpus is not None and res.cpus_per_task > res.num_cpus:
             raise FieldError("resources.cpus_per_task",
                               f"asks {res.cpus_per_task} CPUs per task but the local Ray has {res.num_cpus}; lower it")
         return self
+
+    def _check_ties(self) -> None:
+        """A tie term needs -1 to mean a tie: in a dataset it also means a missing label (HH-RLHF's helpful pairs
+        carry no harmless label), which a tie term would read as 'rated the same'."""
+        if self.task.dataset is None:
+            return
+        fields = [("reward_model.tie_weight", self.reward_model.tie_weight)] + [
+            (f"methods.{name}.tie_weight", getattr(cfg, "tie_weight", 0.0))
+            for name, cfg in self.methods.enabled().items()]
+        for field, weight in fields:
+            if weight > 0:
+                raise FieldError(field, "a dataset's -1 labels include missing labels, which a tie term would fit "
+                                        "as ties; set it to 0 (it is for the embedded task, whose -1 is a real tie)")
 
     def _check_modpo(self) -> None:
         """MODPO: its λ grid is on the simplex and the objective it trains on has weight > 0 at every λ."""

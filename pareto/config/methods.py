@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, create_model, model_validator
 
-from pareto.config.base import DEFAULT_TARGETS, Strict
+from pareto.config.base import DEFAULT_TARGETS, Strict, TieWeighted
 
 
 class MethodConfig(Strict):
@@ -30,7 +30,7 @@ class LoRAMethodConfig(MethodConfig):
                                                             "below them: much cheaper on a real model); null = all")
 
 
-class DPOConfig(LoRAMethodConfig):
+class DPOConfig(LoRAMethodConfig, TieWeighted):
     """What every DPO-trained method shares."""
 
     beta: float = Field(0.5, gt=0)
@@ -159,6 +159,9 @@ class MAHDPOConfig(DPOConfig):
     def _power_with_max(self) -> MAHDPOConfig:
         if self.head_mix == "mean" and self.head_mix_power != 1:
             raise ValueError("head_mix_power applies to head_mix: max; set head_mix: max or drop head_mix_power")
+        if self.tie_weight > 0:  # its objective-tagged batches mark the other objectives' labels -1: not ties
+            raise ValueError("tie_weight: MAH-DPO's tagged batches hide the other objectives' labels as -1, which a "
+                             "tie term would fit as ties; set it to 0")
         return self
 
 

@@ -1,9 +1,8 @@
-"""The DPO training loop shared by Panacea and the per-weight baseline.
+"""The DPO training loop of every DPO-trained method (Panacea, per-weight, fixed, MAH-DPO, MODPO, Soups).
 
-Both minimise an aggregate of per-objective DPO losses over LoRA-style adapters; they differ only in where λ
-comes from (sampled per micro-batch and written into the SVD-LoRA layers, or fixed for the whole run).
-Regularised the way small DPO runs need: an NLL term on the λ-preferred response, and early stopping on a
-held-out front metric scored by the learned reward model, with degenerate (repetitive) checkpoints rejected.
+Each minimises an aggregate of per-objective DPO losses over LoRA-style adapters, with λ sampled per micro-batch or
+fixed for the run; regularised as small DPO runs need: an NLL term on the λ-preferred response, early stopping on a
+held-out front metric scored by the learned reward model, degenerate (repetitive) checkpoints rejected.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pareto.models.device import model_device
 from pareto.models.policy import encode_pairs, pair_token_counts, token_logprobs
 from pareto.models.prefix import PREFIX_BUDGET_BYTES, FrozenPrefix, PrefixStates
 from pareto.objectives import VectorReward, aggregate_losses
-from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses
+from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses, per_objective_tie_losses
 
 _log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class PairSet:
 
     prompts: list[str]
     responses: list[tuple[str, str]]
-    better: torch.Tensor                 # [N, K] in {0, 1, -1}
+    better: torch.Tensor                 # [N, K] in {0, 1, -1 (no label, or a tie: `tie_weight`)}
     ref_logp: torch.Tensor | None = None  # [N, 2], filled by `reference_logps`
     offset: torch.Tensor | None = None    # [N] or [N, K] DPO logit offsets (MODPO's reward margins); None = plain DPO
     prefix: PrefixStates | None = None    # what enters the lowest trainable layer (`prepare_reference`)
@@ -288,6 +287,9 @@ def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
     offset = None if pairs.offset is None else pairs.offset[idx].to(device)
     losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
     per_objective = masked_objective_means(losses, mask)
+    if cfg.tie_weight > 0:  # pairs tied on an objective keep equal implicit rewards (DPO's tie term)
+        ties, tied = per_objective_tie_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta)
+        per_objective = per_objective + cfg.tie_weight * masked_objective_means(ties, tied)
     loss = aggregate(per_objective, lam)
     if cfg.nll_weight > 0:
         # length-normalised NLL of each objective's chosen response, weighted by λ like the DPO terms

@@ -34,6 +34,7 @@ from pareto.models.encoder import (
     reward_inputs,
 )
 from pareto.objectives.base import RunningZScore, ZScoredReward
+from pareto.objectives.losses import tie_nll
 
 __all__ = ["EMBED_DIM", "MINILM_ID", "LearnedVectorReward", "MultiHeadRewardModel", "RewardTrainResult", "TextEncoder",
            "bradley_terry_loss", "length_features", "minilm_path", "pair_text", "reward_inputs", "train_reward_model"]
@@ -109,8 +110,7 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: t
     loss = (nll * mask).sum(0) / mask.sum(0).clamp(min=1.0)
     if tie_weight > 0 and ties is not None:
         ties = ties.to(delta.dtype)
-        tie_nll = 0.5 * (F.softplus(delta) + F.softplus(-delta)) - math.log(2.0)
-        loss = loss + tie_weight * (tie_nll * ties).sum(0) / ties.sum(0).clamp(min=1.0)
+        loss = loss + tie_weight * (tie_nll(delta) * ties).sum(0) / ties.sum(0).clamp(min=1.0)
     return loss
 
 

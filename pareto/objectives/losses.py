@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,25 @@ def per_objective_dpo_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, 
         logit = logit - (offset.unsqueeze(-1) if offset.dim() == 1 else offset).to(logit.dtype)
     losses = -F.logsigmoid(sign * logit)
     return losses * mask, mask
+
+
+def tie_nll(logit: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a Bradley–Terry preference logit to a 50/50 preference, −½ log σ(x) − ½ log σ(−x) − log 2:
+    0 at x = 0, ≈ x²/8 near it. The loss of a pair labelled as a tie (the reward model's and DPO's tie terms)."""
+    return 0.5 * (F.softplus(logit) + F.softplus(-logit)) - math.log(2.0)
+
+
+def per_objective_tie_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, better: torch.Tensor,
+                             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO's tie term: for pairs tied on an objective (label -1 where -1 means a tie, not a missing label), the
+    implicit rewards β·log π/π_ref of the two responses are fit to a 50/50 preference, so training on the other
+    objectives cannot move the policy between two responses this objective rates the same (harmless on a safe
+    prompt: an answer and a refusal). Same inputs as `per_objective_dpo_losses`; returns losses [B, K] (0 where
+    not tied) and the tie mask [B, K].
+    """
+    ties = (better < 0).to(policy_logp.dtype)
+    margin = (policy_logp[:, 1] - ref_logp[:, 1]) - (policy_logp[:, 0] - ref_logp[:, 0])
+    return tie_nll(beta * margin).unsqueeze(-1) * ties, ties
 
 
 def modpo_offset(margin_rewards: torch.Tensor, weights: torch.Tensor, objective: int,
