@@ -60,7 +60,7 @@ def main() -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(args.timeout * 1000)
             page.goto(url)
             page.wait_for_selector(".js-plotly-plot .main-svg")
