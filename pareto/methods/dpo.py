@@ -283,12 +283,12 @@ def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
     cached = None if prefix is None else (prefix, pairs.prefix, idx.tolist())
     logp, ntok, tokens = pair_logps(model, tokenizer, [pairs.prompts[i] for i in idx],
                                     [pairs.responses[i] for i in idx], max_length, cached)
-    better = better.to(device)
+    ref, better = pairs.ref_logp[idx].to(device), better.to(device)
     offset = None if pairs.offset is None else pairs.offset[idx].to(device)
-    losses, mask = per_objective_dpo_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta, offset)
+    losses, mask = per_objective_dpo_losses(logp, ref, better, cfg.beta, offset)
     per_objective = masked_objective_means(losses, mask)
     if cfg.tie_weight > 0:  # pairs tied on an objective keep equal implicit rewards (DPO's tie term)
-        ties, tied = per_objective_tie_losses(logp, pairs.ref_logp[idx].to(device), better, cfg.beta)
+        ties, tied = per_objective_tie_losses(logp, ref, better, cfg.beta)
         per_objective = per_objective + cfg.tie_weight * masked_objective_means(ties, tied)
     loss = aggregate(per_objective, lam)
     if cfg.nll_weight > 0:

@@ -34,7 +34,7 @@ from pareto.models.encoder import (
     reward_inputs,
 )
 from pareto.objectives.base import RunningZScore, ZScoredReward
-from pareto.objectives.losses import tie_nll
+from pareto.objectives.losses import masked_objective_means, tie_nll
 
 __all__ = ["EMBED_DIM", "MINILM_ID", "LearnedVectorReward", "MultiHeadRewardModel", "RewardTrainResult", "TextEncoder",
            "bradley_terry_loss", "length_features", "minilm_path", "pair_text", "reward_inputs", "train_reward_model"]
@@ -107,10 +107,9 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, mask: t
     mask = mask.to(r_chosen.dtype)
     delta = r_chosen - r_rejected
     nll = F.softplus(-delta)  # == -log σ(Δ), numerically stable
-    loss = (nll * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+    loss = masked_objective_means(nll, mask)
     if tie_weight > 0 and ties is not None:
-        ties = ties.to(delta.dtype)
-        loss = loss + tie_weight * (tie_nll(delta) * ties).sum(0) / ties.sum(0).clamp(min=1.0)
+        loss = loss + tie_weight * masked_objective_means(tie_nll(delta), ties.to(delta.dtype))
     return loss
 
 

@@ -17,6 +17,12 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return -F.logsigmoid(beta * margin)
 
 
+def implicit_reward_margin(policy_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """[B] log-ratio margin of response_1 over response_0, log π/π_ref(y1) − log π/π_ref(y0), from [B, 2] log-probs
+    (β times it is DPO's implicit reward difference)."""
+    return (policy_logp[:, 1] - ref_logp[:, 1]) - (policy_logp[:, 0] - ref_logp[:, 0])
+
+
 def per_objective_dpo_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, better: torch.Tensor,
                              beta: float, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO losses for one pair under K labels (the PKU-SafeRLHF shape: one pair, a label per objective).
@@ -29,8 +35,7 @@ def per_objective_dpo_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, 
     """
     mask = (better >= 0).to(policy_logp.dtype)
     sign = torch.where(better == 1, 1.0, -1.0).to(policy_logp.dtype)  # +1: response_1 is chosen
-    margin = (policy_logp[:, 1] - ref_logp[:, 1]) - (policy_logp[:, 0] - ref_logp[:, 0])
-    logit = beta * margin.unsqueeze(-1)
+    logit = beta * implicit_reward_margin(policy_logp, ref_logp).unsqueeze(-1)
     if offset is not None:
         logit = logit - (offset.unsqueeze(-1) if offset.dim() == 1 else offset).to(logit.dtype)
     losses = -F.logsigmoid(sign * logit)
@@ -52,8 +57,7 @@ def per_objective_tie_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, 
     not tied) and the tie mask [B, K].
     """
     ties = (better < 0).to(policy_logp.dtype)
-    margin = (policy_logp[:, 1] - ref_logp[:, 1]) - (policy_logp[:, 0] - ref_logp[:, 0])
-    return tie_nll(beta * margin).unsqueeze(-1) * ties, ties
+    return tie_nll(beta * implicit_reward_margin(policy_logp, ref_logp)).unsqueeze(-1) * ties, ties
 
 
 def modpo_offset(margin_rewards: torch.Tensor, weights: torch.Tensor, objective: int,
