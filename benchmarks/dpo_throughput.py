@@ -65,7 +65,8 @@ def _our_steps(kind: str, setup: Setup = TINY) -> list[float]:
     from peft import LoraConfig, get_peft_model
 
     from pareto.config import DPOConfig
-    from pareto.methods.dpo import reference_logps, train_dpo
+    from pareto.methods.dpo import train_dpo
+    from pareto.methods.reference import reference_logps
     from pareto.models.policy import load_policy, lora_targets
     from pareto.models.prefix import FrozenPrefix
     from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference

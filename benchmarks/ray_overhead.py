@@ -72,7 +72,8 @@ def dpo_work(base_dir: str, steps: int = 8, n_pairs: int = 32) -> float:
     from peft import LoraConfig, get_peft_model
 
     from pareto.config import DPOConfig
-    from pareto.methods.dpo import reference_logps, train_dpo
+    from pareto.methods.dpo import train_dpo
+    from pareto.methods.reference import reference_logps
     from pareto.models.policy import load_policy
 
     torch.set_num_threads(1)

@@ -269,3 +269,24 @@ def tiny_fit_context(tiny_lm: Path):
                           task=task)
 
     return make
+
+
+def per_weight_margins(make_context, held_out, weights: list[float], init_seed: int, **options):
+    """Implicit rewards of response_1 over response_0 ([N], log π/π_ref) on `held_out` pairs after a short per-weight
+    DPO run on the tiny LM at `weights` (`options`: PerWeightConfig fields). The LoRA init draws from torch's global
+    generator: seeded here, so the result does not depend on the tests that ran before."""
+    import torch
+
+    from pareto.config import PerWeightConfig
+    from pareto.methods import per_weight
+    from pareto.methods.dpo import pair_logps
+
+    torch.manual_seed(init_seed)
+    cfg = PerWeightConfig(lr=1e-2, max_steps=40, batch_size=8, eval_every=1000, nll_weight=0.0, keep="last", **options)
+    policy, _ = per_weight.fit(make_context(n_pairs=160, seed=0), cfg, weights=weights)
+    model, tok = policy.model, policy.tokenizer
+    with torch.no_grad():
+        logp, _, _ = pair_logps(model, tok, held_out.prompts, held_out.responses, 256)
+        with model.disable_adapter():
+            ref, _, _ = pair_logps(model, tok, held_out.prompts, held_out.responses, 256)
+    return (logp[:, 1] - ref[:, 1]) - (logp[:, 0] - ref[:, 0])

@@ -15,7 +15,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from pareto.config import DPOConfig, TinyModelConfig, config_from_dict
-from pareto.methods.dpo import PairSet, pair_logps, reference_logps, train_dpo
+from pareto.methods.dpo import PairSet, pair_logps, train_dpo
+from pareto.methods.reference import reference_logps
 from pareto.models.device import (
     DeviceError,
     Placement,

@@ -13,6 +13,7 @@ from pareto.objectives.losses import (
     masked_objective_means,
     per_objective_dpo_losses,
     per_objective_tie_losses,
+    reward_distillation_losses,
     tie_nll,
 )
 
@@ -59,6 +60,28 @@ def test_tie_term_by_hand_and_only_on_ties() -> None:
     assert losses[1, 0].item() == pytest.approx(0.0, abs=1e-7)  # both log-ratios moved alike: still indifferent
     assert losses[0, 0].item() == 0.0 and losses[1, 1].item() == 0.0  # labelled entries: the DPO term's job
     assert tie_nll(torch.tensor(2.0)).item() == pytest.approx(tie_nll(torch.tensor(-2.0)).item())  # symmetric
+
+
+def test_reward_distillation_by_hand() -> None:
+    """DPO to a reward model's soft label: σ(β·margin) fit to σ(λ·Δr/τ); the per-objective logs use σ(Δr_k/τ)."""
+    policy = torch.tensor([[-10.0, -12.0]])  # log π of (response_0, response_1)
+    ref = torch.tensor([[-11.0, -11.5]])     # margin of response_1: (-12 + 11.5) - (-10 + 11) = -1.5
+    rewards = torch.tensor([[[0.2, 1.0], [1.0, -1.0]]])  # [B, 2, K]: Δr = (0.8, -2.0)
+    lam, beta, tau = torch.tensor([0.75, 0.25]), 0.5, 0.5
+    loss, per_objective, chosen = reward_distillation_losses(policy, ref, rewards, lam, beta, tau)
+
+    def ce(logit: float, target_logit: float) -> float:  # -p log σ(x) - (1 - p) log σ(-x), p = σ(target)
+        p = 1 / (1 + math.exp(-target_logit))
+        return p * _nls(logit) + (1 - p) * _nls(-logit)
+
+    # λ·Δr/τ = (0.75·0.8 − 0.25·2.0) / 0.5 = 0.2; β·margin = −0.75
+    assert loss.item() == pytest.approx(ce(-0.75, 0.2), abs=1e-6)
+    assert per_objective.tolist() == pytest.approx([ce(-0.75, 1.6), ce(-0.75, -4.0)], abs=1e-6)
+    assert chosen.tolist() == [1]  # λ prefers response_1 (0.2 > 0)
+    # at its minimum the implicit reward margin equals the target: zero gradient there
+    logit = torch.tensor([[0.0, 0.4]], requires_grad=True)  # β·margin = 0.5·0.4 = 0.2 with a zero reference
+    reward_distillation_losses(logit, torch.zeros(1, 2), rewards, lam, beta, tau)[0].backward()
+    assert logit.grad.abs().max().item() < 1e-6
 
 
 def test_masked_means_ignore_unlabelled_examples() -> None:

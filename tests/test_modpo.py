@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pareto.config import ConfigError, MODPOConfig, config_from_dict, load_config
-from pareto.methods import load_method
-from pareto.methods.modpo import margin_pairs, pair_rewards, trained_objective
+from pareto.methods import load_method, pair_rewards
+from pareto.methods.modpo import margin_pairs, trained_objective
 from pareto.models.conditioned import PerWeightPolicy
 from pareto.objectives.losses import dpo_loss, modpo_offset, per_objective_dpo_losses
 from tests.conftest import ROOT

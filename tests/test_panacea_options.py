@@ -91,7 +91,8 @@ def test_options_are_validated() -> None:
 def test_keep_returns_the_best_or_the_last_checkpoint(tiny_fit_context, keep: str) -> None:
     """keep=best restores the state of the best validation check (here the untouched model: a validator that only
     ever likes step 0); keep=last returns the trained weights."""
-    from pareto.methods.dpo import reference_logps, train_dpo
+    from pareto.methods.dpo import train_dpo
+    from pareto.methods.reference import reference_logps
     from pareto.models.policy import load_policy
     from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
 
@@ -114,7 +115,8 @@ def test_eval_start_skips_the_early_checks_and_cannot_stop_before_it(tiny_fit_co
     """eval_start=6, eval_every=2, max_steps=9: held-out checks at 0 (the fallback), 6, 8 and 9 only. A validator
     that never beats step 0 stops a run with patience 1 at its first periodic check: step 6, not 2. Skipping checks
     leaves training untouched: the step losses up to 6 equal those of a run that also checks at 2 and 4."""
-    from pareto.methods.dpo import reference_logps, train_dpo
+    from pareto.methods.dpo import train_dpo
+    from pareto.methods.reference import reference_logps
     from pareto.models.policy import load_policy
     from pareto.models.svd_lora import add_panacea_adapter, panacea_lora_config, set_preference
 

@@ -20,6 +20,7 @@ import yaml
 from pareto.config import config_from_dict
 from pareto.data import load_task
 from pareto.models.reward import TextEncoder, bradley_terry_loss, reward_inputs, train_reward_model
+from tests.conftest import per_weight_margins
 
 
 def test_tie_term_values_by_hand() -> None:
@@ -95,9 +96,7 @@ def test_dpo_tie_term_keeps_the_policy_indifferent_where_an_objective_is(tiny_fi
     safe ones (whose two responses harmless rates the same), with it the implicit rewards of held-out safe-prompt pairs
     stay closer, while the risky pairs are learned nearly as well. Means over three LoRA initialisations: one
     initialisation alone moves the numbers by a third."""
-    from pareto.config import PerWeightConfig
-    from pareto.methods import per_weight
-    from pareto.methods.dpo import PairSet, pair_logps
+    from pareto.methods.dpo import PairSet
 
     task = load_task("tiny-hh", seed=0)
     h = list(task.objectives).index("harmless")
@@ -107,16 +106,7 @@ def test_dpo_tie_term_keeps_the_policy_indifferent_where_an_objective_is(tiny_fi
     assert len(tied) > 20 and len(labelled) > 20
 
     def trained(tie_weight: float, init_seed: int) -> tuple[float, float]:
-        torch.manual_seed(init_seed)  # the LoRA init draws from torch's global generator: fixed, whatever ran before
-        cfg = PerWeightConfig(lr=1e-2, max_steps=40, batch_size=8, eval_every=1000, nll_weight=0.0, keep="last",
-                              tie_weight=tie_weight)
-        policy, _ = per_weight.fit(tiny_fit_context(n_pairs=160, seed=0), cfg, weights=[0.0, 1.0, 0.0])
-        model, tok = policy.model, policy.tokenizer
-        with torch.no_grad():
-            logp, _, _ = pair_logps(model, tok, held_out.prompts, held_out.responses, 256)
-            with model.disable_adapter():
-                ref, _, _ = pair_logps(model, tok, held_out.prompts, held_out.responses, 256)
-        margin = (logp[:, 1] - ref[:, 1]) - (logp[:, 0] - ref[:, 0])  # implicit reward of response_1 over 0
+        margin = per_weight_margins(tiny_fit_context, held_out, [0.0, 1.0, 0.0], init_seed, tie_weight=tie_weight)
         drift = margin[tied].abs().mean().item()
         sign = torch.where(held_out.better[labelled, h] == 1, 1.0, -1.0)
         accuracy = ((margin[labelled] * sign) > 0).float().mean().item()

@@ -3,7 +3,7 @@ that validation needs without compute."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
@@ -23,19 +23,22 @@ class Strict(BaseModel):
 class TieWeighted(Strict):
     """A section whose preference loss can fit ties (the reward model's Bradley–Terry loss, every DPO loss)."""
 
+    # options added after configs were cached: left out of a dump at their default, so the cache keys (digests) of
+    # configs that do not use them stay as they were
+    DROPPED_AT_DEFAULT: ClassVar[dict[str, Any]] = {"tie_weight": 0.0}
+
     tie_weight: float = Field(0.0, ge=0, description="weight of a tie term: pairs tied on an objective (label -1) are "
                                                      "fit to a 50/50 preference (equal reward-model scores, or equal "
                                                      "DPO implicit rewards); only where -1 is a real tie (tiny-hh: "
                                                      "harmless on safe prompts), not a missing label")
 
     @model_serializer(mode="wrap")
-    def _without_default_tie(self, handler: Any) -> dict:
-        # left out at its default, so the cache keys (digests) of configs that do not use it stay as they were
+    def _without_new_defaults(self, handler: Any) -> dict:
         data = handler(self)
-        if self.tie_weight == 0.0:
-            data.pop("tie_weight", None)
+        for name, default in self.DROPPED_AT_DEFAULT.items():
+            if getattr(self, name) == default:
+                data.pop(name, None)
         return data
-
 
 
 class FieldError(ValueError):

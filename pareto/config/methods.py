@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, create_model, model_validator
 
@@ -33,6 +33,16 @@ class LoRAMethodConfig(MethodConfig):
 class DPOConfig(LoRAMethodConfig, TieWeighted):
     """What every DPO-trained method shares."""
 
+    DROPPED_AT_DEFAULT: ClassVar[dict[str, Any]] = TieWeighted.DROPPED_AT_DEFAULT | {
+        "targets": "labels", "reward_temperature": 1.0}
+
+    targets: Literal["labels", "reward_model"] = Field(
+        "labels", description="what DPO fits: labels = each objective's binary labels, aggregated by λ; reward_model "
+                              "= the learned reward model's λ-scalarised score gap of each pair, as a soft label "
+                              "(σ(λ·Δr/reward_temperature): reward distillation, which keeps the magnitudes a λ "
+                              "trades; docs/fronts.md)")
+    reward_temperature: float = Field(1.0, gt=0, description="with targets: reward_model, the z-scored reward gap "
+                                                             "worth one nat of DPO logit")
     beta: float = Field(0.5, gt=0)
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: linear warm-up over "
@@ -61,6 +71,12 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
                                                         "a rerun of the same config resumes from the newest)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per trainer (older ones are removed)")
 
+    @model_validator(mode="after")
+    def _targets_alone(self) -> DPOConfig:
+        if self.targets == "reward_model" and self.tie_weight > 0:
+            raise ValueError("tie_weight: with targets: reward_model a tie is a zero score gap already; set it to 0")
+        return self
+
     def learning_rate(self, step: int) -> float:
         """The step's learning rate (steps count from 1): constant, or warm-up then cosine decay to 0 at max_steps."""
         if self.lr_schedule == "constant":
@@ -72,12 +88,20 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
 
 
 class PanaceaConfig(DPOConfig):
-    aggregation: Literal["linear", "tchebycheff", "smooth_tchebycheff"] = "linear"
+    aggregation: Literal["linear", "tchebycheff", "smooth_tchebycheff"] = Field(
+        "linear", description="how λ combines the per-objective label losses (targets: labels)")
     smooth_mu: float = Field(0.1, gt=0, description="smooth_tchebycheff's temperature μ (→ tchebycheff as μ → 0)")
     vertex_prob: float = Field(0.3, ge=0, le=1, description="chance a sampled λ is a simplex vertex")
     batch_by_lambda: bool = Field(False, description="draw each micro-batch for its λ: a pair slot goes to objective "
                                                      "j with probability λ_j (datasets where each pair labels one "
                                                      "objective: a vertex then trains on its own labels only)")
+
+    @model_validator(mode="after")
+    def _one_aggregate(self) -> PanaceaConfig:
+        if self.targets == "reward_model" and self.aggregation != "linear":
+            raise ValueError(f"aggregation: {self.aggregation} combines per-objective label losses; with targets: "
+                             "reward_model λ scalarises the reward itself (one loss): drop aggregation")
+        return self
 
 
 class PerWeightConfig(DPOConfig):
@@ -162,6 +186,8 @@ class MAHDPOConfig(DPOConfig):
         if self.tie_weight > 0:  # its objective-tagged batches mark the other objectives' labels -1: not ties
             raise ValueError("tie_weight: MAH-DPO's tagged batches hide the other objectives' labels as -1, which a "
                              "tie term would fit as ties; set it to 0")
+        if self.targets != "labels":
+            raise ValueError("targets: MAH-DPO trains each head on its own objective's labels; drop targets")
         return self
 
 
@@ -183,6 +209,13 @@ class MODPOConfig(DPOConfig):
                                                                "default: the largest weight of each λ")
     margin_pairs: int | None = Field(600, ge=2, description="training pairs scored by the reward model for "
                                                             "margins; null = all")
+
+    @model_validator(mode="after")
+    def _labels_only(self) -> MODPOConfig:
+        if self.targets != "labels":
+            raise ValueError("targets: MODPO fits one objective's labels with the others' rewards as a margin; "
+                             "drop targets")
+        return self
 
 
 # ---- PPO (RLHF on Ray actors): MORLHF (one policy per λ) and Panacea-PPO (one SVD-LoRA policy for every λ) -------
@@ -281,7 +314,7 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("panacea", PanaceaConfig, "dpo", True, False, "pareto.methods.panacea",
                "pareto.models.conditioned:PanaceaPolicy", "fold",
-               title="one SVD-LoRA model for every λ (per-objective DPO)"),
+               title="one SVD-LoRA model for every λ (DPO on per-objective labels or on reward-model gaps)"),
     MethodSpec("per_weight_dpo", PerWeightConfig, "dpo", True, True, "pareto.methods.per_weight", None, "adapter",
                title="one LoRA-DPO model per λ (baseline)"),
     MethodSpec("mah_dpo", MAHDPOConfig, "dpo", True, False, "pareto.methods.mah_dpo",

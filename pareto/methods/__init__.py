@@ -7,12 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 from pareto.config import METHODS, DPOConfig, RiCConfig
 from pareto.methods.checkpoint import Checkpoints
 from pareto.methods.dpo import PairSet
 from pareto.models.conditioned import ConditionedPolicy
 from pareto.models.policy import load_policy
 from pareto.objectives import VectorReward
+
+
+def pair_rewards(reward: VectorReward, pairs: PairSet) -> torch.Tensor:
+    """The vector reward of both responses of every pair: [N, 2, K] (one batched call)."""
+    n = len(pairs)
+    scores = reward(pairs.prompts * 2, [r[0] for r in pairs.responses] + [r[1] for r in pairs.responses])
+    return torch.stack([scores[:n], scores[n:]], dim=1).float()
 
 
 @dataclass
@@ -38,6 +47,13 @@ class FitContext:
         placed = {} if self.placement is None else self.placement.load_kwargs()
         return load_policy(self.base_dir, **self.load_options, **placed)
 
+    def training_pairs(self, cfg: DPOConfig) -> PairSet:
+        """The training pairs, with the reward model's scores of both responses when the method fits those
+        (`targets: reward_model`; scored once per fit context)."""
+        if cfg.targets == "reward_model" and self.pairs.rewards is None:
+            self.pairs.rewards = pair_rewards(self.reward, self.pairs)
+        return self.pairs
+
     def checkpoints(self, cfg: DPOConfig | RiCConfig, part: str = "") -> Checkpoints | None:
         """The checkpoints of one trainer of this fit (`part` names one of several, e.g. a Soups vertex); RiC
         checkpoints once per phase."""
@@ -56,4 +72,4 @@ def load_method(name: str) -> ModuleType:
     return importlib.import_module(METHODS[name].module)
 
 
-__all__ = ["ConditionedPolicy", "FitContext", "load_method"]
+__all__ = ["ConditionedPolicy", "FitContext", "load_method", "pair_rewards"]

@@ -24,10 +24,15 @@ from pareto.front.grid import sample_preferences
 from pareto.front.metrics import Z_REFERENCE, hypervolume
 from pareto.methods.checkpoint import Checkpoints, TrainerState
 from pareto.models.device import model_device
-from pareto.models.policy import encode_pairs, pair_token_counts, token_logprobs
-from pareto.models.prefix import PREFIX_BUDGET_BYTES, FrozenPrefix, PrefixStates
+from pareto.models.policy import encode_pairs, token_logprobs
+from pareto.models.prefix import FrozenPrefix, PrefixStates
 from pareto.objectives import VectorReward, aggregate_losses
-from pareto.objectives.losses import masked_objective_means, per_objective_dpo_losses, per_objective_tie_losses
+from pareto.objectives.losses import (
+    masked_objective_means,
+    per_objective_dpo_losses,
+    per_objective_tie_losses,
+    reward_distillation_losses,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ class PairSet:
     ref_logp: torch.Tensor | None = None  # [N, 2], filled by `reference_logps`
     offset: torch.Tensor | None = None    # [N] or [N, K] DPO logit offsets (MODPO's reward margins); None = plain DPO
     prefix: PrefixStates | None = None    # what enters the lowest trainable layer (`prepare_reference`)
+    rewards: torch.Tensor | None = None   # [N, 2, K] z-scored reward-model scores (`targets: reward_model`)
 
     @classmethod
     def from_pairs(cls, pairs: Sequence, objective_index: Sequence[int]) -> PairSet:
@@ -61,7 +67,8 @@ class PairSet:
 
         return PairSet([self.prompts[i] for i in idx.tolist()], [self.responses[i] for i in idx.tolist()],
                        self.better[idx], pick(self.ref_logp), pick(self.offset),
-                       None if self.prefix is None else self.prefix.subset(idx.tolist()))
+                       None if self.prefix is None else self.prefix.subset(idx.tolist()), pick(self.rewards))
+
 
 
 class LambdaBatches:
@@ -110,44 +117,6 @@ def pair_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, promp
     b = len(prompts)
     return (torch.stack([logp[:b], logp[b:]], dim=1), torch.stack([n[:b], n[b:]], dim=1),
             int(batch.attention_mask.sum()))
-
-
-LOGITS_BUDGET = 2**28  # float32 logits per forward when the reference runs over a whole pair set (1 GiB)
-
-
-@torch.no_grad()
-def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
-                    max_length: int, batch_size: int = 64, prefix: FrozenPrefix | None = None) -> torch.Tensor:
-    """π_ref log-probs [N, 2] of every pair, computed once: the dataset is fixed, so the reference never reruns.
-
-    Computed on the model's device and stored on the CPU (`train_dpo` moves each batch's rows to the model). With
-    `prefix`, what enters its first trainable layer is kept too, in `pairs.prefix` (None where it would not fit
-    `PREFIX_BUDGET_BYTES`).
-    """
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
-    # Cap the float32 logits of one forward (2·batch·length·vocab, and as much again for the log-softmax) at
-    # LOGITS_BUDGET: a 49k vocabulary at 64 pairs of 192 tokens would need ~10 GiB; the tiny LM is far below.
-    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (2 * max_length * vocab)))
-    out, rows, kept = [], [], 0
-    for s in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", mininterval=5.0,
-                  disable=len(pairs) <= batch_size):
-        prompts, responses = pairs.prompts[s:s + batch_size], pairs.responses[s:s + batch_size]
-        if prefix is None or kept > PREFIX_BUDGET_BYTES:
-            logp, _, _ = pair_logps(model, tokenizer, prompts, responses, max_length)
-        else:
-            with prefix.capturing() as seen:
-                logp, _, _ = pair_logps(model, tokenizer, prompts, responses, max_length)
-            b, texts = len(prompts), [r[0] for r in responses] + [r[1] for r in responses]
-            tokens = [min(n, max_length) for n in pair_token_counts(tokenizer, list(prompts) * 2, texts)]
-            hidden = [seen[0][r, :tokens[r]].clone() for r in range(2 * b)]  # each row without its padding
-            rows += [(hidden[i], hidden[b + i]) for i in range(b)]
-            kept += sum(h.numel() * h.element_size() for h in hidden)
-            if kept > PREFIX_BUDGET_BYTES:
-                rows = []  # over the budget: none of it will be used, so none of it is held
-        out.append(logp.cpu())
-    if prefix is not None:
-        pairs.prefix = PrefixStates(prefix.first, rows) if kept <= PREFIX_BUDGET_BYTES else None
-    return torch.cat(out)
 
 
 @dataclass
@@ -285,12 +254,18 @@ def _micro_batch_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
                                     [pairs.responses[i] for i in idx], max_length, cached)
     ref, better = pairs.ref_logp[idx].to(device), better.to(device)
     offset = None if pairs.offset is None else pairs.offset[idx].to(device)
-    losses, mask = per_objective_dpo_losses(logp, ref, better, cfg.beta, offset)
-    per_objective = masked_objective_means(losses, mask)
-    if cfg.tie_weight > 0:  # pairs tied on an objective keep equal implicit rewards (DPO's tie term)
-        ties, tied = per_objective_tie_losses(logp, ref, better, cfg.beta)
-        per_objective = per_objective + cfg.tie_weight * masked_objective_means(ties, tied)
-    loss = aggregate(per_objective, lam)
+    if pairs.rewards is not None:  # `targets: reward_model`: σ(λ·Δr/τ) is each pair's soft label
+        loss, per_objective, chosen = reward_distillation_losses(logp, ref, pairs.rewards[idx].to(device), lam,
+                                                                 cfg.beta, cfg.reward_temperature)
+        better = chosen.unsqueeze(1).expand(-1, lam.numel())  # the NLL term's response: the λ-preferred one
+        mask = torch.ones_like(better, dtype=logp.dtype)
+    else:
+        losses, mask = per_objective_dpo_losses(logp, ref, better, cfg.beta, offset)
+        per_objective = masked_objective_means(losses, mask)
+        if cfg.tie_weight > 0:  # pairs tied on an objective keep equal implicit rewards (DPO's tie term)
+            ties, tied = per_objective_tie_losses(logp, ref, better, cfg.beta)
+            per_objective = per_objective + cfg.tie_weight * masked_objective_means(ties, tied)
+        loss = aggregate(per_objective, lam)
     if cfg.nll_weight > 0:
         # length-normalised NLL of each objective's chosen response, weighted by λ like the DPO terms
         chosen = better.clamp(min=0)

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from pareto.config import MODPOConfig
-from pareto.methods import FitContext
+from pareto.methods import FitContext, pair_rewards
 from pareto.methods.dpo import PairSet, TrainResult, front_validator, train_dpo
 from pareto.methods.per_weight import lora_policy
 from pareto.models.conditioned import PerWeightPolicy, adapter_name
-from pareto.objectives import VectorReward
 from pareto.objectives.losses import modpo_offset
 
 
@@ -36,13 +35,6 @@ def trained_objective(weights: np.ndarray, objectives: Sequence[str], preference
                              f"λ={weights.tolist()}; leave it null to use each λ's largest weight")
         return k
     return int(np.argmax(weights))
-
-
-def pair_rewards(reward: VectorReward, pairs: PairSet) -> torch.Tensor:
-    """The vector reward of both responses of every pair: [N, 2, K] (one batched call)."""
-    n = len(pairs)
-    scores = reward(pairs.prompts * 2, [r[0] for r in pairs.responses] + [r[1] for r in pairs.responses])
-    return torch.stack([scores[:n], scores[n:]], dim=1).float()
 
 
 def margin_pairs(pairs: PairSet, rewards: torch.Tensor, weights: np.ndarray, objective: int,

@@ -36,7 +36,7 @@ def validation_weights(k: int, edges: bool = False) -> np.ndarray:
 def fit(ctx: FitContext, cfg: PanaceaConfig,
         weights: Sequence[float] | None = None) -> tuple[PanaceaPolicy, TrainResult]:
     """Train one model for every λ (`weights` is unused: Panacea is conditioned, not per-weight)."""
-    objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
+    objectives, pairs, max_length = ctx.objectives, ctx.training_pairs(cfg), ctx.max_length
     k = len(objectives)
     model, tokenizer = ctx.load_base()
     model = add_panacea_adapter(model, panacea_lora_config(k, cfg.lora_rank, cfg.lora_alpha,

@@ -36,7 +36,7 @@ def fit(ctx: FitContext, cfg: PerWeightConfig, weights: Sequence[float] | None =
     """Train the one model of λ = `weights`."""
     if weights is None:
         raise ValueError("per_weight_dpo trains one model per λ: pass weights")
-    objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
+    objectives, pairs, max_length = ctx.objectives, ctx.training_pairs(cfg), ctx.max_length
     lam = np.asarray(weights, dtype=np.float64)
     model, tokenizer = lora_policy(ctx, cfg, pairs)
     policy = PerWeightPolicy(model, tokenizer, objectives, {adapter_name(0): lam})

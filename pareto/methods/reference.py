@@ -18,16 +18,56 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from pareto.cache import KEY_FILE, STAGE_VERSIONS, key_digest, library_versions, source_digest
 from pareto.io import atomic_dir
-from pareto.methods.dpo import PairSet, reference_logps
+from pareto.methods.dpo import PairSet, pair_logps
 from pareto.models.device import model_device
-from pareto.models.prefix import FrozenPrefix, PrefixStates
+from pareto.models.policy import pair_token_counts
+from pareto.models.prefix import PREFIX_BUDGET_BYTES, FrozenPrefix, PrefixStates
 
 STAGE = "reference"  # one of pareto.cache.STAGE_VERSIONS: `pareto cache list` shows its entries
 VERSION = STAGE_VERSIONS[STAGE]
+
+
+LOGITS_BUDGET = 2**28  # float32 logits per forward when the reference runs over a whole pair set (1 GiB)
+
+
+@torch.no_grad()
+def reference_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet,
+                    max_length: int, batch_size: int = 64, prefix: FrozenPrefix | None = None) -> torch.Tensor:
+    """π_ref log-probs [N, 2] of every pair, computed once: the dataset is fixed, so the reference never reruns.
+
+    Computed on the model's device and stored on the CPU (`train_dpo` moves each batch's rows to the model). With
+    `prefix`, what enters its first trainable layer is kept too, in `pairs.prefix` (None where it would not fit
+    `PREFIX_BUDGET_BYTES`).
+    """
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
+    # Cap the float32 logits of one forward (2·batch·length·vocab, and as much again for the log-softmax) at
+    # LOGITS_BUDGET: a 49k vocabulary at 64 pairs of 192 tokens would need ~10 GiB; the tiny LM is far below.
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (2 * max_length * vocab)))
+    out, rows, kept = [], [], 0
+    for s in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", mininterval=5.0,
+                  disable=len(pairs) <= batch_size):
+        prompts, responses = pairs.prompts[s:s + batch_size], pairs.responses[s:s + batch_size]
+        if prefix is None or kept > PREFIX_BUDGET_BYTES:
+            logp, _, _ = pair_logps(model, tokenizer, prompts, responses, max_length)
+        else:
+            with prefix.capturing() as seen:
+                logp, _, _ = pair_logps(model, tokenizer, prompts, responses, max_length)
+            b, texts = len(prompts), [r[0] for r in responses] + [r[1] for r in responses]
+            tokens = [min(n, max_length) for n in pair_token_counts(tokenizer, list(prompts) * 2, texts)]
+            hidden = [seen[0][r, :tokens[r]].clone() for r in range(2 * b)]  # each row without its padding
+            rows += [(hidden[i], hidden[b + i]) for i in range(b)]
+            kept += sum(h.numel() * h.element_size() for h in hidden)
+            if kept > PREFIX_BUDGET_BYTES:
+                rows = []  # over the budget: none of it will be used, so none of it is held
+        out.append(logp.cpu())
+    if prefix is not None:
+        pairs.prefix = PrefixStates(prefix.first, rows) if kept <= PREFIX_BUDGET_BYTES else None
+    return torch.cat(out)
 
 
 def prepare_reference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs: PairSet, max_length: int,

@@ -23,7 +23,7 @@ from pareto.models.soups import SoupsPolicy, objective_adapter
 def fit(ctx: FitContext, cfg: SoupsConfig, weights: Sequence[float] | None = None
         ) -> tuple[SoupsPolicy, TrainResult]:
     """Train the K per-objective adapters (`weights` is unused: the soup serves every λ)."""
-    objectives, pairs, max_length = ctx.objectives, ctx.pairs, ctx.max_length
+    objectives, pairs, max_length = ctx.objectives, ctx.training_pairs(cfg), ctx.max_length
     k = len(objectives)
     base, tokenizer = ctx.load_base()
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,

@@ -60,6 +60,30 @@ def per_objective_tie_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, 
     return tie_nll(beta * implicit_reward_margin(policy_logp, ref_logp)).unsqueeze(-1) * ties, ties
 
 
+def reward_distillation_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, target: torch.Tensor,
+                             beta: float) -> torch.Tensor:
+    """[B] cross-entropy of DPO's preference σ(β·margin) for response_1 over response_0 to the soft target σ(target)
+    (a reward model's logit, e.g. λ·(r(y1) − r(y0))/τ; Fisch et al. 2024, reward-model distillation). Its minimum
+    sets β·log π/π_ref(y1) − β·log π/π_ref(y0) = target: the KL-regularised optimum π ∝ π_ref·exp(r/(βτ)) on the
+    pairs, with the reward's magnitudes, which binary labels do not carry."""
+    logit = beta * implicit_reward_margin(policy_logp, ref_logp)
+    return F.binary_cross_entropy_with_logits(logit, torch.sigmoid(target.to(logit.dtype)), reduction="none")
+
+
+def reward_distillation_losses(policy_logp: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor,
+                               weights: torch.Tensor, beta: float, temperature: float,
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO fit to a vector reward's λ-scalarised preferences. rewards: [B, 2, K] of (response_0, response_1).
+
+    Returns the loss (mean `reward_distillation_loss` to σ(λ·Δr/τ)), the same per objective [K] to σ(Δr_k/τ) (what
+    each objective alone would ask, for the logs) and the λ-preferred response's index [B]."""
+    gaps = (rewards[:, 1] - rewards[:, 0]).to(policy_logp.dtype) / temperature  # [B, K]
+    target = gaps @ weights.to(gaps.dtype)
+    loss = reward_distillation_loss(policy_logp, ref_logp, target, beta).mean()
+    per_objective = torch.stack([reward_distillation_loss(policy_logp, ref_logp, g, beta) for g in gaps.T], 1)
+    return loss, per_objective.mean(0), (target > 0).long()
+
+
 def modpo_offset(margin_rewards: torch.Tensor, weights: torch.Tensor, objective: int,
                  scalarizer: str = "linear") -> torch.Tensor:
     """MODPO's margin (Zhou et al. 2024) as a `per_objective_dpo_losses` offset for the trained objective k.
