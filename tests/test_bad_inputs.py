@@ -417,7 +417,8 @@ def _real_data_config(root: Path, fmt: str) -> dict:
     else:
         dataset = {"format": "jsonl", "path": str(root / "train.jsonl"), "labels": {"helpful": "h", "harmless": "s"},
                    "splits": {"train": "train"}}
-    return {**_with("objectives", ["helpful", "harmless"]), "task": {"name": "my-data", "dataset": dataset},
+    cfg = _with("methods.panacea.tied_gaps", DELETE, _with("objectives", ["helpful", "harmless"]))  # a dataset's -1
+    return {**cfg, "task": {"name": "my-data", "dataset": dataset},  # is a missing label, not a tie: refused there
             "evaluation": {**QUICK.get("evaluation", {}), "reference_point": [-1.0, -1.0], "scorer": "reward_model"}}
 
 

@@ -46,6 +46,38 @@ def test_training_pairs_carry_the_reward_models_scores_only_when_asked(tiny_fit_
     assert torch.equal(pair_rewards(ctx.reward, ctx.pairs), scored.rewards)
     assert torch.equal(scored.subset([3]).rewards[0], scored.rewards[3])  # rewards travel with a subset
 
+    # a reward that, unlike the oracle, scores the two responses of a tied pair apart
+    def lengths(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.tensor([[len(r) % 7, len(r) % 5, len(r) % 3] for r in responses], dtype=torch.float32)
+
+    raw, tied_ctx = tiny_fit_context(n_pairs=12), tiny_fit_context(n_pairs=12)
+    raw.reward = tied_ctx.reward = lengths
+    raw_rewards = raw.training_pairs(PanaceaConfig(targets="reward_model")).rewards
+    zeroed = tied_ctx.training_pairs(PanaceaConfig(targets="reward_model", tied_gaps="zero")).rewards
+    tied = tied_ctx.pairs.better < 0  # [N, K]: harmless on safe prompts
+    assert tied.any() and (~tied).any()
+    gap, raw_gap = zeroed[:, 1] - zeroed[:, 0], raw_rewards[:, 1] - raw_rewards[:, 0]
+    assert gap[tied].abs().max() < 1e-6 and raw_gap[tied].abs().max() > 0
+    assert torch.equal(gap[~tied], raw_gap[~tied])  # only the tied entries change
+    assert torch.allclose(zeroed.sum(1), raw_rewards.sum(1))  # each tied pair keeps its mean score
+
+
+def test_zero_tied_gaps_are_refused_on_a_dataset_and_without_reward_targets() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "hh_smol.yaml").read_text())
+    data["methods"]["panacea"].update(targets="reward_model", tied_gaps="zero")
+    with pytest.raises(ValueError, match="missing labels") as err:
+        config_from_dict(data)
+    assert "methods.panacea.tied_gaps" in str(err.value)
+    data["methods"]["panacea"].pop("tied_gaps")
+    config_from_dict(data)  # the reward model's gaps on a dataset: valid
+    with pytest.raises(ValueError, match="tied_gaps applies to targets"):
+        config_from_dict({"objectives": ["helpful", "harmless", "concise"],
+                          "methods": {"panacea": {"tied_gaps": "zero"}}})
+
 
 def test_reward_targets_order_the_pairs_whose_labels_conflict(tiny_fit_context) -> None:
     """Trained at λ = (0.5, 0.5, 0), on held-out pairs where the helpful and harmless labels disagree: DPO on the

@@ -101,6 +101,11 @@ class ExperimentConfig(Strict):
             if weight > 0:
                 raise FieldError(field, "a dataset's -1 labels include missing labels, which a tie term would fit "
                                         "as ties; set it to 0 (it is for the embedded task, whose -1 is a real tie)")
+        for name, cfg in self.methods.enabled().items():
+            if getattr(cfg, "tied_gaps", "reward_model") == "zero":
+                raise FieldError(f"methods.{name}.tied_gaps", "a dataset's -1 labels include missing labels, whose "
+                                 "reward-model gap is what the targets need; drop tied_gaps (it is for the embedded "
+                                 "task, whose -1 is a real tie)")
 
     def _check_modpo(self) -> None:
         """MODPO: its λ grid is on the simplex and the objective it trains on has weight > 0 at every λ."""

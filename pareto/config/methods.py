@@ -34,7 +34,7 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
     """What every DPO-trained method shares."""
 
     DROPPED_AT_DEFAULT: ClassVar[dict[str, Any]] = TieWeighted.DROPPED_AT_DEFAULT | {
-        "targets": "labels", "reward_temperature": 1.0}
+        "targets": "labels", "reward_temperature": 1.0, "tied_gaps": "reward_model"}
 
     targets: Literal["labels", "reward_model"] = Field(
         "labels", description="what DPO fits: labels = each objective's binary labels, aggregated by λ; reward_model "
@@ -43,6 +43,10 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
                               "trades; docs/fronts.md)")
     reward_temperature: float = Field(1.0, gt=0, description="with targets: reward_model, the z-scored reward gap "
                                                              "worth one nat of DPO logit")
+    tied_gaps: Literal["reward_model", "zero"] = Field(
+        "reward_model", description="with targets: reward_model, the gap of a pair on an objective its label calls a "
+                                    "tie (-1): the reward model's, or zero. zero only where -1 is a real tie (tiny-hh: "
+                                    "harmless on safe prompts), not a missing label")
     beta: float = Field(0.5, gt=0)
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: linear warm-up over "
@@ -74,7 +78,10 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
     @model_validator(mode="after")
     def _targets_alone(self) -> DPOConfig:
         if self.targets == "reward_model" and self.tie_weight > 0:
-            raise ValueError("tie_weight: with targets: reward_model a tie is a zero score gap already; set it to 0")
+            raise ValueError("tie_weight: with targets: reward_model a tied pair is fitted to its score gap (zero with "
+                             "tied_gaps: zero); set it to 0")
+        if self.tied_gaps != "reward_model" and self.targets != "reward_model":
+            raise ValueError("tied_gaps applies to targets: reward_model; set targets or drop tied_gaps")
         return self
 
     def learning_rate(self, step: int) -> float:

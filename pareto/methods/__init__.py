@@ -49,9 +49,13 @@ class FitContext:
 
     def training_pairs(self, cfg: DPOConfig) -> PairSet:
         """The training pairs, with the reward model's scores of both responses when the method fits those
-        (`targets: reward_model`; scored once per fit context)."""
+        (`targets: reward_model`; scored once per fit context, so every method of it must ask for the same
+        `tied_gaps`)."""
         if cfg.targets == "reward_model" and self.pairs.rewards is None:
             self.pairs.rewards = pair_rewards(self.reward, self.pairs)
+            if cfg.tied_gaps == "zero":  # both responses of a tied pair get their mean score on that objective
+                rewards, tied = self.pairs.rewards, (self.pairs.better < 0).unsqueeze(1).expand_as(self.pairs.rewards)
+                rewards[tied] = rewards.mean(1, keepdim=True).expand_as(rewards)[tied]
         return self.pairs
 
     def checkpoints(self, cfg: DPOConfig | RiCConfig, part: str = "") -> Checkpoints | None:
