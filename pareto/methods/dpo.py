@@ -70,7 +70,6 @@ class PairSet:
                        None if self.prefix is None else self.prefix.subset(idx.tolist()), pick(self.rewards))
 
 
-
 class LambdaBatches:
     """Micro-batches drawn for their λ (`batch_by_lambda`): λ first, then each of the batch's pair slots goes to an
     objective j with probability λ_j and takes a pair labelled for j. Where each pair labels one objective (HH-RLHF's

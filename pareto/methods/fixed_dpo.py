@@ -50,12 +50,13 @@ def fit(ctx: FitContext, cfg: FixedDPOConfig, weights: Sequence[float] | None = 
     """Train one model at `cfg.weights` (default: equal weights); `weights` is unused (one model for every λ)."""
     k = len(ctx.objectives)
     lam = np.asarray(cfg.weights if cfg.weights is not None else [1.0 / k] * k, dtype=np.float64)
-    model, tokenizer = lora_policy(ctx, cfg, ctx.training_pairs(cfg))
+    pairs = ctx.training_pairs(cfg)
+    model, tokenizer = lora_policy(ctx, cfg, pairs)
     policy = FixedPolicy(model, tokenizer, ctx.objectives)
     validate = front_validator(lambda p, w: policy.generate(p, w, **ctx.gen), ctx.val_prompts, lam[None, :],
                                ctx.reward, cfg.max_repetition)
     result = train_dpo(
-        model, tokenizer, ctx.training_pairs(cfg), cfg, objectives=ctx.objectives, sample_weights=lambda rng: lam,
+        model, tokenizer, pairs, cfg, objectives=ctx.objectives, sample_weights=lambda rng: lam,
         apply_weights=lambda w: None, validate=validate, max_length=ctx.max_length,
         seed=ctx.seed, desc=f"fixed λ={np.round(lam, 2).tolist()}", checkpoints=ctx.checkpoints(cfg),
     )
