@@ -50,11 +50,12 @@ def test_training_pairs_carry_the_reward_models_scores_only_when_asked(tiny_fit_
     def lengths(prompts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.tensor([[len(r) % 7, len(r) % 5, len(r) % 3] for r in responses], dtype=torch.float32)
 
-    raw, tied_ctx = tiny_fit_context(n_pairs=12), tiny_fit_context(n_pairs=12)
-    raw.reward = tied_ctx.reward = lengths
-    raw_rewards = raw.training_pairs(PanaceaConfig(targets="reward_model")).rewards
-    zeroed = tied_ctx.training_pairs(PanaceaConfig(targets="reward_model", tied_gaps="zero")).rewards
-    tied = tied_ctx.pairs.better < 0  # [N, K]: harmless on safe prompts
+    ctx = tiny_fit_context(n_pairs=12)
+    ctx.reward = lengths
+    zeroed = ctx.training_pairs(PanaceaConfig(targets="reward_model", tied_gaps="zero")).rewards
+    raw_rewards = ctx.training_pairs(PanaceaConfig(targets="reward_model")).rewards  # one context, both settings
+    assert ctx.training_pairs(PanaceaConfig()).rewards is None  # labels again: the scores leave the pairs
+    tied = ctx.pairs.better < 0  # [N, K]: harmless on safe prompts
     assert tied.any() and (~tied).any()
     gap, raw_gap = zeroed[:, 1] - zeroed[:, 0], raw_rewards[:, 1] - raw_rewards[:, 0]
     assert gap[tied].abs().max() < 1e-6 and raw_gap[tied].abs().max() > 0

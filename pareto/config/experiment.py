@@ -94,18 +94,16 @@ class ExperimentConfig(Strict):
         carry no harmless label), which a tie term would read as 'rated the same'."""
         if self.task.dataset is None:
             return
-        fields = [("reward_model.tie_weight", self.reward_model.tie_weight)] + [
-            (f"methods.{name}.tie_weight", getattr(cfg, "tie_weight", 0.0))
-            for name, cfg in self.methods.enabled().items()]
-        for field, weight in fields:
-            if weight > 0:
-                raise FieldError(field, "a dataset's -1 labels include missing labels, which a tie term would fit "
-                                        "as ties; set it to 0 (it is for the embedded task, whose -1 is a real tie)")
-        for name, cfg in self.methods.enabled().items():
+        missing = "a dataset's -1 labels include missing labels, "
+        embedded = " (it is for the embedded task, whose -1 is a real tie)"
+        tie_term = missing + "which a tie term would fit as ties; set it to 0" + embedded
+        zero_gaps = missing + "whose reward-model gap is what the targets need; drop tied_gaps" + embedded
+        sections = {"reward_model": self.reward_model} | {f"methods.{n}": c for n, c in self.methods.enabled().items()}
+        for section, cfg in sections.items():
+            if getattr(cfg, "tie_weight", 0.0) > 0:
+                raise FieldError(f"{section}.tie_weight", tie_term)
             if getattr(cfg, "tied_gaps", "reward_model") == "zero":
-                raise FieldError(f"methods.{name}.tied_gaps", "a dataset's -1 labels include missing labels, whose "
-                                 "reward-model gap is what the targets need; drop tied_gaps (it is for the embedded "
-                                 "task, whose -1 is a real tie)")
+                raise FieldError(f"{section}.tied_gaps", zero_gaps)
 
     def _check_modpo(self) -> None:
         """MODPO: its λ grid is on the simplex and the objective it trains on has weight > 0 at every λ."""

@@ -41,6 +41,7 @@ class FitContext:
     load_options: dict = field(default_factory=dict)  # load_policy's dtype / trust_remote_code (model section)
     checkpoint_dir: Path | None = None  # where this fit's trainers checkpoint (None: no checkpoints, e.g. tests)
     cache_dir: Path | None = None  # the state's cache folder: reference log-probs shared by per-weight models
+    _scores: torch.Tensor | None = field(default=None, init=False, repr=False)  # reward-model scores of `pairs`
 
     def load_base(self) -> tuple:
         """(model, tokenizer) of the base policy, on this fit's device, checkpointed when the config asks."""
@@ -48,14 +49,17 @@ class FitContext:
         return load_policy(self.base_dir, **self.load_options, **placed)
 
     def training_pairs(self, cfg: DPOConfig) -> PairSet:
-        """The training pairs, with the reward model's scores of both responses when the method fits those
-        (`targets: reward_model`; scored once per fit context, so every method of it must ask for the same
-        `tied_gaps`)."""
-        if cfg.targets == "reward_model" and self.pairs.rewards is None:
-            self.pairs.rewards = pair_rewards(self.reward, self.pairs)
-            if cfg.tied_gaps == "zero":  # both responses of a tied pair get their mean score on that objective
-                rewards, tied = self.pairs.rewards, (self.pairs.better < 0).unsqueeze(1).expand_as(self.pairs.rewards)
-                rewards[tied] = rewards.mean(1, keepdim=True).expand_as(rewards)[tied]
+        """The training pairs; with `targets: reward_model` they carry the reward model's scores of both responses
+        (scored once per fit context), a tied pair's at their mean on that objective under `tied_gaps: zero`."""
+        rewards = None
+        if cfg.targets == "reward_model":
+            if self._scores is None:
+                self._scores = pair_rewards(self.reward, self.pairs)
+            rewards = self._scores
+            if cfg.tied_gaps == "zero":
+                tied = (self.pairs.better < 0).unsqueeze(1).expand_as(rewards)
+                rewards = torch.where(tied, rewards.mean(1, keepdim=True).expand_as(rewards), rewards)
+        self.pairs.rewards = rewards  # set on every call: the trainer fits the scores wherever the pairs carry them
         return self.pairs
 
     def checkpoints(self, cfg: DPOConfig | RiCConfig, part: str = "") -> Checkpoints | None:
