@@ -68,6 +68,8 @@ CONFIG_ROWS = [
      ["methods.panacea.learning_rate", "unknown key"]),
     ("wrong-type-int", _with("seed", "abc"), [], ["seed", "integer"]),
     ("wrong-type-float", _with("methods.panacea.lr", "fast"), [], ["methods.panacea.lr", "number"]),
+    ("no-checks-to-keep-the-best-by", _with("methods.per_weight_dpo.val_prompts", 0), [],
+     ["methods.per_weight_dpo", "val_prompts: 0", "keep: last"]),
     ("wrong-type-list", _with("objectives", "helpful"), [], ["objectives", "list"]),
     ("missing-objective", _with("objectives", ["helpful"]), [], ["objectives", "at least 2"]),
     ("objective-not-in-task", _with("objectives", ["helpful", "funny"]), [],

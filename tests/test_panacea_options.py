@@ -114,7 +114,8 @@ def test_keep_returns_the_best_or_the_last_checkpoint(tiny_fit_context, keep: st
 def test_eval_start_skips_the_early_checks_and_cannot_stop_before_it(tiny_fit_context) -> None:
     """eval_start=6, eval_every=2, max_steps=9: held-out checks at 0 (the fallback), 6, 8 and 9 only. A validator
     that never beats step 0 stops a run with patience 1 at its first periodic check: step 6, not 2. Skipping checks
-    leaves training untouched: the step losses up to 6 equal those of a run that also checks at 2 and 4."""
+    leaves training untouched: the step losses up to 6 equal those of a run that also checks at 2 and 4. With
+    val_prompts=0 and keep=last there are no checks at all, and the same step losses."""
     from pareto.methods.dpo import train_dpo
     from pareto.methods.reference import reference_logps
     from pareto.models.policy import load_policy
@@ -122,7 +123,7 @@ def test_eval_start_skips_the_early_checks_and_cannot_stop_before_it(tiny_fit_co
 
     ctx = tiny_fit_context(n_pairs=16)
 
-    def run(**overrides: int) -> tuple[list[int], list[float]]:
+    def run(**overrides: int | str) -> tuple[list[int], list[float]]:
         torch.manual_seed(0)
         model, tok = load_policy(ctx.base_dir)
         model = add_panacea_adapter(model, panacea_lora_config(K, 4, 16.0, ["q_proj", "v_proj"]))
@@ -133,11 +134,13 @@ def test_eval_start_skips_the_early_checks_and_cannot_stop_before_it(tiny_fit_co
                            sample_weights=lambda rng: np.full(K, 1 / K),
                            apply_weights=lambda w: set_preference(model, w),
                            validate=lambda step: (-float(step), {}, True), max_length=ctx.max_length)
-        assert result.best_step == 0
+        assert result.best_step == (0 if overrides.get("keep", "best") == "best" else result.steps)
         return ([h["step"] for h in result.history if "val_metric" in h],
                 [h["loss"] for h in result.history if "loss" in h])
 
     assert run(eval_start=6, patience=10)[0] == [0, 6, 8, 9]
+    unchecked, unchecked_losses = run(val_prompts=0, keep="last")  # no held-out checks at all, not even the last
+    assert unchecked == [] and unchecked_losses == run(eval_start=6, patience=10, keep="last")[1]
     late_checks, late_losses = run(eval_start=6, patience=1)
     assert late_checks == [0, 6] and len(late_losses) == 6
     every_checks, every_losses = run(patience=3)  # checks at 2, 4, 6: the third bad one stops it at step 6

@@ -65,7 +65,7 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
     eval_start: int = Field(0, ge=0, description="first step of the periodic held-out checks: none (and so no "
                                                  "early stop) before it; the untouched model is still checked")
     patience: int = Field(3, ge=1, description="checks without improvement before stopping")
-    val_prompts: int = Field(24, ge=2)
+    val_prompts: int = Field(24, ge=0, description="held-out prompts of each check; 0 (with keep: last): no checks")
     max_repetition: float = Field(0.1, ge=0, le=1, description="reject checkpoints whose samples repeat more")
     keep: Literal["best", "last"] = Field("best", description="the checkpoint a run returns: the best by the held-out "
                                                               "front metric, or the last (when a few noisy "
@@ -82,6 +82,13 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
                              "tied_gaps: zero); set it to 0")
         if self.tied_gaps != "reward_model" and self.targets != "reward_model":
             raise ValueError("tied_gaps applies to targets: reward_model; set targets or drop tied_gaps")
+        return self
+
+    @model_validator(mode="after")
+    def _checks_have_prompts(self) -> DPOConfig:
+        if self.val_prompts < 2 and (self.val_prompts or self.keep == "best"):
+            raise ValueError(f"val_prompts: {self.val_prompts} gives the held-out checks too little to choose by; "
+                             "use at least 2, or 0 with keep: last (no checks)")
         return self
 
     def learning_rate(self, step: int) -> float:

@@ -340,7 +340,8 @@ def train_dpo(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, pairs:
         result.history.append({"step": step, **logged})
         bar.update(1)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
-        if (step >= cfg.eval_start and step % cfg.eval_every == 0) or step == cfg.max_steps:
+        scheduled = (step >= cfg.eval_start and step % cfg.eval_every == 0) or step == cfg.max_steps
+        if scheduled and cfg.val_prompts:  # val_prompts 0 (keep: last): no held-out checks at all
             stopped = run.check(step)
         if checkpoints is not None and checkpoints.due(step, last=stopped or step == cfg.max_steps):
             run.save(step, stopped)
