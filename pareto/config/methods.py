@@ -86,7 +86,7 @@ class DPOConfig(LoRAMethodConfig, TieWeighted):
 
     @model_validator(mode="after")
     def _checks_have_prompts(self) -> DPOConfig:
-        if self.val_prompts < 2 and (self.val_prompts or self.keep == "best"):
+        if self.val_prompts == 1 or (self.val_prompts == 0 and self.keep == "best"):  # 0 means no checks
             raise ValueError(f"val_prompts: {self.val_prompts} gives the held-out checks too little to choose by; "
                              "use at least 2, or 0 with keep: last (no checks)")
         return self
